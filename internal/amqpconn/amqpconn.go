@@ -1,0 +1,153 @@
+// Package amqpconn dials RabbitMQ across a list of URLs with exponential backoff and jitter. It is
+// shared plumbing for publisher and consumer; the caller owns the returned connection.
+package amqpconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// DefaultHeartbeat is short enough that a black-holed connection is noticed in about three
+// heartbeats (~6 s), long enough not to trip on a busy 2-core machine.
+const DefaultHeartbeat = 2 * time.Second
+
+// ErrNoURL is returned when the dialer has no URL to try.
+var ErrNoURL = errors.New("amqpconn: no broker URL configured")
+
+// Dialer dials one of URLs, in turn, until one answers or ctx ends.
+type Dialer struct {
+	URLs      []string               // tried in turn, starting after the last one that worked
+	Heartbeat time.Duration          // default DefaultHeartbeat
+	Backoff   func() backoff.BackOff // default NewBackoff; must not stop by itself unless the caller wants Dial to give up
+	Logger    *slog.Logger           // default slog.Default()
+	Name      string                 // connection_name client property shown in the management UI
+
+	next int // index of the URL to try first; only touched by the owning goroutine
+}
+
+// NewBackoff returns the default reconnect schedule: exponential from 100 ms to 5 s, jitter 0.5,
+// never giving up.
+func NewBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.MaxInterval = 5 * time.Second
+	b.RandomizationFactor = 0.5
+	b.Multiplier = 2
+	b.MaxElapsedTime = 0
+	return b
+}
+
+// Dial tries the URLs in turn with backoff between rounds until a connection is made or ctx ends. It
+// returns the connection and the URL that worked. Dial is not safe for concurrent use: one goroutine
+// owns a Dialer.
+func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
+	if len(d.URLs) == 0 {
+		return nil, "", ErrNoURL
+	}
+	log := d.logger()
+	bo := NewBackoff
+	if d.Backoff != nil {
+		bo = d.Backoff
+	}
+	b := bo()
+	attempt := 0
+	for {
+		url := d.URLs[d.next%len(d.URLs)]
+		conn, err := d.DialOnce(ctx, url)
+		if err == nil {
+			if attempt > 0 {
+				log.Info("amqp connected", "url", redact(url), "attempts", attempt+1)
+			}
+			return conn, url, nil
+		}
+		if ctx.Err() != nil {
+			return nil, "", fmt.Errorf("amqpconn: dial: %w", context.Cause(ctx))
+		}
+		attempt++
+		d.next++
+		wait := b.NextBackOff()
+		if wait == backoff.Stop {
+			return nil, "", fmt.Errorf("amqpconn: giving up after %d attempts: %w", attempt, err)
+		}
+		log.Warn("amqp dial failed", "url", redact(url), "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, "", fmt.Errorf("amqpconn: dial: %w", context.Cause(ctx))
+		case <-t.C:
+		}
+	}
+}
+
+// DialOnce dials url once. ctx bounds the whole dial including the AMQP handshake: when it ends
+// first, the half-open connection is closed and ctx's error returned.
+func (d *Dialer) DialOnce(ctx context.Context, url string) (*amqp.Connection, error) {
+	hb := d.Heartbeat
+	if hb <= 0 {
+		hb = DefaultHeartbeat
+	}
+	props := amqp.NewConnectionProperties()
+	if d.Name != "" {
+		props.SetClientConnectionName(d.Name)
+	}
+	var stop func() bool
+	cfg := amqp.Config{
+		Heartbeat:  hb,
+		Locale:     "en_US",
+		Properties: props,
+		Dial: func(network, addr string) (net.Conn, error) {
+			dl := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+			c, err := dl.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// ctx bounds the handshake: when it ends, the socket is closed and DialConfig returns.
+			stop = context.AfterFunc(ctx, func() { _ = c.Close() })
+			// Handshake deadline (a peer that accepts TCP and never speaks); amqp091-go clears it
+			// once connection.open-ok arrives.
+			_ = c.SetDeadline(time.Now().Add(max(10*time.Second, 3*hb)))
+			return c, nil
+		},
+	}
+	conn, err := amqp.DialConfig(url, cfg)
+	if stop != nil && !stop() {
+		// ctx ended during or right after the handshake: the socket was closed under it.
+		if conn != nil {
+			_ = conn.Close()
+		}
+		return nil, fmt.Errorf("amqpconn: dial %s: %w", redact(url), context.Cause(ctx))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("amqpconn: dial %s: %w", redact(url), err)
+	}
+	return conn, nil
+}
+
+func (d *Dialer) logger() *slog.Logger {
+	if d.Logger != nil {
+		return d.Logger
+	}
+	return slog.Default()
+}
+
+// Redact hides the password of an AMQP URL for logs.
+func Redact(url string) string { return redact(url) }
+
+func redact(raw string) string {
+	u, err := amqp.ParseURI(raw)
+	if err != nil {
+		return "<unparsable url>"
+	}
+	if u.Password != "" {
+		u.Password = "xxxxx"
+	}
+	return u.String()
+}
