@@ -1,0 +1,41 @@
+# rabbitkit — every target does its own set-up: it installs/starts RabbitMQ and Go tooling as needed.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+GOENV = PATH="$$(bash scripts/ensure-go.sh)"
+GOTEST_FLAGS ?=
+
+.PHONY: demo test lint unit soak bench fuzz broker
+
+## demo: the guarantee, live: publisher + consumer through a faulty proxy against a real broker.
+demo: broker
+	$(GOENV) go run ./examples/demo
+
+## test: vet, staticcheck, gofmt and the whole race-enabled test suite, integration and chaos included.
+test: broker lint
+	$(GOENV) go test -race -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
+
+## lint: gofmt, go vet and staticcheck.
+lint:
+	@$(GOENV); unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "not gofmt-clean:"; echo "$$unformatted"; exit 1; fi
+	$(GOENV) go vet ./...
+	$(GOENV) staticcheck ./...
+
+## broker: make sure the shared RabbitMQ answers on 127.0.0.1:5672 (install/start it if needed).
+broker:
+	@bash scripts/ensure-rabbitmq.sh
+
+## soak: long fault-injection runs (one million messages, hundreds of faults); writes docs/RELIABILITY.md.
+soak: broker
+	$(GOENV) go test -race=false -count=1 -timeout 4h -tags soak -run Soak -v ./integration/ ./journal/ ./publisher/ ./consumer/...
+
+## bench: benchmarks, our path beside the raw amqp091-go / bbolt baseline in the same run.
+bench: broker
+	$(GOENV) go test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./journal/ ./publisher/ ./consumer/...
+
+## fuzz: run every fuzz target for FUZZTIME each (default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	@$(GOENV); for pkg in $$(go list ./...); do \
+	  for f in $$(go test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; done; done
