@@ -1,0 +1,72 @@
+package amqpconn
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func fastBackoff() backoff.BackOff {
+	return backoff.WithMaxRetries(backoff.NewConstantBackOff(10*time.Millisecond), 20)
+}
+
+func TestDialFailsOverToTheNextURL(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	d := &Dialer{URLs: []string{"amqp://guest:guest@127.0.0.1:1/", url}, Backoff: fastBackoff, Name: "amqpconn-test"}
+	c, got, err := d.Dial(context.Background())
+	require.NoError(t, err)
+	defer c.Close()
+	require.Equal(t, url, got)
+}
+
+func TestDialGivesUpWhenTheBackoffStops(t *testing.T) {
+	d := &Dialer{URLs: []string{"amqp://guest:guest@127.0.0.1:1/"}, Backoff: func() backoff.BackOff {
+		return backoff.WithMaxRetries(backoff.NewConstantBackOff(time.Millisecond), 2)
+	}}
+	_, _, err := d.Dial(context.Background())
+	require.ErrorContains(t, err, "giving up after 3 attempts")
+}
+
+func TestDialOnceHonoursContextDuringHandshake(t *testing.T) {
+	// A peer that accepts TCP and never speaks AMQP: only ctx can end the dial.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	d := &Dialer{URLs: []string{"amqp://guest:guest@" + l.Addr().String() + "/"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = d.DialOnce(ctx, d.URLs[0])
+	require.Error(t, err)
+	require.True(t, errors.Is(err, context.DeadlineExceeded), "got %v", err)
+	require.Less(t, time.Since(start), 3*time.Second)
+}
+
+func TestDialNeedsAURL(t *testing.T) {
+	_, _, err := (&Dialer{}).Dial(context.Background())
+	require.ErrorIs(t, err, ErrNoURL)
+}
+
+func TestRedact(t *testing.T) {
+	require.Equal(t, "amqp://guest:xxxxx@host/", Redact("amqp://guest:secret@host:5672/"))
+	require.Equal(t, "<unparsable url>", Redact("http://x"))
+}
