@@ -1,0 +1,84 @@
+package dedup
+
+import (
+	"slices"
+	"time"
+)
+
+// maxScanInterval bounds how often Expire walks every stream looking for idle ones.
+const maxScanInterval = time.Minute
+
+// Expire does the time-driven work and returns what must be reported:
+//   - gaps open for Config.GapGrace are reported once (EventGapDetected);
+//   - epochs other than a stream's most recently active one, without a commit for
+//     Config.EpochRetention, are retired (EventGapGivenUp for their open gaps, EventEpochRetired);
+//   - streams without a commit for Config.IdleRetention are compacted (EventGapGivenUp,
+//     EventEpochRetired), and deleted after Config.ForgetAfter (EventStreamForgotten).
+//
+// Changed streams are reported by TakeDirty. Call it periodically, e.g. every second; a call costs
+// O(streams with open gaps or several epochs), plus a walk over all streams at most once a minute
+// (or every IdleRetention/4 when that is shorter).
+func (t *Tracker) Expire(now time.Time) []Event {
+	nowN := now.UnixNano()
+	grace := int64(t.cfg.GapGrace)
+	var evs []Event
+	for st := range t.watch {
+		changed := false
+		for _, x := range st.wins {
+			var ch bool
+			evs, ch = x.reportDue(st.key, nowN, grace, evs)
+			changed = changed || ch
+		}
+		for i := len(st.wins) - 1; i >= 1; i-- {
+			if nowN-st.wins[i].active >= int64(t.cfg.EpochRetention) {
+				evs = t.retire(st, i, nowN, evs)
+				changed = true
+			}
+		}
+		if changed {
+			t.markDirty(st)
+			t.updateWatch(st)
+		}
+	}
+	if nowN >= t.nextScan {
+		t.nextScan = nowN + int64(min(maxScanInterval, t.cfg.IdleRetention/4))
+		evs = t.scanIdle(nowN, evs)
+	}
+	return evs
+}
+
+// scanIdle compacts or forgets idle streams.
+func (t *Tracker) scanIdle(now int64, evs []Event) []Event {
+	for k, st := range t.streams {
+		idle := now - st.wins[0].active
+		if t.cfg.ForgetAfter > 0 && idle >= int64(t.cfg.ForgetAfter) {
+			if st.watched {
+				delete(t.watch, st)
+			}
+			delete(t.streams, k)
+			if !st.dirty {
+				t.dirty = append(t.dirty, k)
+			}
+			t.forgotten[k] = struct{}{}
+			evs = append(evs, Event{Kind: EventStreamForgotten, Key: k, Epoch: st.wins[0].epoch})
+			continue
+		}
+		if st.compact || idle < int64(t.cfg.IdleRetention) {
+			continue
+		}
+		st.compact = true
+		x := st.wins[0]
+		x.hashes, x.hashPos = nil, 0
+		if len(st.wins) == 1 && len(x.missing) == 0 {
+			continue // nothing durable to compact (e.g. after a restart)
+		}
+		for i := len(st.wins) - 1; i >= 1; i-- {
+			evs = t.retire(st, i, now, evs)
+		}
+		evs = x.giveUpAll(k, &t.cfg, evs)
+		x.missing = slices.Clip(x.missing)
+		t.markDirty(st)
+		t.updateWatch(st)
+	}
+	return evs
+}
