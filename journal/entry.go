@@ -1,0 +1,83 @@
+package journal
+
+import (
+	"fmt"
+	"time"
+)
+
+// Properties are the AMQP basic properties stored with an entry. Headers are
+// kept in Entry.Headers.
+type Properties struct {
+	ContentType     string
+	ContentEncoding string
+	DeliveryMode    uint8 // 1 = transient, 2 = persistent
+	Priority        uint8
+	CorrelationID   string
+	ReplyTo         string
+	Expiration      string
+	MessageID       string
+	Timestamp       time.Time // zero = not set
+	Type            string
+	UserID          string
+	AppID           string
+}
+
+// Outcome records what happened to the last attempt to send an entry.
+type Outcome uint8
+
+// Outcomes recorded by RecordAttempt.
+const (
+	OutcomeNone         Outcome = iota // never attempted
+	OutcomeNacked                      // the broker answered basic.nack
+	OutcomeUnknown                     // connection or channel lost before the confirm
+	OutcomeReturned                    // returned as unroutable (mandatory)
+	OutcomeChannelError                // the channel was closed by the broker
+	OutcomeRefused                     // refused before sending (e.g. too large for the broker)
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeNone:
+		return "none"
+	case OutcomeNacked:
+		return "nacked"
+	case OutcomeUnknown:
+		return "unknown"
+	case OutcomeReturned:
+		return "returned"
+	case OutcomeChannelError:
+		return "channel-error"
+	case OutcomeRefused:
+		return "refused"
+	}
+	return fmt.Sprintf("outcome(%d)", uint8(o))
+}
+
+// Entry is one journaled message: everything needed to (re)send it.
+//
+// Entries returned by Read and Parked are fresh copies owned by the caller.
+// Append copies what it needs before returning; the caller may reuse the
+// Body and Headers afterwards.
+type Entry struct {
+	ID          uint64 // journal position: global append order, assigned by Append, never reused
+	Stream      string // caller-chosen sequence space, required
+	Seq         int64  // assigned by Append: next of Stream, from 1, +1, never reused
+	Exchange    string
+	RoutingKey  string
+	Mandatory   bool
+	Properties  Properties
+	Headers     map[string]any // nil,bool,int8..int64,int,uint8..uint32,float32/64,string,[]byte,time.Time,map[string]any,[]any
+	Body        []byte
+	Created     time.Time // set by Append when zero
+	Attempts    uint32
+	LastOutcome Outcome
+	LastError   string
+}
+
+// ParkedEntry is an entry that was moved out of the pending set because it
+// can never be delivered; it stays until Redrive or DropParked.
+type ParkedEntry struct {
+	Entry
+	Reason   string
+	ParkedAt time.Time
+}

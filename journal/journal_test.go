@@ -1,0 +1,118 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	if runCrashChild() || runLockChild() {
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+func openT(t *testing.T, path string, opts Options) *Journal {
+	t.Helper()
+	if opts.Source == "" {
+		opts.Source = "test-src"
+	}
+	j, err := Open(path, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = j.Close() })
+	return j
+}
+
+func newEntry(stream string, body string) *Entry {
+	return &Entry{Stream: stream, Exchange: "ex", RoutingKey: stream, Body: []byte(body)}
+}
+
+func TestAppendReadDelete(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "j.db")
+	j := openT(t, path, Options{})
+	assert.Greater(t, j.Epoch(), int64(0))
+	assert.Equal(t, "test-src", j.Source())
+	assert.Equal(t, path, j.Path())
+
+	var ids []uint64
+	for i := range 10 {
+		stream := []string{"a", "b"}[i%2]
+		e := newEntry(stream, fmt.Sprint("m", i))
+		require.NoError(t, j.Append(ctx, e))
+		assert.Equal(t, uint64(i+1), e.ID)
+		assert.Equal(t, int64(i/2+1), e.Seq)
+		assert.False(t, e.Created.IsZero())
+		ids = append(ids, e.ID)
+	}
+	es, err := j.Read(ctx, 0, 100)
+	require.NoError(t, err)
+	require.Len(t, es, 10)
+	for i, e := range es {
+		assert.Equal(t, ids[i], e.ID)
+		assert.Equal(t, fmt.Sprint("m", i), string(e.Body))
+	}
+	es, err = j.Read(ctx, 4, 3)
+	require.NoError(t, err)
+	require.Len(t, es, 3)
+	assert.Equal(t, uint64(5), es[0].ID)
+
+	require.NoError(t, j.Delete(ctx, 1, 2, 3, 999))
+	st := j.Stats()
+	assert.Equal(t, 7, st.Pending)
+	assert.Equal(t, map[string]int64{"a": 6, "b": 6}, st.NextSeq)
+	assert.False(t, st.OldestPending.IsZero())
+
+	// Restart: sequences continue, never reused.
+	require.NoError(t, j.Close())
+	require.NoError(t, j.Close(), "Close is idempotent")
+	assert.ErrorIs(t, j.Append(ctx, newEntry("a", "x")), ErrClosed)
+	_, err = j.Read(ctx, 0, 1)
+	assert.ErrorIs(t, err, ErrClosed)
+
+	j2 := openT(t, path, Options{})
+	assert.Equal(t, j.Epoch(), j2.Epoch())
+	e := newEntry("a", "after restart")
+	require.NoError(t, j2.Append(ctx, e))
+	assert.Equal(t, uint64(11), e.ID)
+	assert.Equal(t, int64(6), e.Seq)
+	es, err = j2.Read(ctx, 0, 100)
+	require.NoError(t, err)
+	require.Len(t, es, 8)
+	assert.Equal(t, uint64(4), es[0].ID)
+}
+
+func TestOpenOptionsValidated(t *testing.T) {
+	_, err := Open(filepath.Join(t.TempDir(), "j.db"), Options{})
+	assert.ErrorIs(t, err, ErrInvalidOptions)
+	_, err = Open(filepath.Join(t.TempDir(), "j.db"), Options{Source: "s", MaxBytes: -1})
+	assert.ErrorIs(t, err, ErrInvalidOptions)
+}
+
+func TestSourceMismatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j := openT(t, path, Options{Source: "one"})
+	require.NoError(t, j.Close())
+	_, err := Open(path, Options{Source: "two"})
+	require.ErrorIs(t, err, ErrSourceMismatch)
+	assert.Contains(t, err.Error(), path)
+}
+
+func TestAppendCancelledContext(t *testing.T) {
+	j := openT(t, filepath.Join(t.TempDir(), "j.db"), Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := j.Append(ctx, newEntry("a", "x"))
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, 0, j.Stats().Pending)
+	_ = time.Second
+	_ = errors.New
+}

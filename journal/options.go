@@ -1,0 +1,90 @@
+package journal
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// Defaults applied by Open to zero-valued Options fields.
+const (
+	DefaultLockTimeout        = 5 * time.Second
+	DefaultMaxEntries         = 10_000_000
+	DefaultMaxBytes           = int64(1 << 30)   // 1 GiB
+	DefaultMaxMessageSize     = 128 << 20        // RabbitMQ's default max_message_size
+	DefaultAutoCompactMinSize = int64(64 << 20)  // 64 MiB
+	DefaultTailCacheBytes     = 16 << 20         // 16 MiB
+	maxBBoltValue             = (1 << 31) - 2    // bbolt.MaxValueSize
+	maxHeaderDepth            = 32
+)
+
+// Options configure Open. Only Source is required; every other zero field takes
+// the documented default.
+type Options struct {
+	// Source names the publishing application instance. It is recorded when
+	// the journal is created and checked on every open (ErrSourceMismatch).
+	Source string
+	// LockTimeout bounds the wait for the file lock. Default 5s. A journal
+	// held by another process or another Journal value gives ErrLocked.
+	LockTimeout time.Duration
+	// MaxEntries bounds pending+parked entries. Default 10,000,000.
+	MaxEntries int
+	// MaxBytes bounds the encoded size of pending+parked entries. Default 1 GiB.
+	MaxBytes int64
+	// MaxMessageSize bounds len(Body) plus the encoded size of Headers of one
+	// entry. Default 128 MiB (RabbitMQ's max_message_size). Larger entries are
+	// refused at append with ErrTooLarge.
+	MaxMessageSize int
+	// MaxFileSize caps the bbolt file (bbolt Options.MaxSize). 0 = unlimited.
+	// Reaching it makes appends fail with ErrNoSpace, like a full disk.
+	MaxFileSize int64
+	// AllowNewEpoch: when the marker file says a journal existed but the file
+	// is lost or empty, start a fresh journal with a new epoch (logged at
+	// ERROR level) instead of failing with ErrTruncated.
+	AllowNewEpoch bool
+	// AutoCompactMinSize: Open compacts the file when it is larger than this
+	// and more than half of it is free space. Default 64 MiB; negative
+	// disables automatic compaction.
+	AutoCompactMinSize int64
+	// TailCacheBytes bounds the in-memory copy of recently appended entries
+	// that serves Read without touching bbolt. Default 16 MiB; negative
+	// disables the cache.
+	TailCacheBytes int
+	// Logger receives the journal's logs. Default: discard.
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Source == "" {
+		return o, fmt.Errorf("%w: Source is required", ErrInvalidOptions)
+	}
+	if o.LockTimeout < 0 || o.MaxEntries < 0 || o.MaxBytes < 0 || o.MaxMessageSize < 0 || o.MaxFileSize < 0 {
+		return o, fmt.Errorf("%w: negative limit", ErrInvalidOptions)
+	}
+	if o.LockTimeout == 0 {
+		o.LockTimeout = DefaultLockTimeout
+	}
+	if o.MaxEntries == 0 {
+		o.MaxEntries = DefaultMaxEntries
+	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.MaxMessageSize == 0 {
+		o.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if o.MaxMessageSize > maxBBoltValue/2 {
+		return o, fmt.Errorf("%w: MaxMessageSize %d above the %d bbolt can store", ErrInvalidOptions, o.MaxMessageSize, maxBBoltValue/2)
+	}
+	if o.AutoCompactMinSize == 0 {
+		o.AutoCompactMinSize = DefaultAutoCompactMinSize
+	}
+	if o.TailCacheBytes == 0 {
+		o.TailCacheBytes = DefaultTailCacheBytes
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return o, nil
+}

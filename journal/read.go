@@ -1,0 +1,161 @@
+package journal
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	bbolt "go.etcd.io/bbolt"
+)
+
+// Read returns up to max pending entries with ID > after, in ascending ID
+// order (which is per-stream sequence order, except for redriven entries). It
+// holds at most max entries in memory; an empty result means none are
+// pending past after (see Changed to wait for more). The entries are fresh
+// copies owned by the caller.
+func (j *Journal) Read(ctx context.Context, after uint64, max int) ([]*Entry, error) {
+	if max <= 0 {
+		return nil, fmt.Errorf("journal: Read max %d must be > 0", max)
+	}
+	if err := j.usable(ctx); err != nil {
+		return nil, err
+	}
+	if encs, ok := j.cache.read(after, max); ok {
+		out := make([]*Entry, 0, len(encs))
+		for _, b := range encs {
+			e, err := decodeEntry(b)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s: cached entry %d: %w", ErrCorrupt, j.path, entryID(b), err)
+			}
+			out = append(out, e)
+		}
+		return out, nil
+	}
+	var out []*Entry
+	err := j.view(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketPending).Cursor()
+		for k, v := c.Seek(key(after + 1)); k != nil && len(out) < max; k, v = c.Next() {
+			if len(out)%256 == 255 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			e, err := decodeEntry(v)
+			if err != nil {
+				return fmt.Errorf("%w: %s: pending entry %x: %w", ErrCorrupt, j.path, k, err)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Parked calls fn for every parked entry in ID order until fn returns an
+// error, which Parked returns. fn runs outside any bbolt transaction (entries
+// are read in pages), so it may call other Journal methods such as Redrive.
+func (j *Journal) Parked(ctx context.Context, fn func(ParkedEntry) error) error {
+	var after []byte
+	for {
+		if err := j.usable(ctx); err != nil {
+			return err
+		}
+		var page []ParkedEntry
+		err := j.view(func(tx *bbolt.Tx) error {
+			c := tx.Bucket(bucketParked).Cursor()
+			k, v := c.First()
+			if after != nil {
+				k, v = c.Seek(after)
+				if k != nil && bytes.Equal(k, after) {
+					k, v = c.Next()
+				}
+			}
+			for ; k != nil && len(page) < 256; k, v = c.Next() {
+				pe, err := decodeParked(v)
+				if err != nil {
+					return fmt.Errorf("%w: %s: parked entry %x: %w", ErrCorrupt, j.path, k, err)
+				}
+				page = append(page, pe)
+				after = append(after[:0], k...)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, pe := range page {
+			if err := fn(pe); err != nil {
+				return err
+			}
+		}
+		if len(page) < 256 {
+			return nil
+		}
+	}
+}
+
+func (j *Journal) usable(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := j.brokenErr(); err != nil {
+		return err
+	}
+	select {
+	case <-j.done:
+		return ErrClosed
+	default:
+		return nil
+	}
+}
+
+// Stats is a snapshot of the journal's contents.
+type Stats struct {
+	Pending       int              // pending entries
+	PendingBytes  int64            // their encoded size
+	Parked        int              // parked entries
+	ParkedBytes   int64            // their encoded size
+	OldestPending time.Time        // Created of the lowest-ID pending entry; zero if none
+	NextSeq       map[string]int64 // per stream, the sequence number the next append gets
+	FileSize      int64            // size of the bbolt file
+	FreeBytes     int64            // bytes of free pages inside it (reclaimed by Compact)
+}
+
+// Stats returns a snapshot as of the last commit. On a closed journal the
+// file fields and OldestPending are zero.
+func (j *Journal) Stats() Stats {
+	j.statMu.Lock()
+	s := Stats{
+		Pending:      int(j.pub.pendingN),
+		PendingBytes: j.pub.pendingBytes,
+		Parked:       int(j.pub.parkedN),
+		ParkedBytes:  j.pub.parkedBytes,
+		NextSeq:      make(map[string]int64, len(j.pub.nextSeq)),
+	}
+	for k, v := range j.pub.nextSeq {
+		s.NextSeq[k] = v
+	}
+	j.statMu.Unlock()
+	if j.usable(context.Background()) != nil {
+		return s
+	}
+	_ = j.view(func(tx *bbolt.Tx) error {
+		if _, v := tx.Bucket(bucketPending).Cursor().First(); v != nil {
+			s.OldestPending, _ = entryCreated(v)
+		}
+		return nil
+	})
+	j.dbMu.RLock()
+	st := j.db.Stats()
+	j.dbMu.RUnlock()
+	s.FreeBytes = int64(st.FreeAlloc)
+	if fi, err := os.Stat(j.path); err == nil {
+		s.FileSize = fi.Size()
+	}
+	return s
+}
