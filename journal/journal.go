@@ -8,11 +8,12 @@ import (
 
 	"log/slog"
 	"os"
-	"sync"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 
 	bbolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Bucket and key names inside the bbolt file.
@@ -195,7 +196,7 @@ func (j *Journal) create() error {
 	j.w = writerState{nextID: 1, seqs: map[string]int64{}}
 	err := j.db.Update(func(tx *bbolt.Tx) error {
 		for _, name := range [][]byte{bucketMeta, bucketStreams, bucketPending, bucketParked} {
-			if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, bbolt.ErrBucketNotFound) {
+			if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
 				return err
 			}
 			if _, err := tx.CreateBucket(name); err != nil {
@@ -223,7 +224,9 @@ func (j *Journal) create() error {
 
 func (j *Journal) loadState(tx *bbolt.Tx) error {
 	m := tx.Bucket(bucketMeta)
-	bad := func(what string) error { return fmt.Errorf("%w: %s: meta %s missing or malformed", ErrCorrupt, j.path, what) }
+	bad := func(what string) error {
+		return fmt.Errorf("%w: %s: meta %s missing or malformed", ErrCorrupt, j.path, what)
+	}
 	if v := m.Get(keyFormat); len(v) != 8 || binary.BigEndian.Uint64(v) != fileFormat {
 		return bad("format")
 	}
@@ -273,7 +276,7 @@ func (j *Journal) view(fn func(tx *bbolt.Tx) error) (err error) {
 	j.dbMu.RLock()
 	defer j.dbMu.RUnlock()
 	err = j.db.View(fn)
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return ErrClosed
 	}
 	return err
@@ -310,5 +313,3 @@ func (j *Journal) Close() error {
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
-
-

@@ -11,11 +11,11 @@ import (
 const (
 	DefaultLockTimeout        = 5 * time.Second
 	DefaultMaxEntries         = 10_000_000
-	DefaultMaxBytes           = int64(1 << 30)   // 1 GiB
-	DefaultMaxMessageSize     = 128 << 20        // RabbitMQ's default max_message_size
-	DefaultAutoCompactMinSize = int64(64 << 20)  // 64 MiB
-	DefaultTailCacheBytes     = 16 << 20         // 16 MiB
-	maxBBoltValue             = (1 << 31) - 2    // bbolt.MaxValueSize
+	DefaultMaxBytes           = int64(1 << 30)  // 1 GiB
+	DefaultMaxMessageSize     = 128 << 20       // RabbitMQ's default max_message_size
+	DefaultAutoCompactMinSize = int64(64 << 20) // 64 MiB
+	DefaultTailCacheBytes     = 16 << 20        // 16 MiB
+	maxBBoltValue             = (1 << 31) - 2   // bbolt.MaxValueSize
 	maxHeaderDepth            = 32
 )
 
