@@ -24,14 +24,13 @@ func newTracker(t testing.TB, cfg Config) *Tracker {
 
 // step is one action of a table test: commit (and expect the verdict before it), or expire.
 type step struct {
-	expire  bool
-	at      time.Duration // since t0
-	epoch   int64
-	seq     int64
-	want    Kind
-	flags   Flags
-	events  []EventKind
-	noCheck bool
+	expire bool
+	at     time.Duration // since t0
+	epoch  int64
+	seq    int64
+	want   Kind
+	flags  Flags
+	events []EventKind
 }
 
 func TestTrackerTable(t *testing.T) {
