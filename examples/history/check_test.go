@@ -191,7 +191,7 @@ func TestCheck(t *testing.T) {
 				Gaps: []Gap{
 					{Source: "a", Epoch: 1, Stream: "x/k", From: 4, To: 5},
 					{Source: "a", Epoch: 1, Stream: "x/k", From: 11, To: 1 << 62}, // above: fine
-					{Source: "a", Epoch: 2, Stream: "x/k", From: 1, To: 3},       // other epoch: fine
+					{Source: "a", Epoch: 2, Stream: "x/k", From: 1, To: 3},        // other epoch: fine
 					{Source: "a", Epoch: 1, Stream: "x/k", From: 10, To: 10},
 				},
 			},
