@@ -1,0 +1,279 @@
+package consumer
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// BoltOptions configures OpenBoltStore. The zero value is valid.
+type BoltOptions struct {
+	// LockTimeout bounds the wait for the file lock held by another process. Default 5 s.
+	LockTimeout time.Duration
+	// MaxBatchOps caps the ops gathered into one transaction. Default 10,000.
+	MaxBatchOps int
+	// NoSync skips fsync on commit. Only for tests and benchmarks: a crash of the machine (not of
+	// the process) may then lose committed dedup state and effects.
+	NoSync bool
+	// Logger receives compaction and error logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+var (
+	bucketStreams = []byte("rabbitkit.consumer.streams") // dedup.AppendKey -> updated(8) + state
+)
+
+// BoltStore is the default Store: one bbolt file, one writer goroutine that groups concurrent
+// batches into one transaction and one fsync (like DB.Batch, without its fixed delay).
+// Transactional handlers (Consumer.RunTx) get the *bbolt.Tx of that transaction, so their writes
+// commit atomically with the dedup state that marks the message handled.
+type BoltStore struct {
+	db   *bolt.DB
+	opts BoltOptions
+	log  *slog.Logger
+
+	reqs    chan *commitReq
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	closeMu sync.Mutex
+	closed  bool
+}
+
+type commitReq struct {
+	b    *Batch
+	done chan error // buffered 1
+}
+
+// OpenBoltStore opens (creating if needed, mode 0600) the bbolt file at path.
+func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = 5 * time.Second
+	}
+	if opts.MaxBatchOps <= 0 {
+		opts.MaxBatchOps = 10000
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      opts.LockTimeout,
+		NoSync:       opts.NoSync,
+		FreelistType: bolt.FreelistMapType,
+	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s (waited %s)", ErrLocked, path, opts.LockTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("consumer: open store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketStreams} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("consumer: init store %s: %w", path, err)
+	}
+	s := &BoltStore{db: db, opts: opts, log: opts.Logger, reqs: make(chan *commitReq, 64), stop: make(chan struct{})}
+	s.wg.Go(s.writer)
+	return s, nil
+}
+
+// DB returns the underlying database, for reading the effects of transactional handlers with
+// db.View. Do not write to it while the store is open except through RunTx handlers: bbolt has one
+// writer at a time and a long write stalls every commit.
+func (s *BoltStore) DB() *bolt.DB { return s.db }
+
+// Path returns the file's path.
+func (s *BoltStore) Path() string { return s.db.Path() }
+
+// Load implements Store.
+func (s *BoltStore) Load(ctx context.Context) ([]StreamState, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []StreamState
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketStreams).ForEach(func(k, v []byte) error {
+			key, err := dedup.ParseKey(k)
+			if err != nil {
+				return err
+			}
+			if len(v) < 8 {
+				return fmt.Errorf("consumer: stream %q/%q: state too short", key.Source, key.Stream)
+			}
+			out = append(out, StreamState{Key: key, State: append([]byte(nil), v[8:]...)})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: load: %w", ErrStore, err)
+	}
+	return out, nil
+}
+
+// Commit implements Store. It returns once the batch is durable (or failed). When ctx ends first,
+// Commit returns ctx's error and the batch may or may not be committed.
+func (s *BoltStore) Commit(ctx context.Context, b *Batch) error {
+	r := &commitReq{b: b, done: make(chan error, 1)}
+	select {
+	case s.reqs <- r:
+	case <-s.stop:
+		return ErrClosed
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// Close stops the writer after the batches already submitted and closes the file. Idempotent.
+func (s *BoltStore) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	close(s.stop)
+	s.wg.Wait()
+	return s.db.Close()
+}
+
+func (s *BoltStore) writer() {
+	for {
+		select {
+		case <-s.stop:
+			// Answer what raced with Close rather than leave callers waiting for their ctx.
+			for {
+				select {
+				case r := <-s.reqs:
+					r.done <- ErrClosed
+				default:
+					return
+				}
+			}
+		case r := <-s.reqs:
+			group := []*commitReq{r}
+			n := len(r.b.Ops)
+		gather:
+			for n < s.opts.MaxBatchOps {
+				select {
+				case r2 := <-s.reqs:
+					group = append(group, r2)
+					n += len(r2.b.Ops)
+				default:
+					break gather
+				}
+			}
+			err := s.apply(group)
+			for _, r := range group {
+				r.done <- err
+			}
+		}
+	}
+}
+
+// errRerun rolls back an attempt in which an effect failed; apply then retries without it.
+var errRerun = errors.New("consumer: rerun")
+
+func (s *BoltStore) apply(group []*commitReq) error {
+	for _, r := range group {
+		for i := range r.b.Ops {
+			r.b.Ops[i].Err = nil
+		}
+	}
+	var stamp [8]byte
+	binary.BigEndian.PutUint64(stamp[:], uint64(time.Now().UnixNano()))
+	for {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, r := range group {
+				if failed := runEffects(tx, r.b); failed {
+					return errRerun
+				}
+			}
+			streams := tx.Bucket(bucketStreams)
+			for _, r := range group {
+				if r.b.States == nil {
+					continue
+				}
+				applied := make([]bool, len(r.b.Ops))
+				for i := range r.b.Ops {
+					applied[i] = r.b.Ops[i].Err == nil
+				}
+				for _, st := range r.b.States(applied) {
+					k := dedup.AppendKey(nil, st.Key)
+					if st.State == nil {
+						if err := streams.Delete(k); err != nil {
+							return err
+						}
+						continue
+					}
+					v := make([]byte, 8+len(st.State))
+					copy(v, stamp[:])
+					copy(v[8:], st.State)
+					if err := streams.Put(k, v); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if errors.Is(err, errRerun) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%w: commit: %w", ErrStore, err)
+		}
+		return nil
+	}
+}
+
+// runEffects runs the effects of b's ops that are not excluded yet. On the first failure it sets
+// Err on the failed op and on every later op of the same stream and reports true.
+func runEffects(tx *bolt.Tx, b *Batch) (failed bool) {
+	for i := range b.Ops {
+		op := &b.Ops[i]
+		if op.Err != nil || op.Effect == nil {
+			continue
+		}
+		if err := callEffect(op.Effect, tx); err != nil {
+			op.Err = err
+			for j := i + 1; j < len(b.Ops); j++ {
+				if b.Ops[j].Key == op.Key && b.Ops[j].Err == nil {
+					b.Ops[j].Err = fmt.Errorf("%w (stream %s)", ErrSkipped, op.Key)
+				}
+			}
+			return true
+		}
+	}
+	return false
+}
+
+func callEffect(e Effect, tx *bolt.Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrPanic, p)
+		}
+	}()
+	if err := e(tx); err != nil {
+		return err
+	}
+	return nil
+}

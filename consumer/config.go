@@ -1,0 +1,201 @@
+package consumer
+
+import (
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+	"github.com/rabbitkit/rabbitkit/metrics"
+	"github.com/rabbitkit/rabbitkit/protocol"
+	"github.com/rabbitkit/rabbitkit/topology"
+)
+
+// NoStampPolicy says what happens to a message without any rk- header.
+type NoStampPolicy uint8
+
+const (
+	// NoStampPassThrough (the default) runs the handler without dedup and counts the message
+	// (MetricUnstamped): at-least-once, like a plain consumer. Suits queues shared with producers
+	// that do not use rabbitkit.
+	NoStampPassThrough NoStampPolicy = iota
+	// NoStampPark parks the message (strict mode): only stamped messages are handled.
+	NoStampPark
+)
+
+// Defaults for zero Config fields.
+const (
+	// DefaultPrefetch equals the baseline the kit is measured against: enough deliveries in flight
+	// for group commits and multiple-acks to stay large, bounded so a crash redelivers at most this
+	// many messages (which dedup then drops).
+	DefaultPrefetch     = 1000
+	DefaultMaxAttempts  = 5
+	DefaultDrainTimeout = 30 * time.Second
+	// DefaultMaxBatch caps the deliveries one worker handles between two store commits.
+	DefaultMaxBatch = 500
+)
+
+// Config configures a Consumer. URLs and Queue are required, and either Store or StorePath.
+type Config struct {
+	URLs  []string // brokers, tried in turn
+	Queue string   // the queue to consume
+	// Topology is declared on every (re)connect, before consuming. Include the consumed queue so
+	// that a deleted queue comes back; the parking queue is added unless it is already there.
+	Topology topology.Topology
+	// ParkingQueue receives parked messages. Default Queue + ".parked", declared as a durable
+	// classic queue unless Topology declares it.
+	ParkingQueue string
+
+	Prefetch int // basic.qos prefetch count; default DefaultPrefetch
+	// Workers is the number of goroutines running handlers. Messages of one stream (source, stream)
+	// always go to the same worker, so each stream's effects stay in delivery order. Default 1.
+	Workers int
+	// MaxBatch caps the deliveries a worker handles between two store commits. Default DefaultMaxBatch.
+	MaxBatch int
+
+	// Store keeps the dedup state. When nil, New opens a BoltStore at StorePath and Close closes it.
+	Store     Store
+	StorePath string
+	// Dedup bounds the dedup window: GapGrace (how long a missing range may stay open before it is
+	// reported), MaxAhead (the suspicious-jump bound), retention of epochs and idle streams.
+	Dedup dedup.Config
+	// ExpireInterval is how often gap grace and retention are checked. Default min(1s, GapGrace/4).
+	ExpireInterval time.Duration
+
+	NoStamp NoStampPolicy
+	// MaxAttempts bounds handler attempts per delivery; then the message is parked. Default 5.
+	MaxAttempts int
+	// RetryDelay returns the wait before attempt n+1 after n failed ones. Default: 100ms·2^(n-1)
+	// capped at 5s, with ±50% jitter.
+	RetryDelay func(n int) time.Duration
+	// DrainTimeout bounds how long Run waits for running handlers once its context ended; then
+	// their context is cancelled. Default 30s.
+	DrainTimeout time.Duration
+
+	// Reconnect is the backoff between connection attempts. Default: exponential 100ms..5s,
+	// forever (internal/amqpconn).
+	Reconnect func() backoff.BackOff
+	Heartbeat time.Duration // default 2s
+	Name      string        // connection name shown in the management UI; default "rabbitkit-consumer"
+
+	Logger  *slog.Logger     // default slog.Default()
+	Metrics metrics.Recorder // default metrics.Nop
+
+	// Callbacks run one at a time on a single goroutine of the Consumer, in the order the events
+	// were committed. They must not block: the queue in front of them grows while they run. A
+	// panicking callback is recovered and logged.
+	OnGap      func(dedup.Event) // EventGapDetected and EventGapGivenUp
+	OnLate     func(dedup.Event) // EventLateArrival
+	OnEpoch    func(dedup.Event) // EventEpochChanged and EventEpochRetired
+	OnParked   func(Parked)
+	OnConflict func(Conflict)
+}
+
+// Parked describes a message published to the parking queue.
+type Parked struct {
+	Stamp   protocol.Stamp // zero when the message had no valid stamp
+	Stamped bool
+	Reason  string
+	Queue   string // the parking queue
+	// Accounted reports whether the stamp was committed as handled (a handler that kept failing),
+	// so that the sequence number is not reported as a gap and redeliveries are dropped.
+	Accounted bool
+}
+
+// Conflict reports a duplicate stamp whose body differs from the body that was handled. The
+// duplicate is dropped; the first body's effect stands.
+type Conflict struct {
+	Stamp     protocol.Stamp
+	FirstHash uint64 // dedup.BodyHash of the handled body
+	DupHash   uint64 // dedup.BodyHash of the duplicate's body
+}
+
+func (c Config) withDefaults() (Config, error) {
+	bad := func(format string, args ...any) (Config, error) {
+		return c, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	}
+	if len(c.URLs) == 0 {
+		return bad("no URLs")
+	}
+	if c.Queue == "" {
+		return bad("no Queue")
+	}
+	if c.Store == nil && c.StorePath == "" {
+		return bad("neither Store nor StorePath")
+	}
+	if err := c.Topology.Validate(); err != nil {
+		return bad("%v", err)
+	}
+	if c.Prefetch < 0 || c.Workers < 0 || c.MaxBatch < 0 || c.MaxAttempts < 0 || c.DrainTimeout < 0 || c.ExpireInterval < 0 {
+		return bad("negative Prefetch, Workers, MaxBatch, MaxAttempts, DrainTimeout or ExpireInterval")
+	}
+	if c.NoStamp > NoStampPark {
+		return bad("unknown NoStamp policy %d", c.NoStamp)
+	}
+	c.URLs = slices.Clone(c.URLs)
+	if c.ParkingQueue == "" {
+		c.ParkingQueue = c.Queue + ".parked"
+	}
+	if c.ParkingQueue == c.Queue {
+		return bad("ParkingQueue is the consumed queue")
+	}
+	if c.Prefetch == 0 {
+		c.Prefetch = DefaultPrefetch
+	}
+	if c.Workers == 0 {
+		c.Workers = 1
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = DefaultMaxBatch
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.RetryDelay == nil {
+		c.RetryDelay = defaultRetryDelay
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.Name == "" {
+		c.Name = "rabbitkit-consumer"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Metrics = metrics.OrNop(c.Metrics)
+	if _, err := dedup.New(c.Dedup); err != nil {
+		return bad("%v", err)
+	}
+	if c.ExpireInterval == 0 {
+		grace := c.Dedup.GapGrace
+		if grace == 0 {
+			grace = dedup.DefaultGapGrace
+		}
+		c.ExpireInterval = max(10*time.Millisecond, min(time.Second, grace/4))
+	}
+	return c, nil
+}
+
+func defaultRetryDelay(n int) time.Duration {
+	d := 100 * time.Millisecond << min(max(n-1, 0), 6)
+	d = min(d, 5*time.Second)
+	return d/2 + rand.N(d)
+}
+
+// parkingTopology returns the topology to declare on every connect: the caller's, plus the parking
+// queue unless it is declared already.
+func (c *Config) parkingTopology() topology.Topology {
+	t := c.Topology
+	for _, q := range t.Queues {
+		if q.Name == c.ParkingQueue {
+			return t
+		}
+	}
+	t.Queues = append(slices.Clone(t.Queues), topology.Queue{Name: c.ParkingQueue})
+	return t
+}

@@ -1,0 +1,25 @@
+package consumer
+
+import "errors"
+
+// Sentinel errors. Match them with errors.Is.
+var (
+	// ErrClosed is returned by calls on a closed Consumer or Store.
+	ErrClosed = errors.New("consumer: closed")
+	// ErrRunning is returned by Run when another Run of the same Consumer has not returned yet.
+	ErrRunning = errors.New("consumer: already running")
+	// ErrInvalidConfig wraps every configuration problem New reports.
+	ErrInvalidConfig = errors.New("consumer: invalid config")
+	// ErrNotTxStore is returned by RunTx when the Consumer's store is not a *BoltStore.
+	ErrNotTxStore = errors.New("consumer: transactional handlers need the bbolt store")
+	// ErrLocked is returned by OpenBoltStore when another process holds the file.
+	ErrLocked = errors.New("consumer: store file is locked by another process")
+	// ErrSkipped is set on an Op that a Store did not apply because an earlier Op of the same
+	// stream in the same Batch failed: applying it would reorder effects of the stream.
+	ErrSkipped = errors.New("consumer: skipped after an earlier failure of the same stream")
+	// ErrPanic wraps a panic recovered from a handler.
+	ErrPanic = errors.New("consumer: handler panicked")
+	// ErrStore wraps a failure of the store. Run returns it: nothing uncommitted is acked, so every
+	// message not yet committed is redelivered to the next Run.
+	ErrStore = errors.New("consumer: store failed")
+)

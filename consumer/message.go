@@ -1,0 +1,61 @@
+package consumer
+
+import (
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/protocol"
+)
+
+// Properties are the AMQP basic properties of a delivered message.
+type Properties struct {
+	ContentType     string
+	ContentEncoding string
+	DeliveryMode    uint8
+	Priority        uint8
+	CorrelationID   string
+	ReplyTo         string
+	Expiration      string
+	MessageID       string
+	Timestamp       time.Time
+	Type            string
+	UserID          string
+	AppID           string
+}
+
+// Message is what a handler sees. The handler must not keep it (or its Body) after returning.
+type Message struct {
+	Body       []byte
+	Headers    amqp.Table
+	Properties Properties
+	Exchange   string // the exchange it was published to
+	RoutingKey string
+	// Stamp is the decoded rk- headers. It is zero when Stamped is false (a message without rk-
+	// headers passed through by NoStampPassThrough: no dedup, no order guarantee).
+	Stamp   protocol.Stamp
+	Stamped bool
+	// Redelivered is the broker's flag: the message was delivered before (to this or another
+	// consumer) and not acked. Dedup makes that harmless; it is informational.
+	Redelivered bool
+	// Attempt counts handler attempts for this delivery, from 1.
+	Attempt int
+}
+
+func newMessage(d *amqp.Delivery, s protocol.Stamp, stamped bool, attempt int) *Message {
+	return &Message{
+		Body:    d.Body,
+		Headers: d.Headers,
+		Properties: Properties{
+			ContentType: d.ContentType, ContentEncoding: d.ContentEncoding, DeliveryMode: d.DeliveryMode,
+			Priority: d.Priority, CorrelationID: d.CorrelationId, ReplyTo: d.ReplyTo, Expiration: d.Expiration,
+			MessageID: d.MessageId, Timestamp: d.Timestamp, Type: d.Type, UserID: d.UserId, AppID: d.AppId,
+		},
+		Exchange:    d.Exchange,
+		RoutingKey:  d.RoutingKey,
+		Stamp:       s,
+		Stamped:     stamped,
+		Redelivered: d.Redelivered,
+		Attempt:     attempt,
+	}
+}

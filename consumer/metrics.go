@@ -1,0 +1,41 @@
+package consumer
+
+// Metric names reported through Config.Metrics (a metrics.Recorder). Counters end in _total,
+// latencies are observations in seconds.
+const (
+	// MetricHandled counts messages whose handler succeeded and whose mark was committed.
+	MetricHandled = "rabbitkit_consumer_handled_total"
+	// MetricDuplicates counts deliveries dropped as duplicates (acked without running the handler).
+	MetricDuplicates = "rabbitkit_consumer_duplicates_total"
+	// MetricGaps counts missing ranges reported after the grace period (dedup.EventGapDetected).
+	MetricGaps = "rabbitkit_consumer_gaps_total"
+	// MetricGapsGivenUp counts missing ranges no longer waited for (dedup.EventGapGivenUp).
+	MetricGapsGivenUp = "rabbitkit_consumer_gaps_given_up_total"
+	// MetricLate counts messages handled after their gap had been reported or given up.
+	MetricLate = "rabbitkit_consumer_late_arrivals_total"
+	// MetricEpochChanges counts new epochs of known streams (dedup.EventEpochChanged).
+	MetricEpochChanges = "rabbitkit_consumer_epoch_changes_total"
+	// MetricParked counts messages published to the parking queue.
+	MetricParked = "rabbitkit_consumer_parked_total"
+	// MetricConflicts counts duplicates whose body differs from the one handled.
+	MetricConflicts = "rabbitkit_consumer_conflicts_total"
+	// MetricUnstamped counts messages without rk- headers (passed through or parked per policy).
+	MetricUnstamped = "rabbitkit_consumer_unstamped_total"
+	// MetricRedeliveries counts deliveries the broker flagged as redelivered.
+	MetricRedeliveries = "rabbitkit_consumer_redeliveries_total"
+	// MetricHandlerErrors counts failed handler attempts (errors and panics).
+	MetricHandlerErrors = "rabbitkit_consumer_handler_errors_total"
+	// MetricReconnects counts sessions that ended other than by Run's context (connection or
+	// channel lost, consumer cancelled by the broker).
+	MetricReconnects = "rabbitkit_consumer_reconnects_total"
+	// MetricHandlerSeconds observes each handler attempt's duration.
+	MetricHandlerSeconds = "rabbitkit_consumer_handler_seconds"
+	// MetricAckSeconds observes, per acked delivery, the time from the end of its handling
+	// (handler returned or duplicate recognised) to the ack being sent: group commit plus ack
+	// batching.
+	MetricAckSeconds = "rabbitkit_consumer_ack_seconds"
+	// MetricCommitSeconds observes each store commit.
+	MetricCommitSeconds = "rabbitkit_consumer_commit_seconds"
+	// MetricStreams is a gauge of the streams held in the dedup state.
+	MetricStreams = "rabbitkit_consumer_streams"
+)

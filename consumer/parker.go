@@ -1,0 +1,153 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+)
+
+// Headers added to a parked message (besides all of its original headers).
+const (
+	HeaderParkReason     = "rk-park-reason"      // why it was parked
+	HeaderParkQueue      = "rk-park-queue"       // the queue it was consumed from
+	HeaderParkExchange   = "rk-park-exchange"    // the exchange it was published to
+	HeaderParkRoutingKey = "rk-park-routing-key" // its routing key
+	HeaderParkTime       = "rk-park-time"        // when it was parked
+	HeaderParkAttempts   = "rk-park-attempts"    // failed handler attempts
+)
+
+// parker publishes parked messages on a connection of its own, with publisher confirms and the
+// mandatory flag, so that "parked" means "in the parking queue". Its goroutine owns that
+// connection; workers send it requests and wait for the outcome.
+type parker struct {
+	r    *run
+	reqs chan *parkReq
+
+	dialer  *amqpconn.Dialer
+	conn    *amqp.Connection
+	ch      *amqp.Channel
+	returns chan amqp.Return
+}
+
+type parkReq struct {
+	it     *item
+	reason string
+	done   chan error // buffered 1
+}
+
+// park asks the parker goroutine to publish it and waits for the confirm (or ctx).
+func (p *parker) park(ctx context.Context, it *item, reason string) error {
+	req := &parkReq{it: it, reason: reason, done: make(chan error, 1)}
+	select {
+	case p.reqs <- req:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+func (p *parker) loop() {
+	r := p.r
+	p.dialer = &amqpconn.Dialer{URLs: r.cfg.URLs, Heartbeat: r.cfg.Heartbeat, Backoff: r.cfg.Reconnect, Logger: r.cfg.Logger, Name: r.cfg.Name + "-parking"}
+	defer p.reset()
+	for {
+		select {
+		case <-r.auxStop:
+			return
+		case req := <-p.reqs:
+			ctx, cancel := context.WithTimeout(r.hctx, 30*time.Second)
+			err := p.publish(ctx, req)
+			cancel()
+			if err != nil {
+				p.reset()
+			}
+			req.done <- err
+		}
+	}
+}
+
+func (p *parker) reset() {
+	if p.conn != nil {
+		_ = p.conn.Close()
+	}
+	p.conn, p.ch, p.returns = nil, nil, nil
+}
+
+func (p *parker) connect(ctx context.Context) error {
+	conn, _, err := p.dialer.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	p.conn = conn
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("consumer: parking channel: %w", err)
+	}
+	p.ch = ch
+	if err := ch.Confirm(false); err != nil {
+		return fmt.Errorf("consumer: parking channel confirm mode: %w", err)
+	}
+	p.returns = ch.NotifyReturn(make(chan amqp.Return, 1))
+	return p.r.cfg.parkingTopology().Declare(ch)
+}
+
+func (p *parker) publish(ctx context.Context, req *parkReq) error {
+	if p.ch == nil || p.ch.IsClosed() {
+		p.reset()
+		if err := p.connect(ctx); err != nil {
+			return err
+		}
+	}
+	cfg, d := p.r.cfg, &req.it.d
+	h := amqp.Table{}
+	for k, v := range d.Headers {
+		h[k] = v
+	}
+	h[HeaderParkReason] = req.reason
+	h[HeaderParkQueue] = cfg.Queue
+	h[HeaderParkExchange] = d.Exchange
+	h[HeaderParkRoutingKey] = d.RoutingKey
+	h[HeaderParkTime] = time.Now().UTC().Truncate(time.Second)
+	h[HeaderParkAttempts] = int64(req.it.attempt)
+	if err := h.Validate(); err != nil {
+		// Cannot happen for headers the broker delivered; keep the message rather than fail.
+		h = amqp.Table{HeaderParkReason: req.reason + " (original headers dropped: " + err.Error() + ")", HeaderParkQueue: cfg.Queue}
+	}
+	pub := amqp.Publishing{
+		Headers: h, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
+		DeliveryMode: amqp.Persistent, Priority: d.Priority, CorrelationId: d.CorrelationId,
+		ReplyTo: d.ReplyTo, Expiration: d.Expiration, MessageId: d.MessageId, Timestamp: d.Timestamp,
+		Type: d.Type, UserId: d.UserId, AppId: d.AppId, Body: d.Body,
+	}
+	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, "", cfg.ParkingQueue, true, false, pub)
+	if err != nil {
+		return fmt.Errorf("consumer: publish to parking queue %q: %w", cfg.ParkingQueue, err)
+	}
+	select {
+	case <-dc.Done():
+	case <-ctx.Done():
+		return fmt.Errorf("consumer: waiting for the parking confirm: %w", context.Cause(ctx))
+	}
+	// A basic.return precedes the (positive) ack of an unroutable mandatory message.
+	select {
+	case ret := <-p.returns:
+		return fmt.Errorf("consumer: parking queue %q: message returned: %d %s", cfg.ParkingQueue, ret.ReplyCode, ret.ReplyText)
+	default:
+	}
+	if !dc.Acked() {
+		return errParkNotConfirmed
+	}
+	return nil
+}
+
+var errParkNotConfirmed = errors.New("consumer: parking publish nacked or connection lost")

@@ -1,0 +1,230 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/protocol"
+)
+
+// item is one delivery on its way through a worker.
+type item struct {
+	d        amqp.Delivery
+	gen      uint64
+	stamp    protocol.Stamp
+	stampErr error // nil, protocol.ErrNoStamp or an error wrapping protocol.ErrMalformed
+	key      dedup.Key
+	attempt  int   // handler attempts so far
+	lastErr  error // last handler error (transactional handlers are retried across batches)
+}
+
+// doneTag is a finished delivery, reported by a worker once its outcome is committed.
+type doneTag struct {
+	gen, tag uint64
+	at       time.Time // when its handling ended
+}
+
+// session is one connection's consuming channel. Only the Run goroutine touches it.
+type session struct {
+	conn      *amqp.Connection
+	ch        *amqp.Channel
+	gen       uint64
+	tag       string
+	dels      <-chan amqp.Delivery
+	chClose   chan *amqp.Error
+	connClose chan *amqp.Error
+	cancelled chan string
+	acks      *ackWindow
+}
+
+// connLoop connects, consumes and reconnects until r.ctx ends; then it drains. It runs on the Run
+// goroutine, which owns every connection and channel of the session.
+func (r *run) connLoop() {
+	log := r.cfg.Logger
+	for {
+		conn, url, err := r.dialer.Dial(r.ctx)
+		if err != nil {
+			return // ctx ended (the default backoff never gives up)
+		}
+		s, err := r.open(conn)
+		if err != nil {
+			_ = conn.Close()
+			log.Warn("consumer: cannot consume", "url", amqpconn.Redact(url), "queue", r.cfg.Queue, "err", err)
+			if !sleepCtx(r.ctx, time.Second) {
+				return
+			}
+			continue
+		}
+		log.Info("consumer: consuming", "url", amqpconn.Redact(url), "queue", r.cfg.Queue, "prefetch", r.cfg.Prefetch)
+		drained := r.serve(s)
+		_ = conn.Close()
+		r.gen.Add(1) // deliveries of this session still queued in workers are dropped: they come back
+		if drained {
+			return
+		}
+		r.cfg.Metrics.Add(MetricReconnects, 1)
+		if !sleepCtx(r.ctx, 100*time.Millisecond) {
+			return
+		}
+	}
+}
+
+func (r *run) open(conn *amqp.Connection) (*session, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("consumer: open channel: %w", err)
+	}
+	if err := r.cfg.parkingTopology().Declare(ch); err != nil {
+		return nil, err
+	}
+	if err := ch.Qos(r.cfg.Prefetch, 0, false); err != nil {
+		return nil, fmt.Errorf("consumer: qos: %w", err)
+	}
+	s := &session{
+		conn: conn, ch: ch, acks: newAckWindow(),
+		chClose:   ch.NotifyClose(make(chan *amqp.Error, 1)),
+		connClose: conn.NotifyClose(make(chan *amqp.Error, 1)),
+		cancelled: ch.NotifyCancel(make(chan string, 1)),
+	}
+	s.gen = r.gen.Add(1)
+	s.tag = fmt.Sprintf("%s-%d", r.cfg.Name, s.gen)
+	// Consume, not ConsumeWithContext: the latter cancels from a goroutine of its own, and only
+	// this goroutine may touch the channel. drain cancels the consumer instead.
+	s.dels, err = ch.Consume(r.cfg.Queue, s.tag, false, false, false, false, nil)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: consume %q: %w", r.cfg.Queue, err)
+	}
+	return s, nil
+}
+
+// serve dispatches deliveries and sends acks until the session fails (false) or r.ctx ends and the
+// drain is complete (true).
+func (r *run) serve(s *session) bool {
+	log := r.cfg.Logger
+	for {
+		select {
+		case d, ok := <-s.dels:
+			if !ok {
+				log.Warn("consumer: delivery channel closed; reconnecting", "queue", r.cfg.Queue, "reason", sessionEndReason(s))
+				return false
+			}
+			s.acks.receive(d.DeliveryTag)
+			r.dispatch(s.gen, d)
+		case <-r.done.signal:
+			if err := r.flushAcks(s); err != nil {
+				log.Warn("consumer: ack failed; reconnecting", "err", err)
+				return false
+			}
+		case e := <-s.chClose:
+			log.Warn("consumer: channel closed; reconnecting", "err", e)
+			return false
+		case e := <-s.connClose:
+			log.Warn("consumer: connection closed; reconnecting", "err", e)
+			return false
+		case tag := <-s.cancelled:
+			// The broker cancelled the consumer: the queue was deleted, or its node went away.
+			// A new session re-declares the topology and consumes again.
+			log.Warn("consumer: consumer cancelled by the broker; re-declaring and resuming", "queue", r.cfg.Queue, "consumer_tag", tag)
+			return false
+		case <-r.ctx.Done():
+			r.drain(s)
+			return true
+		}
+	}
+}
+
+func sessionEndReason(s *session) any {
+	select {
+	case e := <-s.chClose:
+		return e
+	case tag := <-s.cancelled:
+		return "consumer " + tag + " cancelled by the broker"
+	default:
+		return "unknown"
+	}
+}
+
+// drain stops consuming, waits for the workers and acks what they finished.
+func (r *run) drain(s *session) {
+	log := r.cfg.Logger
+	if err := s.ch.Cancel(s.tag, false); err != nil {
+		log.Warn("consumer: basic.cancel failed", "err", err)
+	}
+	r.stopWorkers()
+	workersDone := make(chan struct{})
+	go func() { r.wg.Wait(); close(workersDone) }()
+	alive := true
+	for {
+		select {
+		case <-r.done.signal:
+			if alive && r.flushAcks(s) != nil {
+				alive = false
+			}
+		case <-s.chClose:
+			alive = false
+		case <-s.connClose:
+			alive = false
+		case <-workersDone:
+			if alive {
+				if err := r.flushAcks(s); err != nil {
+					log.Warn("consumer: final ack failed", "err", err)
+				}
+			}
+			log.Info("consumer: drained", "queue", r.cfg.Queue, "unacked_left", s.acks.outstanding())
+			return
+		}
+	}
+}
+
+// flushAcks acks the finished prefix of this session's deliveries with one multiple ack.
+func (r *run) flushAcks(s *session) error {
+	now := time.Now()
+	for _, d := range r.done.take(0) {
+		if d.gen != s.gen {
+			continue // an older channel's delivery: it will be redelivered and dropped as a duplicate
+		}
+		s.acks.finish(d.tag)
+		r.cfg.Metrics.Observe(MetricAckSeconds, now.Sub(d.at).Seconds())
+	}
+	tag, ok := s.acks.advance()
+	if !ok {
+		return nil
+	}
+	if err := s.ch.Ack(tag, true); err != nil {
+		return fmt.Errorf("consumer: ack %d: %w", tag, err)
+	}
+	return nil
+}
+
+// dispatch decodes the stamp and queues the delivery to the worker owning its stream.
+func (r *run) dispatch(gen uint64, d amqp.Delivery) {
+	d.Acknowledger = nil // acks go through the session only
+	it := &item{d: d, gen: gen}
+	if d.Redelivered {
+		r.cfg.Metrics.Add(MetricRedeliveries, 1)
+	}
+	it.stamp, it.stampErr = protocol.Decode(d.Headers)
+	if it.stampErr == nil {
+		it.key = dedup.KeyOf(it.stamp)
+	} else {
+		// No stream to keep in order: spread by routing key.
+		it.key = dedup.Key{Stream: d.Exchange + "/" + d.RoutingKey}
+	}
+	r.workers[r.workerOf(it.key)].q.push(it)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,405 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+	"github.com/rabbitkit/rabbitkit/protocol"
+)
+
+// worker runs the handlers of the streams hashed to it, in delivery order, and owns their dedup
+// state: its Tracker is touched only by this goroutine and, while it waits in Store.Commit, by the
+// store's goroutine inside Batch.States.
+type worker struct {
+	r       *run
+	id      int
+	q       *queue[*item]
+	tr      *dedup.Tracker
+	evs     []dedup.Event // events of the commit in progress
+	keys    []dedup.Key
+	streams atomic.Int64
+}
+
+// entry is one delivery inside a batch.
+type entry struct {
+	it   *item
+	op   int  // index in Batch.Ops, or -1
+	mark bool // commit the stamp to the tracker when the op is applied
+	hash uint64
+	kind outcome
+	at   time.Time // when its handling ended
+}
+
+type outcome uint8
+
+const (
+	outHandled outcome = iota + 1
+	outDuplicate
+	outParked
+	outPassed
+)
+
+func (w *worker) loop() {
+	r := w.r
+	t := time.NewTicker(r.cfg.ExpireInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stopCh:
+			return
+		case <-t.C:
+			w.expire()
+		case <-w.q.signal:
+			for !r.stopping.Load() {
+				items := w.q.take(r.cfg.MaxBatch)
+				if len(items) == 0 {
+					break
+				}
+				w.process(items)
+			}
+		}
+	}
+}
+
+// process handles items in order, retrying transactional handlers that failed (with the later
+// messages of their streams) until they succeed or are parked.
+func (w *worker) process(items []*item) {
+	for len(items) > 0 {
+		retry := w.processOnce(items)
+		if len(retry) == 0 {
+			return
+		}
+		n := 0
+		for _, it := range retry {
+			n = max(n, it.attempt)
+		}
+		if !w.sleep(w.r.cfg.RetryDelay(n)) {
+			return // stopping: the rest stays unacked and is redelivered
+		}
+		items = retry
+	}
+}
+
+// processOnce classifies and handles items, commits the batch and reports what finished. It returns
+// the deliveries to run again: failed transactional handlers and the messages of their streams
+// that followed them.
+func (w *worker) processOnce(items []*item) []*item {
+	r := w.r
+	b := &Batch{Ops: make([]Op, 0, len(items))}
+	ents := make([]entry, 0, len(items))
+	var local map[protocol.Stamp]uint64 // stamps handled earlier in this batch
+	for _, it := range items {
+		if r.stopping.Load() || it.gen != r.gen.Load() {
+			break // every later item is stale too: both conditions are monotonic
+		}
+		e := entry{it: it, op: -1}
+		ok := true
+		switch {
+		case errors.Is(it.stampErr, protocol.ErrNoStamp):
+			if it.attempt == 0 && it.lastErr == nil {
+				r.cfg.Metrics.Add(MetricUnstamped, 1)
+			}
+			if r.cfg.NoStamp == NoStampPark {
+				ok = w.park(&e, "no rk- headers (NoStampPark policy)", false)
+			} else {
+				ok = w.handle(b, &e, false)
+			}
+		case it.stampErr != nil:
+			ok = w.park(&e, it.stampErr.Error(), false)
+		default:
+			e.hash = dedup.BodyHash(it.d.Body)
+			v := w.tr.Classify(it.stamp)
+			if h, dup := local[it.stamp]; dup {
+				v = dedup.Verdict{Kind: dedup.KindDuplicate, StoredHash: h}
+			}
+			switch v.Kind {
+			case dedup.KindNew:
+				if local == nil {
+					local = map[protocol.Stamp]uint64{}
+				}
+				local[it.stamp] = e.hash
+				e.mark = true
+				ok = w.handle(b, &e, true)
+			case dedup.KindDuplicate:
+				if v.StoredHash != 0 && v.StoredHash != e.hash {
+					w.conflict(it.stamp, v.StoredHash, e.hash)
+				}
+				e.kind, e.at = outDuplicate, time.Now()
+				e.op = len(b.Ops) // ordered with its stream: acked only if what precedes it commits
+				b.Ops = append(b.Ops, Op{Key: it.key})
+			case dedup.KindSuspicious:
+				ok = w.park(&e, fmt.Sprintf("suspicious rk-seq %d: more than MaxAhead above the stream's watermark (or an invalid stamp)", it.stamp.Seq), false)
+			default: // dedup.KindStaleEpoch
+				ok = w.park(&e, fmt.Sprintf("stale epoch %d: retired, a straggler cannot be told from a duplicate", it.stamp.Epoch), false)
+			}
+		}
+		if !ok {
+			break // stopping or the session ended: this and later items stay unacked
+		}
+		ents = append(ents, e)
+	}
+	if len(ents) == 0 {
+		return nil
+	}
+	b.States = func(applied []bool) []StreamState {
+		now := time.Now()
+		for i := range ents {
+			e := &ents[i]
+			if e.mark && (e.op < 0 || applied[e.op]) {
+				_, evs := w.tr.Commit(e.it.stamp, e.hash, now)
+				w.evs = append(w.evs, evs...)
+			}
+		}
+		w.keys = w.tr.TakeDirty(w.keys[:0])
+		return w.states(w.keys)
+	}
+	start := time.Now()
+	// Not cancellable: the store's goroutine may be inside States, touching w.tr.
+	if err := r.store.Commit(context.WithoutCancel(r.ctx), b); err != nil {
+		r.fail(wrapStore(err))
+		return nil
+	}
+	now := time.Now()
+	r.cfg.Metrics.Observe(MetricCommitSeconds, now.Sub(start).Seconds())
+	var retry []*item
+	done := make([]doneTag, 0, len(ents))
+	for i := range ents {
+		e := &ents[i]
+		if e.op >= 0 {
+			if err := b.Ops[e.op].Err; err != nil {
+				if !errors.Is(err, ErrSkipped) {
+					w.handlerFailed(e.it, err)
+				}
+				retry = append(retry, e.it)
+				continue
+			}
+		}
+		if e.at.IsZero() {
+			e.at = now
+		}
+		done = append(done, doneTag{gen: e.it.gen, tag: e.it.d.DeliveryTag, at: e.at})
+		switch e.kind {
+		case outHandled:
+			r.cfg.Metrics.Add(MetricHandled, 1)
+		case outDuplicate:
+			r.cfg.Metrics.Add(MetricDuplicates, 1)
+		}
+	}
+	r.done.push(done...)
+	w.report()
+	return retry
+}
+
+// handle runs the handler (plain) or queues its effect (transactional). It reports false when the
+// delivery must be left unacked (stopping, or its session ended).
+func (w *worker) handle(b *Batch, e *entry, stamped bool) bool {
+	r, it := w.r, e.it
+	if r.txHandler != nil {
+		if it.attempt >= r.cfg.MaxAttempts {
+			return w.park(e, fmt.Sprintf("handler failed %d times: %v", it.attempt, it.lastErr), stamped)
+		}
+		msg := newMessage(&it.d, it.stamp, stamped, it.attempt+1)
+		h, hctx, rec := r.txHandler, r.hctx, r.cfg.Metrics
+		e.kind = outHandled
+		if !stamped {
+			e.kind = outPassed
+		}
+		e.op = len(b.Ops)
+		b.Ops = append(b.Ops, Op{Key: it.key, Effect: func(tx any) error {
+			start := time.Now()
+			defer func() { rec.Observe(MetricHandlerSeconds, time.Since(start).Seconds()) }()
+			return h(hctx, tx.(*bolt.Tx), msg)
+		}})
+		return true
+	}
+	for {
+		msg := newMessage(&it.d, it.stamp, stamped, it.attempt+1)
+		start := time.Now()
+		err := callHandler(r.hctx, r.handler, msg)
+		e.at = time.Now()
+		r.cfg.Metrics.Observe(MetricHandlerSeconds, e.at.Sub(start).Seconds())
+		if err == nil {
+			e.kind = outHandled
+			if !stamped {
+				e.kind = outPassed
+			}
+			if stamped {
+				e.op = len(b.Ops)
+				b.Ops = append(b.Ops, Op{Key: it.key})
+			}
+			return true
+		}
+		w.handlerFailed(it, err)
+		if r.hctx.Err() != nil || it.gen != r.gen.Load() {
+			return false
+		}
+		if it.attempt >= r.cfg.MaxAttempts {
+			return w.park(e, fmt.Sprintf("handler failed %d times: %v", it.attempt, err), stamped)
+		}
+		if !w.sleep(r.cfg.RetryDelay(it.attempt)) {
+			return false
+		}
+	}
+}
+
+func (w *worker) handlerFailed(it *item, err error) {
+	it.attempt++
+	it.lastErr = err
+	w.r.cfg.Metrics.Add(MetricHandlerErrors, 1)
+	w.r.cfg.Logger.Warn("consumer: handler failed", "stamp", stampString(it), "attempt", it.attempt, "max_attempts", w.r.cfg.MaxAttempts, "err", err)
+}
+
+func callHandler(ctx context.Context, h Handler, m *Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrPanic, p)
+		}
+	}()
+	return h(ctx, m)
+}
+
+// park publishes the delivery to the parking queue (retrying until it is confirmed) and records it
+// in e; accounted adds the stamp's mark so it is neither a gap nor handled again. It reports false
+// when the delivery must be left unacked instead (drain deadline or session ended).
+func (w *worker) park(e *entry, reason string, accounted bool) bool {
+	r, it := w.r, e.it
+	for attempt := 1; ; attempt++ {
+		err := r.parker.park(r.hctx, it, reason)
+		if err == nil {
+			break
+		}
+		if r.hctx.Err() != nil || it.gen != r.gen.Load() {
+			return false
+		}
+		r.cfg.Logger.Warn("consumer: parking failed; retrying", "stamp", stampString(it), "attempt", attempt, "err", err)
+		if !sleepCtx(r.hctx, r.cfg.RetryDelay(attempt)) {
+			return false
+		}
+	}
+	e.kind, e.at, e.mark = outParked, time.Now(), accounted
+	if accounted {
+		e.op = -1
+	}
+	r.cfg.Metrics.Add(MetricParked, 1)
+	r.cfg.Logger.Warn("consumer: message parked", "stamp", stampString(it), "queue", r.cfg.ParkingQueue, "reason", reason)
+	if cb := r.cfg.OnParked; cb != nil {
+		p := Parked{Stamp: it.stamp, Stamped: it.stampErr == nil, Reason: reason, Queue: r.cfg.ParkingQueue, Accounted: accounted}
+		r.events.push(func() { cb(p) })
+	}
+	return true
+}
+
+func (w *worker) conflict(s protocol.Stamp, first, dup uint64) {
+	r := w.r
+	r.cfg.Metrics.Add(MetricConflicts, 1)
+	r.cfg.Logger.Error("consumer: duplicate stamp with a different body; dropped, the first body's effect stands", "stamp", s.String())
+	if cb := r.cfg.OnConflict; cb != nil {
+		c := Conflict{Stamp: s, FirstHash: first, DupHash: dup}
+		r.events.push(func() { cb(c) })
+	}
+}
+
+// expire reports gaps past their grace and compacts idle streams, persisting what changed.
+func (w *worker) expire() {
+	w.evs = append(w.evs, w.tr.Expire(time.Now())...)
+	w.keys = w.tr.TakeDirty(w.keys[:0])
+	if len(w.keys) > 0 {
+		states := w.states(w.keys)
+		b := &Batch{States: func([]bool) []StreamState { return states }}
+		if err := w.r.store.Commit(context.WithoutCancel(w.r.ctx), b); err != nil {
+			w.r.fail(wrapStore(err))
+			return
+		}
+	}
+	w.report()
+}
+
+func (w *worker) states(keys []dedup.Key) []StreamState {
+	out := make([]StreamState, 0, len(keys))
+	for _, k := range keys {
+		buf, ok := w.tr.AppendState(nil, k)
+		if !ok {
+			buf = nil
+		}
+		out = append(out, StreamState{Key: k, State: buf})
+	}
+	w.streams.Store(int64(w.tr.Len()))
+	return out
+}
+
+// report logs, counts and queues the callbacks of the events of the last commit.
+func (w *worker) report() {
+	if len(w.evs) == 0 {
+		return
+	}
+	r := w.r
+	var n int64
+	for _, x := range r.workers {
+		n += x.streams.Load()
+	}
+	r.cfg.Metrics.Set(MetricStreams, float64(n))
+	for _, ev := range w.evs {
+		var cb func(dedup.Event)
+		switch ev.Kind {
+		case dedup.EventGapDetected:
+			r.cfg.Metrics.Add(MetricGaps, 1)
+			r.cfg.Logger.Error("consumer: gap: messages missing", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch, "from", ev.From, "to", ev.To, "since", ev.Since)
+			cb = r.cfg.OnGap
+		case dedup.EventGapGivenUp:
+			r.cfg.Metrics.Add(MetricGapsGivenUp, 1)
+			r.cfg.Logger.Error("consumer: gap given up: no longer waiting for messages", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch, "from", ev.From, "to", ev.To, "since", ev.Since)
+			cb = r.cfg.OnGap
+		case dedup.EventLateArrival:
+			r.cfg.Metrics.Add(MetricLate, 1)
+			r.cfg.Logger.Warn("consumer: late arrival handled", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch, "seq", ev.From)
+			cb = r.cfg.OnLate
+		case dedup.EventEpochChanged:
+			r.cfg.Metrics.Add(MetricEpochChanges, 1)
+			r.cfg.Logger.Info("consumer: new epoch", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch, "old_epoch", ev.OldEpoch)
+			cb = r.cfg.OnEpoch
+		case dedup.EventEpochRetired:
+			cb = r.cfg.OnEpoch
+			r.cfg.Logger.Info("consumer: epoch retired", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch)
+		default:
+			r.cfg.Logger.Warn("consumer: dedup event", "event", ev.String())
+		}
+		if cb != nil {
+			ev := ev
+			r.events.push(func() { cb(ev) })
+		}
+	}
+	clear(w.evs)
+	w.evs = w.evs[:0]
+}
+
+// sleep waits d unless the run is stopping.
+func (w *worker) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-w.r.stopCh:
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func stampString(it *item) string {
+	if it.stampErr != nil {
+		return fmt.Sprintf("(no valid stamp; message-id %q)", it.d.MessageId)
+	}
+	return it.stamp.String()
+}
+
+func wrapStore(err error) error {
+	if errors.Is(err, ErrStore) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrStore, err)
+}
