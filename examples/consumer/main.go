@@ -1,0 +1,235 @@
+// Command consumer is the reference consumer: it consumes a queue through rabbitkit's consumer with
+// a transactional handler whose effect is a ledger (examples/ledger) kept in the same bbolt file as
+// the dedup state and written in the same transaction as the dedup mark. Every message's counter
+// must therefore end at exactly 1, whatever crashes in between.
+//
+// Usage:
+//
+//	consumer -queue Q -store FILE [-url URL] [-queue-type classic|quorum] [-prefetch N] [-exit-idle D]
+//	consumer -dump -store FILE
+//
+// Gaps are printed to stderr as "gap <source> <epoch> <stream> <from> <to>", late arrivals as
+// "late <source> <epoch> <stream> <seq>". -dump prints the ledger, one line per message,
+// "<source> <epoch> <stream> <seq> <count>", and exits. SIGTERM or SIGINT drain gracefully: the
+// handlers running finish, their marks commit and are acked, the rest is redelivered later.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/rabbitkit/rabbitkit/consumer"
+	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/examples/ledger"
+	"github.com/rabbitkit/rabbitkit/metrics"
+	"github.com/rabbitkit/rabbitkit/protocol"
+	"github.com/rabbitkit/rabbitkit/topology"
+)
+
+type options struct {
+	urls       string
+	queue      string
+	queueType  string
+	exchange   string
+	routingKey string
+	store      string
+	prefetch   int
+	workers    int
+	exitIdle   time.Duration
+	gapGrace   time.Duration
+	dump       bool
+	verbose    bool
+}
+
+func main() {
+	var o options
+	fs := flag.NewFlagSet("consumer", flag.ContinueOnError)
+	fs.StringVar(&o.urls, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL; several separated by commas (a cluster, tried in turn)")
+	fs.StringVar(&o.queue, "queue", "", "queue to consume (declared durable if missing); required unless -dump")
+	fs.StringVar(&o.queueType, "queue-type", topology.Classic, "type of the queue to declare: classic or quorum")
+	fs.StringVar(&o.exchange, "exchange", "", "if set, declare this direct exchange and bind the queue to it with -routing-key")
+	fs.StringVar(&o.routingKey, "routing-key", "", "binding key used with -exchange (default: the queue name)")
+	fs.StringVar(&o.store, "store", "", "bbolt file holding the dedup state and the ledger (created if missing); required")
+	fs.IntVar(&o.prefetch, "prefetch", consumer.DefaultPrefetch, "deliveries in flight (basic.qos)")
+	fs.IntVar(&o.workers, "workers", 1, "handler goroutines (per-stream order is kept)")
+	fs.DurationVar(&o.exitIdle, "exit-idle", 0, "exit 0 after no message for this long (0: run until SIGTERM/SIGINT)")
+	fs.DurationVar(&o.gapGrace, "gap-grace", dedup.DefaultGapGrace, "how long a missing sequence range may stay open before it is reported as a gap")
+	fs.BoolVar(&o.dump, "dump", false, "print the ledger (<source> <epoch> <stream> <seq> <count>) and exit")
+	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
+	fs.SetOutput(os.Stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage:\n  consumer -queue Q -store FILE [flags]\n  consumer -dump -store FILE\n\n"+
+			"Consumes with exactly-once effects: a per-message counter (the ledger) is incremented in the\n"+
+			"same bbolt transaction that marks the message handled.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "consumer:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	if o.store == "" {
+		return errors.New("-store is required")
+	}
+	if o.dump {
+		return dump(os.Stdout, o.store)
+	}
+	if o.queue == "" {
+		return errors.New("-queue is required")
+	}
+	level := slog.LevelInfo
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	topo := topology.Topology{Queues: []topology.Queue{{Name: o.queue, Type: o.queueType}}}
+	if o.exchange != "" {
+		key := o.routingKey
+		if key == "" {
+			key = o.queue
+		}
+		topo.Exchanges = []topology.Exchange{{Name: o.exchange}}
+		topo.Bindings = []topology.Binding{{Queue: o.queue, Exchange: o.exchange, Key: key}}
+	}
+
+	out := &lineOut{w: os.Stderr}
+	var mem metrics.Memory
+	c, err := consumer.New(consumer.Config{
+		URLs:      strings.Split(o.urls, ","),
+		Queue:     o.queue,
+		Topology:  topo,
+		Prefetch:  o.prefetch,
+		Workers:   o.workers,
+		StorePath: o.store,
+		Dedup:     dedup.Config{GapGrace: o.gapGrace},
+		Name:      "rabbitkit-example-consumer",
+		Logger:    log,
+		Metrics:   &mem,
+		OnGap: func(e dedup.Event) {
+			out.line(history.FormatGap(history.Gap{Source: e.Key.Source, Epoch: e.Epoch, Stream: e.Key.Stream, From: e.From, To: e.To}))
+		},
+		OnLate: func(e dedup.Event) {
+			out.line(fmt.Sprintf("late %s %d %s %d", history.Escape(e.Key.Source), e.Epoch, history.Escape(e.Key.Stream), e.From))
+		},
+		OnParked: func(p consumer.Parked) {
+			log.Error("message parked", "stamp", p.Stamp, "reason", p.Reason, "queue", p.Queue)
+		},
+		OnConflict: func(cf consumer.Conflict) {
+			log.Error("duplicate with a different body", "stamp", cf.Stamp)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var last atomic.Int64 // unix nanos of the last handled message
+	last.Store(time.Now().UnixNano())
+	var wg sync.WaitGroup
+	if o.exitIdle > 0 {
+		wg.Go(func() { exitWhenIdle(ctx, cancel, &last, o.exitIdle, log) })
+	}
+	err = c.RunTx(ctx, func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error {
+		last.Store(time.Now().UnixNano())
+		if !m.Stamped {
+			return nil // not published through rabbitkit: nothing to count
+		}
+		_, err := ledger.Increment(tx, m.Stamp)
+		return err
+	})
+	cancel()
+	wg.Wait()
+	log.Info("consumer stopped",
+		"handled", mem.Get(consumer.MetricHandled),
+		"duplicates_dropped", mem.Get(consumer.MetricDuplicates),
+		"gaps", mem.Get(consumer.MetricGaps),
+		"late", mem.Get(consumer.MetricLate),
+		"redeliveries", mem.Get(consumer.MetricRedeliveries),
+		"reconnects", mem.Get(consumer.MetricReconnects),
+		"parked", mem.Get(consumer.MetricParked))
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// exitWhenIdle cancels the run once no message was handled for idle.
+func exitWhenIdle(ctx context.Context, cancel context.CancelFunc, last *atomic.Int64, idle time.Duration, log *slog.Logger) {
+	t := time.NewTicker(min(idle/4+time.Millisecond, 250*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if since := time.Since(time.Unix(0, last.Load())); since >= idle {
+				log.Info("idle, exiting", "idle", since.Round(time.Millisecond))
+				cancel()
+				return
+			}
+		}
+	}
+}
+
+// dump prints the ledger of the store file. The file must not be open in another process.
+func dump(w io.Writer, path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer db.Close()
+	bw := bufio.NewWriter(w)
+	err = ledger.Dump(db, func(s protocol.Stamp, n int64) error {
+		_, err := bw.WriteString(history.FormatApplied(history.Applied{Stamp: s, Count: n}) + "\n")
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// lineOut writes whole lines to w under a lock, so that lines from callbacks never interleave
+// with each other (slog's handler locks its own writes the same way).
+type lineOut struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (o *lineOut) line(s string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, _ = io.WriteString(o.w, s+"\n")
+}
