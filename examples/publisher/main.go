@@ -1,0 +1,269 @@
+// Command publisher is the reference publisher: it publishes a stream of messages through
+// rabbitkit's publisher, which journals each one before Publish returns and sends it with publisher
+// confirms, resending after any reconnect or restart.
+//
+// Usage:
+//
+//	publisher -source NAME -journal FILE -queue Q [-url URL] [-exchange E] [-routing-key K]
+//	          [-queue-type classic|quorum] [-count N] [-rate R] [-size B] [-streams S]
+//
+// For every message, once Publish has returned (the message is journaled), it prints one line to
+// stdout: "accepted <source> <epoch> <stream> <seq>". When everything is confirmed by the broker it
+// prints "confirmed <n>" and exits 0. SIGTERM or SIGINT stop publishing new messages and close
+// gracefully: what is not confirmed stays in the journal. Restarted on the same journal after any
+// kind of death, it first sends what the journal holds; -count 0 only does that.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/metrics"
+	"github.com/rabbitkit/rabbitkit/protocol"
+	"github.com/rabbitkit/rabbitkit/publisher"
+	"github.com/rabbitkit/rabbitkit/topology"
+)
+
+type options struct {
+	urls       string
+	source     string
+	journal    string
+	exchange   string
+	routingKey string
+	queue      string
+	queueType  string
+	count      int
+	rate       float64
+	size       int
+	streams    int
+	inFlight   int
+	closeWait  time.Duration
+	verbose    bool
+}
+
+func main() {
+	var o options
+	fs := flag.NewFlagSet("publisher", flag.ContinueOnError)
+	fs.StringVar(&o.urls, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL; several separated by commas (a cluster, tried in turn)")
+	fs.StringVar(&o.source, "source", "", "stable name of this publisher (rk-source); required")
+	fs.StringVar(&o.journal, "journal", "", "journal file (created if missing); required. Reuse it after a crash: what it holds is sent first")
+	fs.StringVar(&o.exchange, "exchange", "rabbitkit.example", "exchange to publish to (declared durable, direct)")
+	fs.StringVar(&o.routingKey, "routing-key", "", "routing key (default: the queue name)")
+	fs.StringVar(&o.queue, "queue", "", "queue to declare and bind to the exchange with the routing key; empty: declare nothing but the exchange")
+	fs.StringVar(&o.queueType, "queue-type", topology.Classic, "type of the queue to declare: classic or quorum")
+	fs.IntVar(&o.count, "count", 1000, "new messages to publish in this run; 0 = only send what the journal holds")
+	fs.Float64Var(&o.rate, "rate", 0, "messages per second (0 = as fast as the journal takes them)")
+	fs.IntVar(&o.size, "size", 256, "body bytes")
+	fs.IntVar(&o.streams, "streams", 1, "spread messages round-robin over this many streams (sequence spaces)")
+	fs.IntVar(&o.inFlight, "in-flight", publisher.DefaultMaxInFlight, "unconfirmed messages allowed on the channel")
+	fs.DurationVar(&o.closeWait, "close-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for confirms of messages in flight")
+	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
+	fs.SetOutput(os.Stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage:\n  publisher -source NAME -journal FILE -queue Q [flags]\n\n"+
+			"Prints \"accepted <source> <epoch> <stream> <seq>\" per journaled message and \"confirmed <n>\"\n"+
+			"once the broker confirmed everything.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "publisher:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	switch {
+	case o.source == "":
+		return errors.New("-source is required")
+	case o.journal == "":
+		return errors.New("-journal is required")
+	case o.count < 0 || o.size < 0 || o.rate < 0 || o.streams < 1:
+		return errors.New("-count, -size and -rate must be >= 0, -streams >= 1")
+	}
+	level := slog.LevelInfo
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	key := o.routingKey
+	if key == "" {
+		key = o.queue
+	}
+	topo := topology.Topology{Exchanges: []topology.Exchange{{Name: o.exchange}}}
+	if o.queue != "" {
+		topo.Queues = []topology.Queue{{Name: o.queue, Type: o.queueType}}
+		topo.Bindings = []topology.Binding{{Queue: o.queue, Exchange: o.exchange, Key: key}}
+	}
+
+	var mem metrics.Memory
+	p, err := publisher.New(publisher.Config{
+		URLs:        strings.Split(o.urls, ","),
+		Source:      o.source,
+		JournalPath: o.journal,
+		Topology:    topo,
+		Logger:      log,
+		Metrics:     &mem,
+		MaxInFlight: o.inFlight,
+		OnParked: func(pe *publisher.ParkedError) {
+			log.Error("message parked", "err", pe)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			_ = p.Close(context.Background())
+		}
+	}()
+
+	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	// The printer prints each receipt's accepted line once it is journaled, in publish order,
+	// flushing stdout whenever it has caught up (a process killed before a flush loses lines of
+	// journaled messages, which the chaos checker allows for killed publishers only).
+	receipts := make(chan *publisher.Receipt, 1024)
+	var printErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { printErr = printAccepted(receipts) })
+
+	start := time.Now()
+	base := protocol.DefaultStream(o.exchange, key)
+	published := 0
+publish:
+	for i := 0; i < o.count; i++ {
+		if o.rate > 0 {
+			due := start.Add(time.Duration(float64(i) / o.rate * float64(time.Second)))
+			select {
+			case <-sig.Done():
+				break publish
+			case <-time.After(time.Until(due)):
+			}
+		} else if sig.Err() != nil {
+			break
+		}
+		stream := base
+		if o.streams > 1 {
+			stream = base + "#" + strconv.Itoa(i%o.streams)
+		}
+		body := makeBody(o.size, o.source, i) // the publisher owns it until journaled: never reuse
+		// Not sig: a context ending while the journal writes the message would leave its fate
+		// unknown to this run. PublishAsync only waits for room in the accept buffer.
+		r := p.PublishAsync(context.Background(), publisher.Message{
+			Exchange: o.exchange, RoutingKey: key, Stream: stream, Body: body,
+		})
+		receipts <- r
+		published++
+	}
+	close(receipts)
+	wg.Wait()
+	if printErr != nil {
+		return printErr
+	}
+
+	// Wait until the journal holds nothing pending: every message of this run and whatever an
+	// earlier run left is confirmed (or parked, which is reported and fails the run).
+	waitDrained(sig, p, log)
+	if sig.Err() != nil {
+		closed = true
+		ctx, cancel := context.WithTimeout(context.Background(), o.closeWait)
+		defer cancel()
+		err := p.Close(ctx)
+		st := p.Journal().Stats()
+		log.Info("interrupted: closed gracefully", "published", published, "confirmed", mem.Get(publisher.MetricConfirmed),
+			"left_in_journal", st.Pending, "close_err", err)
+		return nil
+	}
+
+	st := p.Stats()
+	closed = true
+	ctx, cancel := context.WithTimeout(context.Background(), o.closeWait)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		return err
+	}
+	if st.Parked > 0 {
+		return fmt.Errorf("%d messages parked (see the log and journal.Parked)", st.Parked)
+	}
+	fmt.Printf("confirmed %d\n", st.Confirmed)
+	return nil
+}
+
+// printAccepted prints an accepted line per journaled receipt, in order.
+func printAccepted(receipts <-chan *publisher.Receipt) error {
+	w := bufio.NewWriterSize(os.Stdout, 64<<10)
+	var failed error
+	for r := range receipts {
+		if failed != nil {
+			continue // keep draining so the publishing loop never blocks
+		}
+		if len(receipts) == 0 {
+			if err := w.Flush(); err != nil {
+				failed = err
+				continue
+			}
+		}
+		if err := r.WaitJournaled(context.Background()); err != nil {
+			failed = fmt.Errorf("journal: %w", err)
+			continue
+		}
+		_, _ = w.WriteString(history.FormatAccepted(r.Stamp()) + "\n")
+	}
+	if err := w.Flush(); err != nil && failed == nil {
+		failed = err
+	}
+	return failed
+}
+
+// waitDrained polls the journal until nothing is pending or sig ends, logging progress every few
+// seconds.
+func waitDrained(sig context.Context, p *publisher.Publisher, log *slog.Logger) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	lastLog := time.Now()
+	for {
+		st := p.Stats()
+		if st.Journal.Pending == 0 {
+			return
+		}
+		if time.Since(lastLog) > 5*time.Second {
+			log.Info("waiting for confirms", "pending", st.Journal.Pending, "state", st.State, "blocked", st.Blocked)
+			lastLog = time.Now()
+		}
+		select {
+		case <-sig.Done():
+			return // Close leaves the rest journaled; the caller reports it
+		case <-t.C:
+		}
+	}
+}
+
+// makeBody returns a recognisable body of size bytes: source and index, then padding.
+func makeBody(size int, source string, i int) []byte {
+	b := make([]byte, size)
+	n := copy(b, source+" "+strconv.Itoa(i)+" ")
+	for j := n; j < len(b); j++ {
+		b[j] = 'x'
+	}
+	return b
+}
