@@ -180,9 +180,15 @@ func openBolt(path string, f *os.File, opts Options) (db *bbolt.DB, err error) {
 			db, err = nil, fmt.Errorf("%w: %s: bbolt failed opening it: %v", ErrCorrupt, path, p)
 		}
 	}()
+	// NoFreelistSync stays false on purpose: it is crash-safe (the freelist is
+	// rebuilt at open), but bbolt v1.5.0 rebuilds it by running its page
+	// checker on a goroutine of its own, where a corrupt page faults the whole
+	// process and a detected inconsistency leaks that goroutine. With a synced
+	// freelist, Open reads only the meta and freelist pages (validated above)
+	// and corrupt data pages surface on our goroutines as ErrCorrupt.
 	bo := &bbolt.Options{
 		Timeout:        opts.LockTimeout,
-		NoFreelistSync: true,
+		NoFreelistSync: false,
 		FreelistType:   bbolt.FreelistMapType,
 		MaxSize:        int(opts.MaxFileSize),
 		OpenFile: func(string, int, fs.FileMode) (*os.File, error) {

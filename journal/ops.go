@@ -51,6 +51,9 @@ func (j *Journal) append(ctx context.Context, es []*Entry, wait bool) error {
 		if e.Stream == "" {
 			return fmt.Errorf("%w: empty stream", ErrInvalidEntry)
 		}
+		if len(e.Body) > j.opts.MaxMessageSize {
+			return fmt.Errorf("%w: body %d bytes > MaxMessageSize %d", ErrTooLarge, len(e.Body), j.opts.MaxMessageSize)
+		}
 		created[i] = e.Created
 		if created[i].IsZero() {
 			created[i] = now
