@@ -1,0 +1,81 @@
+package publisher
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Match them with errors.Is; returned errors usually wrap them with detail.
+var (
+	// ErrClosed is returned by Publish, PublishAsync, TryPublish, PublishBatch and Flush once Close
+	// has begun.
+	ErrClosed = errors.New("publisher: closed")
+	// ErrBufferFull is returned by TryPublish when MaxBuffered messages already wait to be journaled.
+	ErrBufferFull = errors.New("publisher: accept buffer full")
+	// ErrInvalidConfig is returned by New for a Config that can never work.
+	ErrInvalidConfig = errors.New("publisher: invalid config")
+	// ErrInvalidMessage is returned for a message that can never be published (bad header types,
+	// empty stream after defaulting, ...). Nothing was journaled.
+	ErrInvalidMessage = errors.New("publisher: invalid message")
+	// ErrAcceptUnknown is wrapped (together with the context's error) when the caller's context ended
+	// while the journal was already writing the message: it may or may not be journaled. The
+	// receipt's Journaled channel closes once the answer is known.
+	ErrAcceptUnknown = errors.New("publisher: context ended while the message was being journaled")
+	// ErrNotDone is returned by Receipt.Err before the receipt has a final outcome.
+	ErrNotDone = errors.New("publisher: outcome not known yet")
+	// ErrUnconfirmed is the outcome of a receipt whose message was journaled but not confirmed when
+	// the Publisher closed. It is not a failure: the message stays in the journal and is sent first
+	// by the next Publisher opened on it.
+	ErrUnconfirmed = errors.New("publisher: closed before the broker confirmed; the message stays journaled")
+	// ErrParked is wrapped by *ParkedError: the message will never be sent again unless an operator
+	// redrives it from the journal (journal.Redrive).
+	ErrParked = errors.New("publisher: message parked")
+	// ErrUnroutable is wrapped by *ParkedError when the broker returned a mandatory message because no
+	// queue was bound for its routing key.
+	ErrUnroutable = errors.New("publisher: message unroutable")
+)
+
+// ParkedError is the outcome of a message that was moved to the journal's parked set. It wraps
+// ErrParked, and ErrUnroutable when Returned is true.
+type ParkedError struct {
+	ID         uint64 // journal ID of the entry (before parking)
+	Stream     string
+	Seq        int64
+	Exchange   string
+	RoutingKey string
+	Returned   bool   // the broker returned it as unroutable (basic.return)
+	ReplyCode  uint16 // AMQP reply code: of the basic.return, of the channel error, 0 for nacks
+	ReplyText  string
+	Attempts   uint32 // sends that ended in a nack or a channel error attributed to this message
+}
+
+// Error implements error.
+func (e *ParkedError) Error() string {
+	what := "parked"
+	if e.Returned {
+		what = "unroutable, parked"
+	}
+	return fmt.Sprintf("publisher: message %s/%d to exchange %q key %q %s: %d %s (attempts %d)",
+		e.Stream, e.Seq, e.Exchange, e.RoutingKey, what, e.ReplyCode, e.ReplyText, e.Attempts)
+}
+
+// Unwrap lets errors.Is match ErrParked and, for returns, ErrUnroutable.
+func (e *ParkedError) Unwrap() []error {
+	if e.Returned {
+		return []error{ErrParked, ErrUnroutable}
+	}
+	return []error{ErrParked}
+}
+
+// reason is the text stored with the parked journal entry.
+func (e *ParkedError) reason() string {
+	if e.Returned {
+		return fmt.Sprintf("unroutable: basic.return %d %s (exchange %q, key %q)", e.ReplyCode, e.ReplyText, e.Exchange, e.RoutingKey)
+	}
+	return fmt.Sprintf("%d %s after %d attempts", e.ReplyCode, e.ReplyText, e.Attempts)
+}
+
+// ErrOutcomeForgotten is returned by Receipt.Err for a receipt first asked about after more than
+// 65536 later messages were parked: the Publisher no longer knows whether it was confirmed or
+// parked. Look it up with journal.Parked.
+var ErrOutcomeForgotten = errors.New("publisher: outcome no longer in memory")

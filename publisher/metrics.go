@@ -1,0 +1,41 @@
+package publisher
+
+// Metric names reported through Config.Metrics. Counters end in _total; latencies are in seconds.
+const (
+	// MetricAccepted counts messages durably journaled by this Publisher.
+	MetricAccepted = "rabbitkit_publisher_accepted_total"
+	// MetricPublished counts basic.publish frames sent, resends included.
+	MetricPublished = "rabbitkit_publisher_published_total"
+	// MetricResent counts sends of an entry that had been sent before (after a reconnect, a channel
+	// error or a nack).
+	MetricResent = "rabbitkit_publisher_resent_total"
+	// MetricConfirmed counts positive confirms (entries removed from the journal).
+	MetricConfirmed = "rabbitkit_publisher_confirmed_total"
+	// MetricNacked counts basic.nack confirms.
+	MetricNacked = "rabbitkit_publisher_nacked_total"
+	// MetricReturned counts basic.return (unroutable) messages.
+	MetricReturned = "rabbitkit_publisher_returned_total"
+	// MetricParked counts entries parked by the publisher.
+	MetricParked = "rabbitkit_publisher_parked_total"
+	// MetricUnknown counts sends whose confirm was lost with the channel or connection.
+	MetricUnknown = "rabbitkit_publisher_unknown_total"
+	// MetricReconnects counts successful connections after the first.
+	MetricReconnects = "rabbitkit_publisher_reconnects_total"
+	// MetricChannelErrors counts channels closed by the broker (404, 403, 406, ...).
+	MetricChannelErrors = "rabbitkit_publisher_channel_errors_total"
+	// MetricConnected is 1 while a channel is open and ready, else 0.
+	MetricConnected = "rabbitkit_publisher_connected"
+	// MetricBlocked is 1 while the broker has blocked the connection (resource alarm), else 0.
+	MetricBlocked = "rabbitkit_publisher_blocked"
+	// MetricInFlight is the number of unconfirmed messages on the channel.
+	MetricInFlight = "rabbitkit_publisher_inflight"
+	// MetricJournalPending is the number of pending journal entries (sampled every second).
+	MetricJournalPending = "rabbitkit_publisher_journal_pending"
+	// MetricJournalParked is the number of parked journal entries (sampled every second).
+	MetricJournalParked = "rabbitkit_publisher_journal_parked"
+	// MetricOldestUnconfirmedAge is the age in seconds of the oldest pending entry (sampled every
+	// second; 0 when none).
+	MetricOldestUnconfirmedAge = "rabbitkit_publisher_oldest_unconfirmed_age_seconds"
+	// MetricConfirmLatency observes the time from journaling to the positive confirm.
+	MetricConfirmLatency = "rabbitkit_publisher_confirm_latency_seconds"
+)

@@ -1,0 +1,327 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/journal"
+	"github.com/rabbitkit/rabbitkit/metrics"
+)
+
+// State is the connection state of the sender.
+type State int32
+
+// Connection states.
+const (
+	StateConnecting State = iota // dialing, opening the channel or declaring the topology
+	StateReady                   // channel open: sending
+	StateBlocked                 // connected, but the broker blocked publishing (resource alarm)
+	StateClosed                  // Close finished
+)
+
+// String implements fmt.Stringer.
+func (s State) String() string {
+	switch s {
+	case StateConnecting:
+		return "connecting"
+	case StateReady:
+		return "ready"
+	case StateBlocked:
+		return "blocked"
+	case StateClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("state(%d)", int32(s))
+}
+
+// StateChange is passed to Config.OnStateChange.
+type StateChange struct {
+	From, To State
+	URL      string // broker URL, password redacted
+	Err      error  // why the connection or channel was lost, when it was
+}
+
+// Message is what Publish sends. Only Body and the destination are usually set.
+type Message struct {
+	Exchange   string
+	RoutingKey string
+	// Stream is the sequence space (rk-stream). Default protocol.DefaultStream(Exchange, RoutingKey).
+	// Messages of one stream reach the broker in Publish order.
+	Stream string
+	// Headers are sent as AMQP headers. rk-* headers are overwritten with the stamp.
+	Headers amqp.Table
+	// Body must not be modified until the receipt is journaled (Publish has returned).
+	Body []byte
+
+	ContentType     string
+	ContentEncoding string
+	DeliveryMode    uint8 // default amqp.Persistent
+	Priority        uint8
+	CorrelationID   string
+	ReplyTo         string
+	Expiration      string
+	MessageID       string // default "<source>/<epoch>/<stream>/<seq>"
+	Timestamp       time.Time
+	Type            string
+	UserID          string
+	AppID           string
+}
+
+// Stats is a snapshot of the Publisher.
+type Stats struct {
+	State     State
+	Blocked   bool   // the broker blocked the connection (resource alarm)
+	URL       string // broker of the current or last connection, password redacted
+	Accepted  uint64 // messages journaled by this Publisher
+	Confirmed uint64 // positive confirms
+	Nacked    uint64 // basic.nack confirms (each is resent or parked)
+	Returned  uint64 // basic.return (unroutable)
+	Parked    uint64 // entries parked by this Publisher
+	Journal   journal.Stats
+}
+
+type counters struct {
+	accepted, confirmed, nacked, returned, parked atomic.Uint64
+}
+
+// Publisher journals messages and sends them with publisher confirms. Create it with New; all methods
+// are safe for concurrent use.
+type Publisher struct {
+	cfg        Config
+	j          *journal.Journal
+	ownJournal bool
+	log        *slog.Logger
+	m          metrics.Recorder
+
+	mu      sync.RWMutex
+	closed  bool
+	closing chan struct{} // closed when Close begins
+	calls   sync.WaitGroup
+
+	queue      chan *job
+	drain      chan struct{} // closed when the appender must finish the queue and exit
+	appendDone chan struct{}
+	senderDone chan struct{}
+	hardCtx    context.Context
+	hardCancel context.CancelFunc
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
+	wg         sync.WaitGroup
+
+	connMu  sync.Mutex
+	curConn conn // for forceClose from Close only
+
+	state   atomic.Int32
+	blocked atomic.Bool
+	urlMu   sync.Mutex
+	url     string
+	c       counters
+
+	lastAccepted atomic.Uint64
+	fr           frontier
+
+	closeOnce sync.Once
+	closeDone chan struct{}
+	closeErr  error
+}
+
+// New validates cfg, opens the journal when cfg.JournalPath is set, and starts the Publisher: it
+// connects in the background (Publish never waits for the broker) and first resends whatever a
+// previous process left in the journal.
+func New(cfg Config) (*Publisher, error) {
+	cfg, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	p := &Publisher{cfg: cfg, j: cfg.Journal, log: cfg.Logger, m: cfg.Metrics}
+	if p.j == nil {
+		opts := cfg.JournalOptions
+		if opts.Source == "" {
+			opts.Source = cfg.Source
+		}
+		if opts.Logger == nil {
+			opts.Logger = cfg.Logger
+		}
+		p.j, err = journal.Open(cfg.JournalPath, opts)
+		if err != nil {
+			return nil, fmt.Errorf("publisher: open journal: %w", err)
+		}
+		p.ownJournal = true
+		if p.j.Source() != cfg.Source {
+			_ = p.j.Close()
+			return nil, fmt.Errorf("%w: Source %q does not match the journal's %q", ErrInvalidConfig, cfg.Source, p.j.Source())
+		}
+	}
+	if cfg.dial == nil {
+		p.cfg.dial = &amqpConnector{
+			dialer: &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff,
+				Logger: cfg.Logger, Name: cfg.ConnectionName},
+			topology: cfg.Topology,
+		}
+	}
+	p.closing = make(chan struct{})
+	p.queue = make(chan *job, cfg.MaxBuffered)
+	p.drain = make(chan struct{})
+	p.appendDone = make(chan struct{})
+	p.senderDone = make(chan struct{})
+	p.closeDone = make(chan struct{})
+	p.hardCtx, p.hardCancel = context.WithCancel(context.Background())
+	p.stopCtx, p.stopCancel = context.WithCancel(p.hardCtx)
+	p.fr.init()
+
+	del := &deleter{j: p.j, in: make(chan delReq, 16), p: p}
+	s := &sender{p: p, cfg: p.cfg, j: p.j, log: p.log, m: p.m, win: newWindow(cfg.MaxInFlight), del: del,
+		stop: p.stopCtx.Done(), state: StateConnecting}
+	p.wg.Go(func() {
+		defer close(p.appendDone)
+		p.appendLoop(p.hardCtx)
+	})
+	p.wg.Go(func() { del.run(p.hardCtx) })
+	p.wg.Go(func() {
+		defer close(p.senderDone)
+		defer close(del.in)
+		s.run(p.hardCtx, p.stopCtx)
+	})
+	return p, nil
+}
+
+// Journal returns the journal the Publisher writes to (for Stats, Parked, Redrive).
+func (p *Publisher) Journal() *journal.Journal { return p.j }
+
+// Blocked reports whether the broker currently blocks the connection (connection.blocked: a memory
+// or disk alarm). Publish keeps accepting into the journal meanwhile.
+func (p *Publisher) Blocked() bool { return p.blocked.Load() }
+
+// State returns the current connection state.
+func (p *Publisher) State() State { return State(p.state.Load()) }
+
+// Stats returns a snapshot of counters, connection state and the journal's statistics.
+func (p *Publisher) Stats() Stats {
+	p.urlMu.Lock()
+	url := p.url
+	p.urlMu.Unlock()
+	return Stats{
+		State: p.State(), Blocked: p.Blocked(), URL: redactURL(url),
+		Accepted: p.c.accepted.Load(), Confirmed: p.c.confirmed.Load(), Nacked: p.c.nacked.Load(),
+		Returned: p.c.returned.Load(), Parked: p.c.parked.Load(),
+		Journal: p.j.Stats(),
+	}
+}
+
+func (p *Publisher) setState(st State, url string) {
+	p.state.Store(int32(st))
+	p.urlMu.Lock()
+	p.url = url
+	p.urlMu.Unlock()
+}
+
+func (p *Publisher) setConn(c conn) {
+	p.connMu.Lock()
+	p.curConn = c
+	p.connMu.Unlock()
+}
+
+// Flush waits until every message accepted so far (by this Publisher, and everything journaled
+// before them) has a final outcome: confirmed, or parked (reported through OnParked and the
+// receipts). It returns ctx's error if ctx ends first and ErrClosed if the Publisher closes first.
+func (p *Publisher) Flush(ctx context.Context) error {
+	p.mu.RLock()
+	closed := p.closed
+	p.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	target := p.lastAccepted.Load()
+	if target == 0 {
+		return nil
+	}
+	w := &Receipt{p: p, id: target, done: make(chan struct{})}
+	p.fr.wait(w)
+	select {
+	case <-w.done:
+		if errors.Is(w.err, ErrUnconfirmed) {
+			return ErrClosed
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("publisher: flush: %w", ctx.Err())
+	}
+}
+
+// Close stops accepting (ErrClosed), journals what was already handed to PublishAsync, waits for
+// the confirms of messages in flight until ctx ends, then closes the connection and joins every
+// goroutine. Whatever is not confirmed stays in the journal and is sent first by the next Publisher
+// on it. A journal opened from Config.JournalPath is closed. Close is idempotent: later calls wait
+// (bounded by their ctx) for the first and return its result.
+func (p *Publisher) Close(ctx context.Context) error {
+	p.closeOnce.Do(func() {
+		defer close(p.closeDone)
+		p.closeErr = p.close(ctx)
+	})
+	select {
+	case <-p.closeDone:
+		return p.closeErr
+	case <-ctx.Done():
+		return fmt.Errorf("publisher: close: %w", ctx.Err())
+	}
+}
+
+func (p *Publisher) close(ctx context.Context) error {
+	p.mu.Lock()
+	p.closed = true
+	close(p.closing)
+	p.mu.Unlock()
+	p.calls.Wait() // callers blocked on a full buffer return ErrClosed at once
+	var errs []error
+	close(p.drain)
+	select {
+	case <-p.appendDone:
+	case <-ctx.Done():
+	}
+	p.stopCancel()
+	select {
+	case <-p.senderDone:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("publisher: close: in-flight messages left unconfirmed in the journal: %w", ctx.Err()))
+	}
+	p.hardCancel()
+	p.connMu.Lock()
+	if p.curConn != nil {
+		p.curConn.forceClose() // a write blocked by a broker alarm cannot see ctx
+	}
+	p.connMu.Unlock()
+	p.wg.Wait()
+	p.fr.close()
+	if p.ownJournal {
+		if err := p.j.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("publisher: close journal: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// enter registers a call that may hand a job to the appender; false once Close has begun.
+func (p *Publisher) enter() bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return false
+	}
+	p.calls.Add(1)
+	return true
+}
+
+func redactURL(u string) string {
+	if u == "" {
+		return ""
+	}
+	return amqpconn.Redact(u)
+}

@@ -1,0 +1,316 @@
+package publisher
+
+import (
+	"context"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/journal"
+	"github.com/rabbitkit/rabbitkit/protocol"
+)
+
+// deleteBatch is how many confirmed IDs are handed to the deleter at once.
+const deleteBatch = 256
+
+// onConfirm applies one confirm. Returns of the same message were dispatched by amqp091-go before
+// the confirm, so every buffered return is taken first.
+func (s *sender) onConfirm(ch channel, cf amqp.Confirmation) error {
+	s.takeReturns(ch)
+	return s.win.confirm(cf.DeliveryTag, false, cf.Ack)
+}
+
+func (s *sender) takeReturns(ch channel) {
+	for {
+		select {
+		case r, ok := <-ch.returns():
+			if !ok {
+				return
+			}
+			s.onReturn(r)
+		default:
+			return
+		}
+	}
+}
+
+// onReturn matches a basic.return to its flight by the rk- headers (returns carry no delivery tag).
+func (s *sender) onReturn(r amqp.Return) {
+	s.m.Add(MetricReturned, 1)
+	s.p.c.returned.Add(1)
+	st, err := protocol.Decode(r.Headers)
+	if err != nil || st.Source != s.cfg.Source || st.Epoch != s.j.Epoch() || !s.win.markReturned(st.Stream, st.Seq, &r) {
+		s.log.Error("publisher: basic.return matches no message in flight", "exchange", r.Exchange,
+			"key", r.RoutingKey, "message_id", r.MessageId, "reply_code", r.ReplyCode, "reply_text", r.ReplyText, "err", err)
+	}
+}
+
+// resolve pops confirmed flights and acts on them, hands confirmed IDs to the deleter, and once the
+// window drains after a nack, records the nacks and schedules the resend.
+func (s *sender) resolve(ctx context.Context) error {
+	for {
+		f, ok := s.win.pop()
+		if !ok {
+			break
+		}
+		s.settle(ctx, f)
+	}
+	if len(s.deletes) >= deleteBatch || (s.win.len() == 0 && len(s.deletes) > 0) {
+		s.flushDeletes(ctx, false)
+	}
+	if s.rewindTo != 0 && s.win.len() == 0 {
+		// Every flight of the nacked window is settled: record the nacks, then resend from the
+		// oldest nacked entry, one at a time up to what was sent, after a backoff.
+		s.recordNacks(ctx)
+		s.probeUntil = max(s.probeUntil, s.sessionMax)
+		s.flushDeletes(ctx, true)
+		s.restartPass(s.rewindTo - 1)
+		s.rewindTo = 0
+		s.pauseRetry()
+	}
+	s.m.Set(MetricInFlight, float64(s.win.len()))
+	s.advance()
+	return ctx.Err()
+}
+
+// settle acts on one confirmed flight.
+func (s *sender) settle(ctx context.Context, f flight) {
+	switch {
+	case f.state == flightAcked && f.ret == nil:
+		s.deletes = append(s.deletes, f.e.ID)
+		s.m.Add(MetricConfirmed, 1)
+		s.p.c.confirmed.Add(1)
+		s.m.Observe(MetricConfirmLatency, time.Since(f.e.Created).Seconds())
+		s.recovered = true
+		if s.failing {
+			s.failing = false
+			s.retryBO.Reset()
+		}
+	case f.state == flightAcked: // returned as unroutable, then acked
+		s.park(ctx, f.e, &ParkedError{Returned: true, ReplyCode: f.ret.ReplyCode, ReplyText: f.ret.ReplyText, Attempts: f.e.Attempts + 1})
+	default: // nacked: resend after the window drains
+		s.m.Add(MetricNacked, 1)
+		s.p.c.nacked.Add(1)
+		s.nacked = append(s.nacked, f.e)
+		if s.rewindTo == 0 || f.e.ID < s.rewindTo {
+			s.rewindTo = f.e.ID
+		}
+	}
+}
+
+// recordNacks counts one attempt for every nacked entry and parks those at MaxAttempts.
+func (s *sender) recordNacks(ctx context.Context) {
+	if len(s.nacked) == 0 {
+		return
+	}
+	s.failing = true
+	var ids []uint64
+	for _, e := range s.nacked {
+		if int(e.Attempts)+1 >= s.cfg.MaxAttempts {
+			s.park(ctx, e, &ParkedError{ReplyText: "basic.nack", Attempts: e.Attempts + 1})
+		} else {
+			ids = append(ids, e.ID)
+		}
+	}
+	if err := s.j.RecordAttempt(ctx, ids, journal.OutcomeNacked, "basic.nack"); err != nil {
+		s.log.Error("publisher: recording nacks in the journal failed", "err", err)
+	}
+	s.log.Warn("publisher: broker nacked messages; resending after a backoff", "count", len(s.nacked))
+	clear(s.nacked)
+	s.nacked = s.nacked[:0]
+}
+
+// endSession settles what the closed channel left: confirmed flights are settled, unconfirmed ones
+// are unknown (they stay journaled and the next pass resends them). A channel-level error is charged
+// to the message that caused it when it can be told: the only flight in the window.
+func (s *sender) endSession(ctx context.Context, end sessionEnd) {
+	var culprit *journal.Entry
+	channelErr := !end.connLost && !end.stop && end.err != nil
+	if channelErr {
+		s.m.Add(MetricChannelErrors, 1)
+		culprit = s.win.only()
+	}
+	unknown := 0
+	for s.win.len() > 0 {
+		f := s.win.popAny()
+		if f.state == flightWaiting {
+			unknown++ // never confirmed: stays journaled, resent by the next pass
+			continue
+		}
+		s.settle(ctx, f)
+	}
+	s.win.reset()
+	if unknown > 0 {
+		s.m.Add(MetricUnknown, float64(unknown))
+	}
+	s.recordNacks(ctx)
+	s.rewindTo = 0
+	if s.retry != nil {
+		s.retry.Stop()
+		s.retry = nil
+	}
+	if channelErr {
+		s.failing = true
+		// Resend one at a time up to what this channel sent, so the next channel error names its culprit.
+		s.probeUntil = max(s.probeUntil, s.sessionMax)
+		if culprit != nil {
+			s.charge(ctx, culprit, end.err)
+		}
+	}
+	s.m.Set(MetricInFlight, 0)
+	s.flushDeletes(ctx, true)
+	s.advance()
+}
+
+// charge counts a channel error against e, parking it at MaxAttempts.
+func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
+	attempts := e.Attempts + 1
+	if int(attempts) >= s.cfg.MaxAttempts {
+		s.park(ctx, e, &ParkedError{ReplyCode: uint16(ae.Code), ReplyText: ae.Reason, Attempts: attempts})
+		return
+	}
+	reason := ae.Error()
+	if err := s.j.RecordAttempt(ctx, []uint64{e.ID}, journal.OutcomeChannelError, reason); err != nil {
+		s.log.Error("publisher: recording a channel error in the journal failed", "err", err)
+	}
+	s.log.Warn("publisher: channel error attributed to a message", "stream", e.Stream, "seq", e.Seq,
+		"exchange", e.Exchange, "key", e.RoutingKey, "attempts", attempts, "max_attempts", s.cfg.MaxAttempts, "err", ae)
+}
+
+// park moves e to the journal's parked set and reports it. If parking fails the entry stays pending
+// and is sent again: never lost.
+func (s *sender) park(ctx context.Context, e *journal.Entry, pe *ParkedError) {
+	pe.ID, pe.Stream, pe.Seq, pe.Exchange, pe.RoutingKey = e.ID, e.Stream, e.Seq, e.Exchange, e.RoutingKey
+	if err := s.j.Park(ctx, e.ID, pe.reason()); err != nil {
+		s.log.Error("publisher: parking failed; the message stays pending", "stream", e.Stream, "seq", e.Seq, "err", err)
+		return
+	}
+	s.m.Add(MetricParked, 1)
+	s.p.c.parked.Add(1)
+	s.p.rememberParked(pe)
+	s.log.Error("publisher: message parked", "stream", e.Stream, "seq", e.Seq, "exchange", e.Exchange,
+		"key", e.RoutingKey, "returned", pe.Returned, "reply_code", pe.ReplyCode, "reply_text", pe.ReplyText, "attempts", pe.Attempts)
+	if s.cfg.OnParked != nil {
+		s.cfg.OnParked(pe)
+	}
+}
+
+// advance moves the receipts' frontier: every ID below the oldest unsettled one is settled.
+func (s *sender) advance() {
+	next := s.cursor + 1
+	if s.pageIdx < len(s.page) {
+		next = s.page[s.pageIdx].ID
+	}
+	if id := s.win.minID(); id != 0 && id < next {
+		next = id
+	}
+	if s.rewindTo != 0 && s.rewindTo < next {
+		next = s.rewindTo
+	}
+	s.p.advance(next - 1)
+}
+
+// flushDeletes hands the confirmed IDs to the deleter; with wait it also waits until every delete
+// handed over so far is committed.
+func (s *sender) flushDeletes(ctx context.Context, wait bool) {
+	if len(s.deletes) > 0 {
+		ids := s.deletes
+		s.deletes = make([]uint64, 0, deleteBatch)
+		select {
+		case s.del.in <- delReq{ids: ids}:
+		case <-ctx.Done():
+			return
+		}
+	}
+	if !wait {
+		return
+	}
+	done := make(chan struct{})
+	select {
+	case s.del.in <- delReq{done: done}:
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+func (s *sender) setState(st State, err error) {
+	if st == StateReady && s.blocked {
+		st = StateBlocked
+	}
+	if st == s.state {
+		return
+	}
+	from := s.state
+	s.state = st
+	s.p.setState(st, s.url)
+	connected := 0.0
+	if st == StateReady || st == StateBlocked {
+		connected = 1
+	}
+	s.m.Set(MetricConnected, connected)
+	s.log.Info("publisher: state", "from", from, "to", st, "url", redactURL(s.url), "err", err)
+	if s.cfg.OnStateChange != nil {
+		s.cfg.OnStateChange(StateChange{From: from, To: st, URL: redactURL(s.url), Err: err})
+	}
+}
+
+func (s *sender) setBlocked(b bool) {
+	if b == s.blocked {
+		return
+	}
+	s.blocked = b
+	s.p.blocked.Store(b)
+	v := 0.0
+	if b {
+		v = 1
+		s.log.Warn("publisher: broker blocked the connection (resource alarm); accepting into the journal only")
+		s.setState(StateBlocked, nil)
+	} else {
+		s.log.Info("publisher: broker unblocked the connection")
+		if s.state == StateBlocked {
+			s.setState(StateReady, nil)
+		}
+	}
+	s.m.Set(MetricBlocked, v)
+}
+
+// sample reports the journal gauges (once a second).
+func (s *sender) sample() {
+	js := s.j.Stats()
+	s.m.Set(MetricJournalPending, float64(js.Pending))
+	s.m.Set(MetricJournalParked, float64(js.Parked))
+	age := 0.0
+	if !js.OldestPending.IsZero() {
+		age = time.Since(js.OldestPending).Seconds()
+	}
+	s.m.Set(MetricOldestUnconfirmedAge, age)
+}
+
+// deleter commits confirmed deletes off the sender goroutine, so the pipeline never waits for fsync.
+type deleter struct {
+	j  *journal.Journal
+	in chan delReq
+	p  *Publisher
+}
+
+type delReq struct {
+	ids  []uint64
+	done chan struct{}
+}
+
+func (d *deleter) run(ctx context.Context) {
+	for r := range d.in {
+		if len(r.ids) > 0 {
+			if err := d.j.Delete(ctx, r.ids...); err != nil && ctx.Err() == nil {
+				d.p.log.Error("publisher: deleting confirmed entries failed; they will be sent again", "count", len(r.ids), "err", err)
+			}
+		}
+		if r.done != nil {
+			close(r.done)
+		}
+	}
+}
