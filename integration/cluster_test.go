@@ -1,0 +1,325 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/protocol"
+)
+
+// cluster runs publisher processes (one per source) and a consumer process against url, restarts
+// them as faults demand, and records everything they print. All its methods run on the test
+// goroutine; only the line callbacks run elsewhere, and they touch only what mu guards.
+type cluster struct {
+	t         testing.TB
+	dir       string // journals, stores, process logs
+	bin       string
+	url       string // what the processes dial (the proxy)
+	exchange  string
+	queue     string
+	queueType string
+	rate      float64 // per source, msgs/s
+	streams   int
+	gapGrace  time.Duration
+
+	mu      sync.Mutex
+	runs    []*pubRun
+	gaps    []history.Gap
+	junk    []string // stdout lines that parse as nothing: a broken line format fails the test
+	applied []history.Applied
+
+	sources   []*source
+	cons      *proc
+	consRuns  int
+	consKills int
+	failures  []string // processes that died on their own with an error
+}
+
+type source struct {
+	name    string
+	journal string
+	target  int // messages this source must accept over all its runs
+	cur     *pubRun
+	runs    int
+	kills   int
+}
+
+type pubRun struct {
+	src       *source
+	proc      *proc
+	accepted  []protocol.Stamp // guarded by cluster.mu
+	confirmed int64            // -1 until "confirmed <n>"; guarded by cluster.mu
+	handled   bool             // its exit was looked at by poll
+}
+
+func newCluster(t testing.TB, url, queueType string, sources, perSource int) *cluster {
+	t.Helper()
+	c := &cluster{
+		t: t, dir: t.TempDir(), bin: binaries(t), url: url, queueType: queueType,
+		exchange: "rk-chaos-x", queue: "rk-chaos-q", streams: 2, gapGrace: 2 * time.Minute,
+	}
+	for i := range sources {
+		name := fmt.Sprintf("src-%c", 'a'+i)
+		c.sources = append(c.sources, &source{name: name, journal: filepath.Join(c.dir, name+".journal"), target: perSource})
+	}
+	return c
+}
+
+// accepted returns how many messages src's runs printed as accepted.
+func (c *cluster) accepted(src *source) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, r := range c.runs {
+		if r.src == src {
+			n += len(r.accepted)
+		}
+	}
+	return n
+}
+
+// startPublisher starts a run of src publishing what it still owes.
+func (c *cluster) startPublisher(src *source) {
+	remaining := max(src.target-c.accepted(src), 0)
+	src.runs++
+	run := &pubRun{src: src, confirmed: -1}
+	args := []string{
+		"-url", c.url, "-source", src.name, "-journal", src.journal, "-exchange", c.exchange,
+		"-routing-key", c.queue, "-queue", c.queue, "-queue-type", c.queueType,
+		"-count", strconv.Itoa(remaining), "-rate", strconv.FormatFloat(c.rate, 'f', -1, 64),
+		"-size", "256", "-streams", strconv.Itoa(c.streams),
+	}
+	run.proc = startProc(c.t, c.dir, procSpec{
+		name: fmt.Sprintf("publisher-%s#%d", src.name, src.runs), bin: filepath.Join(c.bin, "publisher"), args: args,
+		onStdout: func(line string) { c.publisherLine(run, line) },
+	})
+	c.mu.Lock()
+	c.runs = append(c.runs, run)
+	c.mu.Unlock()
+	src.cur = run
+}
+
+func (c *cluster) publisherLine(run *pubRun, line string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, err := history.ParseAccepted(line); err == nil {
+		run.accepted = append(run.accepted, s)
+		return
+	}
+	if n, ok := strings.CutPrefix(line, "confirmed "); ok {
+		if v, err := strconv.ParseInt(n, 10, 64); err == nil {
+			run.confirmed = v
+			return
+		}
+	}
+	if strings.HasPrefix(line, "# partial line dropped") {
+		return // a line cut by SIGKILL
+	}
+	c.junk = append(c.junk, run.proc.name+": "+line)
+}
+
+// startConsumer starts a consumer run; exitIdle > 0 makes it exit once the queue stays empty.
+func (c *cluster) startConsumer(exitIdle time.Duration) {
+	c.consRuns++
+	args := []string{
+		"-url", c.url, "-queue", c.queue, "-queue-type", c.queueType, "-store", filepath.Join(c.dir, "consumer.db"),
+		"-gap-grace", c.gapGrace.String(), "-exit-idle", exitIdle.String(),
+	}
+	c.cons = startProc(c.t, c.dir, procSpec{
+		name: fmt.Sprintf("consumer#%d", c.consRuns), bin: filepath.Join(c.bin, "consumer"), args: args,
+		onStderr: func(line string) {
+			if !strings.HasPrefix(line, "gap ") {
+				return
+			}
+			g, err := history.ParseGap(line)
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if err != nil {
+				c.junk = append(c.junk, "consumer: "+line)
+				return
+			}
+			c.gaps = append(c.gaps, g)
+		},
+	})
+}
+
+// poll restarts what died on its own and records why. Publishers that finished (exit 0 after
+// "confirmed") are left alone.
+func (c *cluster) poll() {
+	for _, src := range c.sources {
+		r := src.cur
+		if r == nil || r.handled || !r.proc.exited() {
+			continue
+		}
+		r.handled = true
+		c.mu.Lock()
+		confirmed := r.confirmed
+		c.mu.Unlock()
+		switch {
+		case r.proc.wasKilled():
+			c.startPublisher(src) // killed by a fault that did not restart it
+		case r.proc.waitErr != nil || confirmed < 0:
+			c.failures = append(c.failures, r.proc.describe())
+			c.startPublisher(src)
+		case c.accepted(src) < src.target:
+			c.startPublisher(src) // more was asked of it (a kill of a finished source)
+		}
+	}
+	if c.cons != nil && c.cons.exited() && !c.cons.wasKilled() && c.cons.waitErr != nil {
+		c.failures = append(c.failures, c.cons.describe())
+		c.startConsumer(0)
+	}
+}
+
+// sleep waits d while supervising the processes.
+func (c *cluster) sleep(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for {
+		c.poll()
+		left := time.Until(deadline)
+		if left <= 0 {
+			return
+		}
+		time.Sleep(min(left, 100*time.Millisecond))
+	}
+}
+
+// running returns the sources whose current publisher is running.
+func (c *cluster) running() []*source {
+	var out []*source
+	for _, s := range c.sources {
+		if s.cur != nil && !s.cur.proc.exited() {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// killPublisher SIGKILLs src's publisher and starts it again on the same journal.
+func (c *cluster) killPublisher(src *source) {
+	src.cur.proc.kill()
+	src.cur.handled = true
+	src.kills++
+	c.startPublisher(src)
+}
+
+// killConsumer SIGKILLs the consumer and starts it again on the same store.
+func (c *cluster) killConsumer() {
+	c.cons.kill()
+	c.consKills++
+	c.startConsumer(0)
+}
+
+// finish waits for every publisher to confirm everything, stops the consumer gracefully, drains
+// the queue with a last consumer run and reads the ledger.
+func (c *cluster) finish(timeout time.Duration) {
+	t := c.t
+	deadline := time.Now().Add(timeout)
+	for {
+		c.poll()
+		done := true
+		for _, s := range c.sources {
+			if s.cur == nil || !s.cur.proc.exited() || c.accepted(s) < s.target {
+				done = false
+			}
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			for _, s := range c.sources {
+				fmt.Fprintf(&b, "%s: accepted %d of %d; %s\n", s.name, c.accepted(s), s.target, s.cur.proc.describe())
+			}
+			t.Fatalf("publishers did not confirm everything within %v:\n%s", timeout, b.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := c.cons.term(30 * time.Second); err != nil && !c.cons.wasKilled() {
+		c.failures = append(c.failures, "graceful stop: "+c.cons.describe())
+	}
+	c.startConsumer(5 * time.Second)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Minute))
+	defer cancel()
+	if err := c.cons.wait(ctx); err != nil {
+		t.Fatalf("final consumer: %v\n%s", err, c.cons.describe())
+	}
+	c.dump()
+}
+
+// dump reads the ledger with consumer -dump.
+func (c *cluster) dump() {
+	t := c.t
+	var bad []string
+	p := startProc(t, c.dir, procSpec{
+		name: "consumer-dump", bin: filepath.Join(c.bin, "consumer"),
+		args: []string{"-dump", "-store", filepath.Join(c.dir, "consumer.db")},
+		onStdout: func(line string) {
+			a, err := history.ParseApplied(line)
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if err != nil {
+				bad = append(bad, line)
+				return
+			}
+			c.applied = append(c.applied, a)
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.wait(ctx); err != nil {
+		t.Fatalf("consumer -dump: %v\n%s", err, p.describe())
+	}
+	if len(bad) > 0 {
+		t.Fatalf("consumer -dump printed %d malformed lines, first: %q", len(bad), bad[0])
+	}
+}
+
+// history assembles what was recorded for the checker.
+func (c *cluster) history() history.History {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := history.History{Ledger: c.applied, Gaps: c.gaps}
+	for _, r := range c.runs {
+		h.Runs = append(h.Runs, history.Run{Source: r.src.name, Killed: r.proc.wasKilled(), Accepted: r.accepted})
+	}
+	return h
+}
+
+// processTable summarises the process runs.
+func (c *cluster) processTable() history.Table {
+	tb := history.Table{Header: []string{"process", "runs", "SIGKILLed", "accepted lines"}}
+	for _, s := range c.sources {
+		tb.Rows = append(tb.Rows, []string{"publisher " + s.name, strconv.Itoa(s.runs), strconv.Itoa(s.kills), strconv.Itoa(c.accepted(s))})
+	}
+	tb.Rows = append(tb.Rows, []string{"consumer", strconv.Itoa(c.consRuns), strconv.Itoa(c.consKills), ""})
+	return tb
+}
+
+// queueDepth returns the ready messages of queue on the broker at url (-1 if it cannot tell).
+func queueDepth(url, queue string) int {
+	conn, err := amqp.DialConfig(url, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		return -1
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return -1
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		return -1
+	}
+	return q.Messages
+}
