@@ -43,6 +43,19 @@ func newMstate() mstate {
 	}
 }
 
+// forget drops everything about k.
+func (m mstate) forget(k Key) {
+	for _, mm := range []map[mkey]map[int64]mrec{m.handled} {
+		maps.DeleteFunc(mm, func(mk mkey, _ map[int64]mrec) bool { return mk.k == k })
+	}
+	for _, mm := range []map[mkey]map[int64]bool{m.reported, m.detected, m.forgotten} {
+		maps.DeleteFunc(mm, func(mk mkey, _ map[int64]bool) bool { return mk.k == k })
+	}
+	maps.DeleteFunc(m.retired, func(mk mkey, _ bool) bool { return mk.k == k })
+	maps.DeleteFunc(m.lastStep, func(mk mkey, _ int64) bool { return mk.k == k })
+	maps.DeleteFunc(m.lastAt, func(mk mkey, _ int64) bool { return mk.k == k })
+}
+
 func cloneNested[V any](m map[mkey]map[int64]V) map[mkey]map[int64]V {
 	out := make(map[mkey]map[int64]V, len(m))
 	for k, v := range m {
@@ -306,7 +319,14 @@ func (h *harness) expire(d time.Duration) {
 			}
 			h.m.retired[mk] = true
 			h.counts[e.Kind.String()]++
-		case EventStreamForgotten, EventEpochChanged, EventLateArrival:
+		case EventStreamForgotten:
+			fr, ok := h.front(e.Key)
+			if !ok || h.cfg.ForgetAfter == 0 || h.now-h.m.lastAt[fr] < int64(h.cfg.ForgetAfter) {
+				h.fatalf("Expire: %v not due", e)
+			}
+			h.m.forget(e.Key)
+			h.counts[e.Kind.String()]++
+		case EventEpochChanged, EventLateArrival:
 			h.fatalf("Expire: unexpected %v", e)
 		default:
 			h.checkGapEvent(e, true)
