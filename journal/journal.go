@@ -53,7 +53,8 @@ type Journal struct {
 	closeErr  error
 	broken    atomic.Pointer[error] // set after a panic inside bbolt: every later call fails
 
-	w writerState // owned by the writer goroutine (and Open before it starts)
+	w  writerState // owned by the writer goroutine (and Open before it starts)
+	wb batchState  // the writer's per-batch scratch space
 
 	statMu sync.Mutex // guards pub
 	pub    published
@@ -62,7 +63,8 @@ type Journal struct {
 	changed chan struct{}
 	space   chan struct{}
 
-	cache tailCache
+	cache   tailCache
+	commits atomic.Int64 // write transactions committed since Open
 }
 
 // counts are the persisted pending/parked totals (meta "counts").

@@ -15,13 +15,15 @@ import (
 // context is honoured until the writer starts committing the entry, and from
 // then on Append waits for that commit (one transaction) to report exactly.
 func (j *Journal) Append(ctx context.Context, e *Entry) error {
-	return j.append(ctx, []*Entry{e}, true)
+	es := [1]*Entry{e}
+	return j.append(ctx, es[:], true)
 }
 
 // TryAppend is Append that fails at once with ErrFull instead of waiting for
 // space.
 func (j *Journal) TryAppend(ctx context.Context, e *Entry) error {
-	return j.append(ctx, []*Entry{e}, false)
+	es := [1]*Entry{e}
+	return j.append(ctx, es[:], false)
 }
 
 // AppendBatch journals es in one transaction, all or nothing, in slice order
@@ -36,14 +38,55 @@ func (j *Journal) AppendBatch(ctx context.Context, es []*Entry) error {
 
 func (j *Journal) append(ctx context.Context, es []*Entry, wait bool) error {
 	now := time.Now()
-	r := &request{
-		kind:    opAppend,
-		encs:    make([][]byte, len(es)),
-		streams: make([]string, len(es)),
-		ids:     make([]uint64, 0, len(es)),
-		seqs:    make([]int64, 0, len(es)),
+	r := newRequest(opAppend)
+	if len(es) == 1 {
+		r.encs, r.streams, r.ids, r.seqs = r.encBuf[:], r.streamBuf[:], r.idBuf[:0], r.seqBuf[:0]
+	} else {
+		r.encs, r.streams = make([][]byte, len(es)), make([]string, len(es))
+		r.ids, r.seqs = make([]uint64, 0, len(es)), make([]int64, 0, len(es))
 	}
-	created := make([]time.Time, len(es))
+	if err := j.encodeAll(r, es, now); err != nil {
+		putRequest(r)
+		return err
+	}
+	for {
+		space := j.spaceSignal()
+		err := j.submit(ctx, r)
+		if err == nil {
+			for i, e := range es {
+				if e.Created.IsZero() {
+					e.Created = now
+				}
+				e.ID, e.Seq = r.ids[i], r.seqs[i]
+			}
+			putRequest(r)
+			return nil
+		}
+		if !errors.Is(err, errFullInternal) {
+			if r.state.Load() != stateCancelled {
+				putRequest(r)
+			}
+			return err
+		}
+		if !wait {
+			putRequest(r)
+			return fmt.Errorf("%w: %s holds MaxEntries %d or MaxBytes %d", ErrFull, j.path, j.opts.MaxEntries, j.opts.MaxBytes)
+		}
+		select {
+		case <-space:
+		case <-ctx.Done():
+			putRequest(r)
+			return fmt.Errorf("%w (waiting for space): %w", ErrFull, ctx.Err())
+		case <-j.done:
+			putRequest(r)
+			return ErrClosed
+		}
+		r.ids, r.seqs = r.ids[:0], r.seqs[:0]
+	}
+}
+
+// encodeAll validates and encodes es into r.
+func (j *Journal) encodeAll(r *request, es []*Entry, now time.Time) error {
 	for i, e := range es {
 		if e == nil {
 			return fmt.Errorf("%w: nil entry at index %d", ErrInvalidEntry, i)
@@ -54,11 +97,11 @@ func (j *Journal) append(ctx context.Context, es []*Entry, wait bool) error {
 		if len(e.Body) > j.opts.MaxMessageSize {
 			return fmt.Errorf("%w: body %d bytes > MaxMessageSize %d", ErrTooLarge, len(e.Body), j.opts.MaxMessageSize)
 		}
-		created[i] = e.Created
-		if created[i].IsZero() {
-			created[i] = now
+		created := e.Created
+		if created.IsZero() {
+			created = now
 		}
-		enc, hdrLen, err := encodeEntry(make([]byte, 0, 96+len(e.Body)), e, created[i])
+		enc, hdrLen, err := encodeEntry(make([]byte, 0, 128+len(e.Body)+len(e.Stream)+len(e.Exchange)+len(e.RoutingKey)), e, created)
 		if err != nil {
 			return err
 		}
@@ -75,30 +118,16 @@ func (j *Journal) append(ctx context.Context, es []*Entry, wait bool) error {
 		return fmt.Errorf("%w: batch of %d entries, %d bytes exceeds MaxEntries %d / MaxBytes %d",
 			ErrTooLarge, len(es), r.size, j.opts.MaxEntries, j.opts.MaxBytes)
 	}
-	for {
-		space := j.spaceSignal()
-		err := j.submit(ctx, r)
-		if err == nil {
-			for i, e := range es {
-				e.ID, e.Seq, e.Created = r.ids[i], r.seqs[i], created[i]
-			}
-			return nil
-		}
-		if !errors.Is(err, errFullInternal) {
-			return err
-		}
-		if !wait {
-			return fmt.Errorf("%w: %s holds MaxEntries %d or MaxBytes %d", ErrFull, j.path, j.opts.MaxEntries, j.opts.MaxBytes)
-		}
-		select {
-		case <-space:
-		case <-ctx.Done():
-			return fmt.Errorf("%w (waiting for space): %w", ErrFull, ctx.Err())
-		case <-j.done:
-			return ErrClosed
-		}
-		r = &request{kind: opAppend, encs: r.encs, streams: r.streams, size: r.size, ids: r.ids[:0], seqs: r.seqs[:0]}
+	return nil
+}
+
+// do submits a single request and recycles it.
+func (j *Journal) do(ctx context.Context, r *request) error {
+	err := j.submit(ctx, r)
+	if r.state.Load() != stateCancelled {
+		putRequest(r)
 	}
+	return err
 }
 
 // Delete removes pending entries (typically once the broker confirmed them).
@@ -108,7 +137,9 @@ func (j *Journal) Delete(ctx context.Context, ids ...uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	return j.submit(ctx, &request{kind: opDelete, ids: ids})
+	r := newRequest(opDelete)
+	r.ids = ids
+	return j.do(ctx, r)
 }
 
 // RecordAttempt increments Attempts and sets LastOutcome/LastError of the
@@ -117,32 +148,42 @@ func (j *Journal) RecordAttempt(ctx context.Context, ids []uint64, o Outcome, re
 	if len(ids) == 0 {
 		return nil
 	}
-	return j.submit(ctx, &request{kind: opAttempt, ids: ids, outcome: o, reason: reason})
+	r := newRequest(opAttempt)
+	r.ids, r.outcome, r.reason = ids, o, reason
+	return j.do(ctx, r)
 }
 
 // Park moves pending entry id to the parked set with reason. Parked entries
 // are never read by Read; they stay until Redrive or DropParked. ErrNotFound
 // when id is not pending.
 func (j *Journal) Park(ctx context.Context, id uint64, reason string) error {
-	return j.submit(ctx, &request{kind: opPark, id: id, reason: reason})
+	r := newRequest(opPark)
+	r.id, r.reason = id, reason
+	return j.do(ctx, r)
 }
 
 // Redrive moves parked entry id back to the pending set under a new ID (the
 // end of the journal), keeping its stream and sequence number and resetting
 // Attempts. ErrNotFound when id is not parked.
 func (j *Journal) Redrive(ctx context.Context, id uint64) error {
-	return j.submit(ctx, &request{kind: opRedrive, id: id})
+	r := newRequest(opRedrive)
+	r.id = id
+	return j.do(ctx, r)
 }
 
 // DropParked deletes parked entry id for good. ErrNotFound when id is not
 // parked.
 func (j *Journal) DropParked(ctx context.Context, id uint64) error {
-	return j.submit(ctx, &request{kind: opDrop, id: id})
+	r := newRequest(opDrop)
+	r.id = id
+	return j.do(ctx, r)
 }
 
 // Compact rewrites the journal into a new file without free space, fsyncs
 // it, renames it over the old one and continues on it. Writes wait while it
 // runs. ctx is checked before the copy starts and while waiting in line.
 func (j *Journal) Compact(ctx context.Context) error {
-	return j.submit(ctx, &request{kind: opCompact, ctx: ctx})
+	r := newRequest(opCompact)
+	r.ctx = ctx
+	return j.do(ctx, r)
 }

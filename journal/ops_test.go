@@ -241,3 +241,28 @@ func TestReadCacheMatchesDisk(t *testing.T) {
 		assert.Equal(t, disk[i], cached[i])
 	}
 }
+
+// TestGroupCommit: concurrent appends share transactions.
+func TestGroupCommit(t *testing.T) {
+	ctx := context.Background()
+	j := openT(t, filepath.Join(t.TempDir(), "j.db"), Options{})
+	const workers, each = 32, 40
+	var wg sync.WaitGroup
+	var failed sync.Map
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				if err := j.Append(ctx, newEntry("s", fmt.Sprint(w, "-", i))); err != nil {
+					failed.Store(w, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	failed.Range(func(k, v any) bool { t.Errorf("worker %v: %v", k, v); return true })
+	st := j.Stats()
+	assert.Equal(t, workers*each, st.Pending)
+	t.Logf("%d appends in %d commits", workers*each, st.Commits)
+	assert.Less(t, st.Commits, int64(workers*each/4), "appends were not group-committed")
+}

@@ -124,6 +124,7 @@ type Stats struct {
 	NextSeq       map[string]int64 // per stream, the sequence number the next append gets
 	FileSize      int64            // size of the bbolt file
 	FreeBytes     int64            // bytes of free pages inside it (reclaimed by Compact)
+	Commits       int64            // write transactions committed since Open (group commit: fewer than writes)
 }
 
 // Stats returns a snapshot as of the last commit. On a closed journal the
@@ -136,6 +137,7 @@ func (j *Journal) Stats() Stats {
 		Parked:       int(j.pub.parkedN),
 		ParkedBytes:  j.pub.parkedBytes,
 		NextSeq:      make(map[string]int64, len(j.pub.nextSeq)),
+		Commits:      j.commits.Load(),
 	}
 	for k, v := range j.pub.nextSeq {
 		s.NextSeq[k] = v

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,8 @@ const (
 const (
 	maxBatchRequests = 4096
 	maxBatchBytes    = 64 << 20
+	maxLinger        = time.Millisecond
+	maxGap           = 150 * time.Microsecond
 )
 
 // errFullInternal tells Append that the entry did not fit; Append then waits
@@ -47,7 +50,7 @@ var errFullInternal = errors.New("journal: no room")
 type request struct {
 	kind  opKind
 	state atomic.Int32
-	done  chan struct{}
+	done  chan struct{} // capacity 1: the writer sends once per submit
 	err   error
 
 	// opAppend: encoded entries (ID/Seq sealed by the writer) and their streams.
@@ -62,6 +65,29 @@ type request struct {
 	reason  string
 	outcome Outcome
 	ctx     context.Context // opCompact
+
+	// Inline storage for single-entry appends (no extra allocations).
+	encBuf    [1][]byte
+	streamBuf [1]string
+	idBuf     [1]uint64
+	seqBuf    [1]int64
+}
+
+var requestPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
+
+// newRequest returns a pooled request; release it with putRequest once its
+// answer has been received (never after a cancelled submit: the writer may
+// still hold it).
+func newRequest(kind opKind) *request {
+	r := requestPool.Get().(*request)
+	r.kind = kind
+	return r
+}
+
+func putRequest(r *request) {
+	done := r.done
+	*r = request{done: done}
+	requestPool.Put(r)
 }
 
 // writerState mirrors what is persisted in meta/streams; only the writer
@@ -93,7 +119,8 @@ func (j *Journal) submit(ctx context.Context, r *request) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r.done = make(chan struct{})
+	r.state.Store(stateQueued)
+	r.err = nil
 	j.sendMu.RLock()
 	if j.closed {
 		j.sendMu.RUnlock()
@@ -126,41 +153,81 @@ func (j *Journal) brokenErr() error {
 }
 
 // writeLoop is the writer goroutine: it owns every bbolt write.
+//
+// Group commit: it takes the first request, then everything already queued.
+// Callers answered by the previous commit need a moment to come back with
+// their next request; committing without them makes batches alternate
+// between a few stragglers and everybody else, halving throughput. So when
+// the previous batch had several requests, it waits (blocked on the queue, at
+// most maxLinger) until as many as last time have arrived. A lone caller
+// never waits.
 func (j *Journal) writeLoop() {
 	batch := make([]*request, 0, 64)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	last := 0
 	for first := range j.reqs {
 		batch = batch[:0]
 		var bytes int64
 		var compact *request
-		for r := first; ; {
+		take := func(r *request) bool {
 			if r.state.CompareAndSwap(stateQueued, stateTaken) {
 				if r.kind == opCompact {
 					compact = r
-					break
+					return false
 				}
 				batch = append(batch, r)
 				bytes += r.size
 			}
-			if len(batch) >= maxBatchRequests || bytes >= maxBatchBytes {
-				break
-			}
-			var ok bool
+			return len(batch) < maxBatchRequests && bytes < maxBatchBytes
+		}
+		more := take(first)
+		var deadline time.Time
+	gather:
+		for more {
 			select {
-			case r, ok = <-j.reqs:
+			case r, ok := <-j.reqs:
+				if !ok {
+					break gather
+				}
+				more = take(r)
+				continue
 			default:
 			}
-			if !ok {
+			if last < 4 || len(batch) >= last {
 				break
 			}
+			// Linger: wait for the next request at most maxGap, and for all of
+			// them at most maxLinger.
+			now := time.Now()
+			if deadline.IsZero() {
+				deadline = now.Add(maxLinger)
+			}
+			if !now.Before(deadline) {
+				break
+			}
+			linger.Reset(min(maxGap, deadline.Sub(now)))
+			select {
+			case r, ok := <-j.reqs:
+				linger.Stop()
+				if !ok {
+					break gather
+				}
+				more = take(r)
+			case <-linger.C:
+				break gather
+			}
 		}
+		last = len(batch)
 		if len(batch) > 0 {
 			j.apply(batch)
 		}
 		if compact != nil {
 			compact.err = j.compact(compact.ctx)
-			close(compact.done)
+			compact.done <- struct{}{}
 		}
 	}
+	linger.Stop()
 }
 
 // batchState collects what a transaction changed; it is applied to the
@@ -170,6 +237,25 @@ type batchState struct {
 	cacheOps     []cacheOp
 	addedPending bool
 	freed        bool
+	keys         []byte // arena for bbolt keys; bbolt needs them until commit
+}
+
+// key returns the bbolt key of id, valid until the next batch.
+func (bs *batchState) key(id uint64) []byte {
+	n := len(bs.keys)
+	bs.keys = binary.BigEndian.AppendUint64(bs.keys, id)
+	return bs.keys[n : n+8 : n+8]
+}
+
+func (bs *batchState) reset() {
+	if bs.oldSeqs == nil {
+		bs.oldSeqs = map[string]int64{}
+	}
+	clear(bs.oldSeqs)
+	clear(bs.cacheOps)
+	bs.cacheOps = bs.cacheOps[:0]
+	bs.keys = bs.keys[:0]
+	bs.addedPending, bs.freed = false, false
 }
 
 type cacheOp struct {
@@ -180,12 +266,13 @@ type cacheOp struct {
 
 func (j *Journal) apply(batch []*request) {
 	savedNext, savedCounts := j.w.nextID, j.w.counts
-	bs := batchState{oldSeqs: map[string]int64{}}
+	bs := &j.wb
+	bs.reset()
 	err := j.update(func(tx *bbolt.Tx) error {
 		pending, parked := tx.Bucket(bucketPending), tx.Bucket(bucketParked)
 		for _, r := range batch {
 			r.err = nil
-			if err := j.applyOne(tx, pending, parked, r, &bs); err != nil {
+			if err := j.applyOne(tx, pending, parked, r, bs); err != nil {
 				return err
 			}
 		}
@@ -213,12 +300,13 @@ func (j *Journal) apply(batch []*request) {
 			}
 		}
 	} else {
+		j.commits.Add(1)
 		j.cache.apply(bs.cacheOps)
 		j.publish(bs.oldSeqs)
 		j.signal(bs.addedPending, bs.freed)
 	}
 	for _, r := range batch {
-		close(r.done)
+		r.done <- struct{}{}
 	}
 }
 
@@ -258,7 +346,7 @@ func (j *Journal) applyOne(tx *bbolt.Tx, pending, parked *bbolt.Bucket, r *reque
 			w.nextID++
 			seq := j.nextSeq(r.streams[i], bs)
 			sealEntry(enc, id, seq)
-			if err := pending.Put(key(id), enc); err != nil {
+			if err := pending.Put(bs.key(id), enc); err != nil {
 				return err
 			}
 			r.ids = append(r.ids, id)
@@ -270,7 +358,7 @@ func (j *Journal) applyOne(tx *bbolt.Tx, pending, parked *bbolt.Bucket, r *reque
 		bs.addedPending = true
 	case opDelete:
 		for _, id := range r.ids {
-			k := key(id)
+			k := bs.key(id)
 			v := pending.Get(k)
 			if v == nil {
 				continue
@@ -284,7 +372,7 @@ func (j *Journal) applyOne(tx *bbolt.Tx, pending, parked *bbolt.Bucket, r *reque
 			bs.freed = true
 		}
 	case opPark:
-		k := key(r.id)
+		k := bs.key(r.id)
 		v := pending.Get(k)
 		if v == nil {
 			r.err = fmt.Errorf("%w: pending entry %d", ErrNotFound, r.id)
@@ -303,7 +391,7 @@ func (j *Journal) applyOne(tx *bbolt.Tx, pending, parked *bbolt.Bucket, r *reque
 		}
 		bs.cacheOps = append(bs.cacheOps, cacheOp{kind: opDelete, id: r.id})
 	case opRedrive:
-		k := key(r.id)
+		k := bs.key(r.id)
 		rec := parked.Get(k)
 		if rec == nil {
 			r.err = fmt.Errorf("%w: parked entry %d", ErrNotFound, r.id)
@@ -329,14 +417,14 @@ func (j *Journal) applyOne(tx *bbolt.Tx, pending, parked *bbolt.Bucket, r *reque
 		if err := parked.Delete(k); err != nil {
 			return err
 		}
-		if err := pending.Put(key(e.ID), enc); err != nil {
+		if err := pending.Put(bs.key(e.ID), enc); err != nil {
 			return err
 		}
 		r.ids = append(r.ids[:0], e.ID)
 		bs.cacheOps = append(bs.cacheOps, cacheOp{kind: opAppend, id: e.ID, data: enc})
 		bs.addedPending = true
 	case opDrop:
-		k := key(r.id)
+		k := bs.key(r.id)
 		rec := parked.Get(k)
 		if rec == nil {
 			r.err = fmt.Errorf("%w: parked entry %d", ErrNotFound, r.id)
@@ -350,7 +438,7 @@ func (j *Journal) applyOne(tx *bbolt.Tx, pending, parked *bbolt.Bucket, r *reque
 		bs.freed = true
 	case opAttempt:
 		for _, id := range r.ids {
-			k := key(id)
+			k := bs.key(id)
 			v := pending.Get(k)
 			if v == nil {
 				continue
