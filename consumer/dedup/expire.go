@@ -52,10 +52,7 @@ func (t *Tracker) scanIdle(now int64, evs []Event) []Event {
 	for k, st := range t.streams {
 		idle := now - st.wins[0].active
 		if t.cfg.ForgetAfter > 0 && idle >= int64(t.cfg.ForgetAfter) {
-			if st.watched {
-				delete(t.watch, st)
-			}
-			delete(t.streams, k)
+			t.remove(k, st)
 			if !st.dirty {
 				t.dirty = append(t.dirty, k)
 			}

@@ -19,6 +19,28 @@ type Tracker struct {
 	forgotten map[Key]struct{} // deleted streams whose deletion is not yet handed out by TakeDirty
 	watch     map[*stream]struct{}
 	nextScan  int64 // unix nanoseconds of the next idle scan
+	last      *stream // the stream of the previous lookup (Classify then Commit hit it); nil after removals
+}
+
+// lookup returns k's stream or nil, remembering the last hit.
+func (t *Tracker) lookup(k Key) *stream {
+	if l := t.last; l != nil && l.key == k {
+		return l
+	}
+	st := t.streams[k]
+	if st != nil {
+		t.last = st
+	}
+	return st
+}
+
+// remove deletes k's stream from the map and the watch set.
+func (t *Tracker) remove(k Key, st *stream) {
+	if st.watched {
+		delete(t.watch, st)
+	}
+	delete(t.streams, k)
+	t.last = nil
 }
 
 // stream is the state of one Key.
@@ -88,7 +110,7 @@ func (t *Tracker) Classify(s protocol.Stamp) Verdict {
 	if !valid(s) {
 		return Verdict{Kind: KindSuspicious}
 	}
-	st := t.streams[KeyOf(s)]
+	st := t.lookup(KeyOf(s))
 	if st == nil {
 		if s.Seq > t.cfg.MaxAhead {
 			return Verdict{Kind: KindSuspicious, Flags: FlagNewStream}
@@ -129,7 +151,7 @@ func (t *Tracker) Commit(s protocol.Stamp, bodyHash uint64, now time.Time) (bool
 	key := KeyOf(s)
 	nowN := now.UnixNano()
 	var evs []Event
-	st := t.streams[key]
+	st := t.lookup(key)
 	var x *window
 	switch {
 	case st == nil:
@@ -253,14 +275,9 @@ func (t *Tracker) TakeDirty(dst []Key) []Key {
 // Drop deletes k's in-memory state without reporting it through TakeDirty: use it to roll back a
 // stream that has no stored state after a failed store transaction.
 func (t *Tracker) Drop(k Key) {
-	st := t.streams[k]
-	if st == nil {
-		return
+	if st := t.streams[k]; st != nil {
+		t.remove(k, st)
 	}
-	if st.watched {
-		delete(t.watch, st)
-	}
-	delete(t.streams, k)
 }
 
 // WindowInfo describes one epoch of a stream, for logs, status pages and tests.
