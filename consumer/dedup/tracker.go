@@ -18,7 +18,7 @@ type Tracker struct {
 	dirty     []Key            // keys whose stream.dirty was set, or that were forgotten
 	forgotten map[Key]struct{} // deleted streams whose deletion is not yet handed out by TakeDirty
 	watch     map[*stream]struct{}
-	nextScan  int64 // unix nanoseconds of the next idle scan
+	nextScan  int64   // unix nanoseconds of the next idle scan
 	last      *stream // the stream of the previous lookup (Classify then Commit hit it); nil after removals
 }
 
