@@ -59,7 +59,7 @@ func binaries(t testing.TB) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
-		args = append(args, "./examples/publisher", "./examples/consumer", "./examples/demo")
+		args = append(args, "./examples/publisher", "./examples/consumer", "./examples/demo", "./examples/httpservice")
 		start := time.Now()
 		cmd := exec.Command(goTool(), args...)
 		cmd.Dir = root
