@@ -83,7 +83,7 @@ func (j *Journal) maybeAutoCompact() error {
 	if err != nil {
 		return fmt.Errorf("journal: stat %s: %w", j.path, err)
 	}
-	free := int64(j.db.Stats().FreeAlloc)
+	free := freeBytes(j.db)
 	if fi.Size() <= j.opts.AutoCompactMinSize || free*2 <= fi.Size() {
 		return nil
 	}
@@ -93,4 +93,11 @@ func (j *Journal) maybeAutoCompact() error {
 		j.log.Error("journal auto-compaction failed", "err", err)
 	}
 	return nil
+}
+
+// freeBytes is the size of the free pages (bbolt's FreeAlloc is only
+// updated by write transactions, not at open).
+func freeBytes(db *bbolt.DB) int64 {
+	st := db.Stats()
+	return int64(st.FreePageN+st.PendingPageN) * int64(db.Info().PageSize)
 }

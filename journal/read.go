@@ -153,9 +153,8 @@ func (j *Journal) Stats() Stats {
 		return nil
 	})
 	j.dbMu.RLock()
-	st := j.db.Stats()
+	s.FreeBytes = freeBytes(j.db)
 	j.dbMu.RUnlock()
-	s.FreeBytes = int64(st.FreeAlloc)
 	if fi, err := os.Stat(j.path); err == nil {
 		s.FileSize = fi.Size()
 	}

@@ -270,6 +270,9 @@ func (j *Journal) apply(batch []*request) {
 	bs.reset()
 	err := j.update(func(tx *bbolt.Tx) error {
 		pending, parked := tx.Bucket(bucketPending), tx.Bucket(bucketParked)
+		// IDs only grow: appends land at the right edge, so pack pages
+		// instead of splitting them half full.
+		pending.FillPercent = 0.95
 		for _, r := range batch {
 			r.err = nil
 			if err := j.applyOne(tx, pending, parked, r, bs); err != nil {
