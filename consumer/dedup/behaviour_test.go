@@ -318,7 +318,7 @@ func TestLoadRejects(t *testing.T) {
 	epoch1 := []byte{1, 0, 0, 0, 0, 0, 0, 0}
 	win := func(w, hw byte, tail ...byte) []byte { // epoch 1, W, H-W, active 0, then tail
 		b := append([]byte{}, epoch1...)
-		return append(append(b, w, hw, 0), tail...)
+		return append(append(b, w, hw, 0, w), tail...) // floor 0
 	}
 	cat := func(parts ...[]byte) []byte {
 		var out []byte
@@ -371,5 +371,58 @@ func TestLoadRejects(t *testing.T) {
 				t.Fatalf("Load = %v (len %d), want %v", err, tr.Len(), tc.want)
 			}
 		})
+	}
+}
+
+func TestAdoptStreams(t *testing.T) {
+	strict := newTracker(t, Config{})
+	if v := strict.Classify(st(1, 5_000_000)); v.Kind != KindSuspicious {
+		t.Fatalf("strict: %v", v)
+	}
+	tr := newTracker(t, Config{AdoptStreams: true, GapGrace: time.Second})
+	steps := []struct {
+		epoch, seq int64
+		want       Kind
+		flags      Flags
+		events     int
+	}{
+		{1, 5_000_000, KindNew, FlagNewStream, 0},
+		{1, 4_999_998, KindNew, 0, 0}, // older than the adoption: handled once, not late
+		{1, 4_999_998, KindDuplicate, 0, 0},
+		{1, 5_000_002, KindNew, 0, 0},
+		{1, 1, KindNew, 0, 0},
+		{1, 1 << 62, KindSuspicious, 0, 0},
+		{2, 3, KindNew, FlagNewEpoch, 1}, // a new epoch starts at 1: 1..2 is a gap
+	}
+	for i, s := range steps {
+		v := tr.Classify(st(s.epoch, s.seq))
+		if v.Kind != s.want || v.Flags != s.flags {
+			t.Fatalf("step %d: Classify(%d/%d) = %v", i, s.epoch, s.seq, v)
+		}
+		if _, evs := tr.Commit(st(s.epoch, s.seq), 0, t0); len(evs) != s.events {
+			t.Fatalf("step %d: events %v", i, evs)
+		}
+	}
+	evs := tr.Expire(t0.Add(time.Second))
+	if len(evs) != 2 {
+		t.Fatalf("gaps %v", evs)
+	}
+	for _, e := range evs {
+		if !(e.Epoch == 1 && e.From == 5_000_001 && e.To == 5_000_001) && !(e.Epoch == 2 && e.From == 1 && e.To == 2) {
+			t.Fatalf("unexpected gap %v", e)
+		}
+	}
+	info, _ := tr.Info(Key{"src", "s"})
+	if info[1].Floor != 4_999_999 || info[1].W != 5_000_000 || len(info[1].Lost) != 2 {
+		t.Fatalf("adopted window %+v", info[1])
+	}
+	// The floor survives a restart: numbers below it are still not late.
+	b, _ := tr.AppendState(nil, Key{"src", "s"})
+	tr2 := newTracker(t, Config{AdoptStreams: true})
+	if err := tr2.Load(Key{"src", "s"}, b); err != nil {
+		t.Fatal(err)
+	}
+	if v := tr2.Classify(st(1, 4_999_999)); v.Kind != KindNew || v.Flags != FlagOldEpoch {
+		t.Fatalf("after restart: %v", v)
 	}
 }

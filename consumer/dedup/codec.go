@@ -17,6 +17,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 //	byte    version (1)
 //	uvarint number of epochs, then per epoch, most recently active first:
 //	    8 bytes epoch (little endian), uvarint W, uvarint H-W, varint last commit (unix ns),
+//	    uvarint W-floor,
 //	    uvarint number of gaps, then per gap: uvarint lo-prev (prev = W, then the previous gap's hi),
 //	        uvarint hi-lo, varint first noticed (unix ns), byte reported (0 or 1),
 //	    uvarint number of lost ranges, then per range: uvarint lo-prev (prev = 0, then the previous
@@ -43,6 +44,7 @@ func (t *Tracker) AppendState(dst []byte, k Key) ([]byte, bool) {
 		dst = binary.AppendUvarint(dst, uint64(x.w))
 		dst = binary.AppendUvarint(dst, uint64(x.h-x.w))
 		dst = binary.AppendVarint(dst, x.active)
+		dst = binary.AppendUvarint(dst, uint64(x.w-x.floor))
 		dst = binary.AppendUvarint(dst, uint64(len(x.missing)))
 		prev := x.w
 		for _, g := range x.missing {
@@ -198,7 +200,7 @@ func decodeState(k Key, data []byte) (*stream, error) {
 	d := &decoder{b: body[1:]}
 	st := &stream{key: k}
 	seen := map[int64]bool{}
-	nw := d.count("epoch count", 13)
+	nw := d.count("epoch count", 14)
 	if d.err == nil && nw == 0 {
 		d.fail("no epochs")
 	}
@@ -211,6 +213,12 @@ func decodeState(k Key, data []byte) (*stream, error) {
 		x.w = d.pos("W")
 		x.h = d.add(x.w, d.pos("H-W"), "H")
 		x.active = d.varint("last commit")
+		if wf := d.pos("W-floor"); d.err == nil {
+			if wf > x.w {
+				d.fail("floor below 0 (W %d, W-floor %d)", x.w, wf)
+			}
+			x.floor = x.w - wf
+		}
 		ng := d.count("gap count", 4)
 		prev := x.w
 		for j := 0; j < ng && d.err == nil; j++ {
@@ -248,8 +256,8 @@ func decodeState(k Key, data []byte) (*stream, error) {
 			}
 			s := span{lo: d.add(prev, delta, "lost start")}
 			s.hi = d.add(s.lo, d.pos("lost length"), "lost end")
-			if d.err == nil && s.hi > x.w {
-				d.fail("lost range %d..%d above W %d", s.lo, s.hi, x.w)
+			if d.err == nil && (s.hi > x.w || s.lo <= x.floor && s.hi > x.floor) {
+				d.fail("lost range %d..%d above W %d or across floor %d", s.lo, s.hi, x.w, x.floor)
 			}
 			x.lost = append(x.lost, s)
 			prev = s.hi

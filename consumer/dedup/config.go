@@ -66,6 +66,15 @@ type Config struct {
 	// Default 16.
 	MaxRetiredEpochs int
 
+	// AdoptStreams makes a stream the tracker has no state for start at the first number committed
+	// for it instead of at 1. The numbers below it are neither waited for nor reported; if they
+	// arrive they are handled once (KindNew, not late), and MaxAhead does not apply to the first
+	// number. Use it when a new queue is attached to publishers that have been running for a while
+	// (their streams are at high numbers). Default false: a stream starts at 1, so a lost first
+	// message is reported, and a first number above MaxAhead is KindSuspicious. New epochs of a
+	// known stream always start at 1 (a new journal numbers from 1).
+	AdoptStreams bool
+
 	// HashHistory is how many (seq, body hash) pairs per epoch of a stream are kept in memory for
 	// Commit calls with a non-zero hash, so that a duplicate with a different body can be reported.
 	// They are not persisted. Zero means the default 16; -1 disables the history.

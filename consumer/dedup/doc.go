@@ -75,9 +75,12 @@
 //     Config.MaxRetiredEpochs, and a message of a stream deleted after Config.ForgetAfter can no
 //     longer be recognised: the first is classified KindDuplicate, the others KindNew (a new epoch or
 //     stream). Each of these is reported when it happens.
-//   - A stream the tracker does not know starts at W = 0: if its first number is above
-//     Config.MaxAhead (the dedup state was lost while the publisher kept running), it is
-//     KindSuspicious. Raise MaxAhead, or restore the state.
+//   - By default a stream the tracker does not know starts at W = 0: numbers below its first one
+//     are waited for and reported as a gap, and a first number above Config.MaxAhead is
+//     KindSuspicious. That is right for new publishers and for lost dedup state, but wrong for a
+//     new queue attached to publishers that have been running: set Config.AdoptStreams for that.
+//     An adopted stream starts at its first committed number; the numbers below it are handled
+//     once if they arrive but never reported, and a bogus first number cannot be recognised.
 //   - A bogus number within MaxAhead is committed like any other: it opens a gap below it, which is
 //     reported after the grace, and the real messages that fill it are flagged late.
 //   - The body-hash history (Config.HashHistory) keeps only the last few commits per epoch, in

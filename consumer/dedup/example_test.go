@@ -68,11 +68,11 @@ func Example() {
 	// seq 2: duplicate
 	//   same stamp, different body!
 	// seq 4: new
-	// persisted billing/invoices (40 bytes)
+	// persisted billing/invoices (41 bytes)
 	// expire: gap-detected billing/invoices epoch 7 seq 3..3
 	// seq 3: new+late
 	//   event: late-arrival billing/invoices epoch 7 seq 3..3
 	// seq 4611686018427387904: suspicious
 	// seq 5: new
-	// persisted billing/invoices (28 bytes)
+	// persisted billing/invoices (29 bytes)
 }

@@ -32,9 +32,14 @@ func FuzzWindow(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 1, 0, 0, 1, 1, 0, 0, 0, 2, 6, 250, 6, 250, 0, 0, 0, 2})
 	f.Add([]byte{0, 0, 0, 1, 5, 0, 0, 0, 0, 0, 0, 2, 7, 9, 0, 0, 0, 4, 8, 6, 40})
 	f.Add([]byte{0, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 8, 0, 0, 0, 7, 0, 0, 0, 6, 0, 0, 0, 5, 0, 0, 0, 4, 6, 100})
+	f.Add([]byte{0x80, 0, 0, 30, 0, 0, 0, 28, 0, 0, 0, 31, 0, 0, 128, 5, 0, 0, 0, 33, 6, 30, 0, 0, 0, 2})
 	f.Add([]byte{0, 1, 0, 1, 0, 1, 2, 1, 0, 1, 1, 1, 6, 200, 6, 200, 0, 1, 0, 2, 6, 255, 6, 255, 6, 255})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		h := newHarness(t, fuzzConfig)
+		cfg := fuzzConfig
+		if len(data) > 0 && data[0]&0x80 != 0 { // the first byte's top bit picks AdoptStreams
+			cfg.AdoptStreams = true
+		}
+		h := newHarness(t, cfg)
 		epochs := [...]int64{101, 1 << 40, 7}
 		var redo []protocol.Stamp
 		next := func() byte {
@@ -77,7 +82,7 @@ func FuzzWindow(f *testing.F) {
 		for _, s := range redo {
 			h.deliver(s, uint64(s.Seq)|1)
 		}
-		h.expire(fuzzConfig.GapGrace)
+		h.expire(cfg.GapGrace)
 		checkInvariants(t, h.tr)
 	})
 }
@@ -206,8 +211,14 @@ func (x *window) check() error {
 	if n != x.missingN || unrep != x.unreported {
 		return fmt.Errorf("missingN %d/%d unreported %d/%d", x.missingN, n, x.unreported, unrep)
 	}
+	if x.floor < 0 || x.floor > x.w {
+		return fmt.Errorf("floor %d, w %d", x.floor, x.w)
+	}
 	prev = 0
 	for _, s := range x.lost {
+		if s.lo <= x.floor && s.hi > x.floor {
+			return fmt.Errorf("lost %d..%d across floor %d", s.lo, s.hi, x.floor)
+		}
 		if s.lo <= prev || s.hi < s.lo || s.hi > x.w {
 			return fmt.Errorf("lost %d..%d after %d (w %d)", s.lo, s.hi, prev, x.w)
 		}

@@ -30,6 +30,8 @@ type mstate struct {
 	reported  map[mkey]map[int64]bool // in a GapDetected or GapGivenUp event
 	detected  map[mkey]map[int64]bool // in a GapDetected event
 	forgotten map[mkey]map[int64]bool // in a LostForgotten event
+	givenUp   map[mkey]map[int64]bool // in a GapGivenUp event
+	anchor    map[mkey]int64          // first number of an adopted stream (Config.AdoptStreams)
 	retired   map[mkey]bool
 	lastStep  map[mkey]int64 // commit counter of the last commit, for "most recently active"
 	lastAt    map[mkey]int64 // time of the last commit
@@ -39,7 +41,7 @@ func newMstate() mstate {
 	return mstate{
 		handled: map[mkey]map[int64]mrec{}, reported: map[mkey]map[int64]bool{},
 		detected: map[mkey]map[int64]bool{}, forgotten: map[mkey]map[int64]bool{},
-		retired: map[mkey]bool{}, lastStep: map[mkey]int64{}, lastAt: map[mkey]int64{},
+		givenUp: map[mkey]map[int64]bool{}, anchor: map[mkey]int64{}, retired: map[mkey]bool{}, lastStep: map[mkey]int64{}, lastAt: map[mkey]int64{},
 	}
 }
 
@@ -48,7 +50,8 @@ func (m mstate) forget(k Key) {
 	for _, mm := range []map[mkey]map[int64]mrec{m.handled} {
 		maps.DeleteFunc(mm, func(mk mkey, _ map[int64]mrec) bool { return mk.k == k })
 	}
-	for _, mm := range []map[mkey]map[int64]bool{m.reported, m.detected, m.forgotten} {
+	maps.DeleteFunc(m.anchor, func(mk mkey, _ int64) bool { return mk.k == k })
+	for _, mm := range []map[mkey]map[int64]bool{m.reported, m.detected, m.forgotten, m.givenUp} {
 		maps.DeleteFunc(mm, func(mk mkey, _ map[int64]bool) bool { return mk.k == k })
 	}
 	maps.DeleteFunc(m.retired, func(mk mkey, _ bool) bool { return mk.k == k })
@@ -68,7 +71,7 @@ func (m mstate) clone() mstate {
 	return mstate{
 		handled: cloneNested(m.handled), reported: cloneNested(m.reported),
 		detected: cloneNested(m.detected), forgotten: cloneNested(m.forgotten),
-		retired: maps.Clone(m.retired), lastStep: maps.Clone(m.lastStep), lastAt: maps.Clone(m.lastAt),
+		givenUp: cloneNested(m.givenUp), anchor: maps.Clone(m.anchor), retired: maps.Clone(m.retired), lastStep: maps.Clone(m.lastStep), lastAt: maps.Clone(m.lastAt),
 	}
 }
 
@@ -164,6 +167,9 @@ func (h *harness) deliver(s protocol.Stamp, hash uint64) {
 		h.fatalf("Classify(%v) = %v, want %v flags %b", s, v, want, flags)
 	}
 	h.counts[v.String()]++
+	if a := h.m.anchor[mk]; v.Kind == KindNew && s.Seq < a {
+		h.counts["before-adoption"]++
+	}
 	if v.Kind == KindDuplicate && v.StoredHash != 0 && v.StoredHash != h.m.handled[mk][s.Seq].hash {
 		h.fatalf("Classify(%v) stored hash %x, committed %x", s, v.StoredHash, h.m.handled[mk][s.Seq].hash)
 	}
@@ -213,6 +219,9 @@ func (h *harness) deliver(s protocol.Stamp, hash uint64) {
 	if late != (flags&FlagLate != 0) {
 		h.fatalf("Commit(%v): late event %v, flag %v; events %v", s, late, flags&FlagLate != 0, evs)
 	}
+	if !wasKnown && h.cfg.AdoptStreams {
+		h.m.anchor[mk] = s.Seq
+	}
 	set(h.m.handled, mk, s.Seq, mrec{at: h.now, hash: hash})
 	h.m.lastStep[mk] = h.step
 	h.m.lastAt[mk] = h.now
@@ -223,33 +232,48 @@ func (h *harness) deliver(s protocol.Stamp, hash uint64) {
 // expect returns the verdict the model predicts for s.
 func (h *harness) expect(s protocol.Stamp) (Kind, Flags) {
 	k, mk := KeyOf(s), mkey{KeyOf(s), s.Epoch}
-	if s.Validate() != nil {
+	maxAhead := h.tr.Config().MaxAhead
+	switch {
+	case s.Validate() != nil:
 		return KindSuspicious, 0
-	}
-	if h.m.retired[mk] {
+	case h.m.retired[mk]:
 		return KindStaleEpoch, 0
-	}
-	if s.Seq >= absurdFloor {
+	case !h.knownStream(k):
+		if s.Seq > maxAhead && !h.cfg.AdoptStreams {
+			return KindSuspicious, 0
+		}
+		return KindNew, FlagNewStream
+	case h.m.lastStep[mk] == 0:
+		if s.Seq > maxAhead {
+			return KindSuspicious, 0
+		}
+		return KindNew, FlagNewEpoch
+	case s.Seq-h.modelW(mk) > maxAhead:
 		return KindSuspicious, 0
 	}
 	if _, done := h.m.handled[mk][s.Seq]; done || h.m.forgotten[mk][s.Seq] {
 		return KindDuplicate, 0
 	}
 	var f Flags
-	switch {
-	case !h.knownStream(k):
-		f = FlagNewStream
-	case h.m.lastStep[mk] == 0:
-		f = FlagNewEpoch
-	default:
-		if fr, _ := h.front(k); fr != mk {
-			f = FlagOldEpoch
-		}
-		if h.m.reported[mk][s.Seq] {
-			f |= FlagLate
-		}
+	if fr, _ := h.front(k); fr != mk {
+		f = FlagOldEpoch
+	}
+	if h.m.reported[mk][s.Seq] {
+		f |= FlagLate
 	}
 	return KindNew, f
+}
+
+// modelW is the watermark: the end of the prefix that is committed, given up or never waited for.
+func (h *harness) modelW(mk mkey) int64 {
+	w := max(h.m.anchor[mk]-1, 0)
+	for {
+		_, done := h.m.handled[mk][w+1]
+		if !done && !h.m.givenUp[mk][w+1] {
+			return w
+		}
+		w++
+	}
 }
 
 // since is when the tracker first noticed n missing: the first commit of a higher number.
@@ -274,6 +298,9 @@ func (h *harness) checkGapEvent(e Event, fromExpire bool) {
 		if _, done := h.m.handled[mk][n]; done {
 			h.fatalf("%v covers committed %d", e, n)
 		}
+		if a := h.m.anchor[mk]; n < a && e.Kind != EventLostForgotten {
+			h.fatalf("%v covers %d below the adopted stream's start %d", e, n, a)
+		}
 		sn, ok := h.since(mk, n)
 		switch e.Kind {
 		case EventGapDetected:
@@ -290,8 +317,9 @@ func (h *harness) checkGapEvent(e Event, fromExpire bool) {
 				h.fatalf("%v: %d was never missing", e, n)
 			}
 			set(h.m.reported, mk, n, true)
+			set(h.m.givenUp, mk, n, true)
 		case EventLostForgotten:
-			if !h.m.reported[mk][n] {
+			if !h.m.reported[mk][n] && n >= h.m.anchor[mk] {
 				h.fatalf("%v: %d was never given up", e, n)
 			}
 			set(h.m.forgotten, mk, n, true)
@@ -344,7 +372,7 @@ func (h *harness) expire(d time.Duration) {
 		for n := range nums {
 			top = max(top, n)
 		}
-		for n := int64(1); n < top; n++ {
+		for n := max(int64(1), h.m.anchor[mk]); n < top; n++ {
 			if _, done := nums[n]; done || h.m.reported[mk][n] {
 				continue
 			}

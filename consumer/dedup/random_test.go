@@ -22,14 +22,20 @@ var modelConfig = Config{
 
 // plan builds the deliveries of one stream: every epoch's numbers in a perturbed order, some
 // never sent, some delayed far, stragglers of an old epoch after the new one started, absurd jumps.
-func plan(rng *rand.Rand, k Key) []protocol.Stamp {
+// With adopt, the first epoch starts at a high number, with a few older numbers mixed in.
+func plan(rng *rand.Rand, k Key, adopt bool) []protocol.Stamp {
 	var out []protocol.Stamp
 	epochs := 1 + rng.IntN(3)
 	for e := 0; e < epochs; e++ {
 		epoch := rng.Int64N(1<<62) + 1
-		n := int64(40 + rng.IntN(250))
+		first, n := int64(1), int64(40+rng.IntN(250))
+		if adopt && e == 0 {
+			first = int64(1 + rng.IntN(5000))
+			n += first
+			first = max(1, first-int64(rng.IntN(12)))
+		}
 		var seqs []protocol.Stamp
-		for seq := int64(1); seq <= n; seq++ {
+		for seq := first; seq <= n; seq++ {
 			switch p := rng.Float64(); {
 			case p < 0.03: // lost
 				continue
@@ -81,7 +87,7 @@ func runModel(t *testing.T, seed uint64, cfg Config, steps int) *harness {
 	keys := []Key{{"a", "x"}, {"a", "y"}, {"b", "x"}}
 	plans := make([][]protocol.Stamp, len(keys))
 	for i, k := range keys {
-		plans[i] = plan(rng, k)
+		plans[i] = plan(rng, k, cfg.AdoptStreams)
 	}
 	var history []protocol.Stamp
 	var redo []protocol.Stamp
@@ -173,6 +179,16 @@ func TestModelRandom(t *testing.T) {
 		}
 	}
 	t.Logf("verdicts and events over %d runs: %v", seeds, total)
+	cfg := modelConfig
+	cfg.AdoptStreams = true
+	adopted := 0
+	for seed := range seeds / 4 {
+		adopted += runModel(t, uint64(1000+seed), cfg, 1500).counts["before-adoption"]
+	}
+	if adopted == 0 {
+		t.Error("AdoptStreams runs never delivered a number below a stream's first")
+	}
+	t.Logf("AdoptStreams: %d numbers below their stream's first handled", adopted)
 	// The test is only meaningful if every mechanism fired.
 	for _, k := range []string{"new", "duplicate", "suspicious", "new+late", "new+new-epoch", "stale-epoch",
 		"gap-detected", "gap-given-up", "epoch-retired", "new+old-epoch"} {

@@ -112,7 +112,7 @@ func (t *Tracker) Classify(s protocol.Stamp) Verdict {
 	}
 	st := t.lookup(KeyOf(s))
 	if st == nil {
-		if s.Seq > t.cfg.MaxAhead {
+		if s.Seq > t.cfg.MaxAhead && !t.cfg.AdoptStreams {
 			return Verdict{Kind: KindSuspicious, Flags: FlagNewStream}
 		}
 		return Verdict{Kind: KindNew, Flags: FlagNewStream}
@@ -155,10 +155,15 @@ func (t *Tracker) Commit(s protocol.Stamp, bodyHash uint64, now time.Time) (bool
 	var x *window
 	switch {
 	case st == nil:
-		if s.Seq > t.cfg.MaxAhead {
+		if s.Seq > t.cfg.MaxAhead && !t.cfg.AdoptStreams {
 			return false, nil
 		}
 		x = &window{epoch: s.Epoch}
+		if t.cfg.AdoptStreams && s.Seq > 1 {
+			p := s.Seq - 1
+			x.w, x.h, x.floor = p, p, p
+			x.lost = []span{{1, p}}
+		}
 		st = &stream{key: key, wins: []*window{x}}
 		t.streams[key] = st
 		if _, ok := t.forgotten[key]; ok {
@@ -290,8 +295,10 @@ type WindowInfo struct {
 	// Missing are the open gaps in (W, H), oldest first; Reported says whether each was reported.
 	Missing  []Range
 	Reported []bool
-	// Lost are the given-up ranges below W.
+	// Lost are the given-up ranges below W, including the unseen prefix of an adopted stream.
 	Lost []Range
+	// Floor is the number below which an adopted stream was never waited for (Config.AdoptStreams).
+	Floor int64
 	// Active is the time of the last commit.
 	Active time.Time
 }
@@ -304,7 +311,7 @@ func (t *Tracker) Info(k Key) ([]WindowInfo, bool) {
 	}
 	out := make([]WindowInfo, 0, len(st.wins))
 	for _, x := range st.wins {
-		wi := WindowInfo{Epoch: x.epoch, W: x.w, H: x.h, Active: time.Unix(0, x.active)}
+		wi := WindowInfo{Epoch: x.epoch, W: x.w, H: x.h, Floor: x.floor, Active: time.Unix(0, x.active)}
 		for _, g := range x.missing {
 			wi.Missing = append(wi.Missing, Range{g.lo, g.hi})
 			wi.Reported = append(wi.Reported, g.reported)

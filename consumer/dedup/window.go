@@ -28,7 +28,8 @@ type seqHash struct {
 //     not adjacent, inside (w, h), and when w < h the first gap starts at w+1 (w is the end of the
 //     contiguous committed prefix). h is committed (or h == w).
 //   - missingN is the total length of the gaps; unreported counts gaps with reported == false.
-//   - lost spans are sorted, disjoint, inside [1, w].
+//   - lost spans are sorted, disjoint, inside [1, w]; 0 <= floor <= w, and a span never straddles
+//     floor (the span [1, floor] is the adopted stream's unseen prefix, not a reported loss).
 type window struct {
 	epoch      int64
 	w, h       int64
@@ -37,6 +38,7 @@ type window struct {
 	unreported int
 	lost       []span
 	active     int64 // unix nanoseconds of the last commit
+	floor      int64 // numbers <= floor predate the stream's adoption (Config.AdoptStreams): never late
 	hashes     []seqHash
 	hashPos    int
 }
@@ -88,6 +90,9 @@ func (x *window) classify(seq, maxAhead int64) Verdict {
 		return Verdict{Kind: KindSuspicious}
 	case seq <= x.w:
 		if x.findLost(seq) >= 0 {
+			if seq <= x.floor {
+				return Verdict{Kind: KindNew}
+			}
 			return Verdict{Kind: KindNew, Flags: FlagLate}
 		}
 		return Verdict{Kind: KindDuplicate, StoredHash: x.storedHash(seq)}
@@ -140,7 +145,9 @@ func (x *window) commit(key Key, seq int64, now int64, cfg *Config, evs []Event)
 			return evs, false // duplicate
 		}
 		x.lost = removeSpan(x.lost, i, seq)
-		evs = append(evs, Event{Kind: EventLateArrival, Key: key, Epoch: x.epoch, From: seq, To: seq})
+		if seq > x.floor {
+			evs = append(evs, Event{Kind: EventLateArrival, Key: key, Epoch: x.epoch, From: seq, To: seq})
+		}
 		return evs, true
 	case seq > x.h:
 		if seq > x.h+1 {
@@ -217,7 +224,7 @@ func (x *window) giveUpFirst(key Key, cfg *Config, evs []Event) []Event {
 		x.unreported--
 	}
 	evs = append(evs, Event{Kind: EventGapGivenUp, Key: key, Epoch: x.epoch, From: g.lo, To: g.hi, Since: time.Unix(0, g.since)})
-	if n := len(x.lost); n > 0 && x.lost[n-1].hi+1 == g.lo {
+	if n := len(x.lost); n > 0 && x.lost[n-1].hi+1 == g.lo && x.lost[n-1].hi > x.floor {
 		x.lost[n-1].hi = g.hi
 	} else {
 		x.lost = append(x.lost, span{g.lo, g.hi})
