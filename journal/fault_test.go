@@ -308,3 +308,17 @@ func TestDefaultMaxMessageSize(t *testing.T) {
 	err := j.Append(context.Background(), &Entry{Stream: "s", Body: make([]byte, DefaultMaxMessageSize+1)})
 	require.ErrorIs(t, err, ErrTooLarge)
 }
+
+func TestForeignBoltFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "other.db")
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	require.NoError(t, err)
+	require.NoError(t, db.Update(func(tx *bbolt.Tx) error {
+		_, err := tx.CreateBucket([]byte("users"))
+		return err
+	}))
+	require.NoError(t, db.Close())
+	_, err = Open(path, Options{Source: "s"})
+	require.ErrorIs(t, err, ErrCorrupt)
+	assert.Contains(t, err.Error(), "not a journal")
+}

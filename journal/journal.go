@@ -153,6 +153,11 @@ func (j *Journal) loadIdentity(mk *marker) error {
 	err := j.view(func(tx *bbolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if m == nil {
+			// A bbolt file without our meta bucket is either one whose
+			// creation was interrupted (no buckets at all) or not a journal.
+			if k, _ := tx.Cursor().First(); k != nil {
+				return fmt.Errorf("%w: %s is a bbolt file but not a journal (bucket %q)", ErrCorrupt, j.path, k)
+			}
 			return nil
 		}
 		found = true
