@@ -96,6 +96,8 @@ func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 // writer at a time and a long write stalls every commit.
 func (s *BoltStore) DB() *bolt.DB { return s.db }
 
+func (s *BoltStore) boltDB() *bolt.DB { return s.db }
+
 // Path returns the file's path.
 func (s *BoltStore) Path() string { return s.db.Path() }
 

@@ -75,16 +75,20 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	return c.run(ctx, h, nil)
 }
 
-// RunTx is Run with a transactional handler. It needs the BoltStore (ErrNotTxStore otherwise).
+// RunTx is Run with a transactional handler. It needs the BoltStore, or a Store embedding one
+// (ErrNotTxStore otherwise).
 func (c *Consumer) RunTx(ctx context.Context, h TxHandler) error {
 	if h == nil {
 		return fmt.Errorf("%w: nil handler", ErrInvalidConfig)
 	}
-	if _, ok := c.store.(*BoltStore); !ok {
+	if _, ok := c.store.(boltBacked); !ok {
 		return ErrNotTxStore
 	}
 	return c.run(ctx, nil, h)
 }
+
+// boltBacked is implemented by *BoltStore and by stores embedding it: their effects get a *bbolt.Tx.
+type boltBacked interface{ boltDB() *bolt.DB }
 
 // Close closes the store if New opened it. It does not stop a Run (end its context for that) and
 // is idempotent.

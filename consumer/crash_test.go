@@ -1,0 +1,5 @@
+package consumer_test
+
+const childEnv = "RK_CONSUMER_CRASH_CHILD"
+
+func crashChild() int { return 0 }
