@@ -73,6 +73,45 @@ func (j *Journal) compact(ctx context.Context) error {
 	return nil
 }
 
+// liveCompactEvery rate-limits the writer's free-space check.
+const liveCompactEvery = time.Minute
+
+// maybeCompactLive runs on the writer after a commit that freed space: when
+// the file is mostly free pages it compacts (at most once a minute). Besides
+// returning disk space this keeps commits fast: bbolt writes the whole
+// freelist on every commit, so a file left mostly free after a large backlog
+// drained would make every later append pay for it.
+func (j *Journal) maybeCompactLive() {
+	if j.opts.AutoCompactMinSize < 0 || time.Since(j.lastCompactCheck) < liveCompactEvery {
+		return
+	}
+	j.lastCompactCheck = time.Now()
+	size, free := int64(j.db.Info().PageSize)*j.hwmPages(), freeBytes(j.db)
+	j.log.Debug("journal free-space check", "hwm_bytes", size, "free_bytes", free)
+	// Writes wait while the live data is copied: bound that pause.
+	if size <= j.opts.AutoCompactMinSize || free*2 <= size || size-free > maxLiveCompactBytes {
+		return
+	}
+	j.log.Info("journal mostly free space: compacting", "file_bytes", size, "free_bytes", free)
+	if err := j.compact(context.Background()); err != nil {
+		j.log.Error("journal auto-compaction failed", "err", err)
+	}
+}
+
+// maxLiveCompactBytes bounds the live data the writer copies on its own
+// (about a second of writes stalled on this class of machine).
+const maxLiveCompactBytes = 256 << 20
+
+// hwmPages is the number of pages in use up to the high-water mark.
+func (j *Journal) hwmPages() int64 {
+	var n int64
+	_ = j.db.View(func(tx *bbolt.Tx) error {
+		n = tx.Size() / int64(j.db.Info().PageSize)
+		return nil
+	})
+	return n
+}
+
 // maybeAutoCompact compacts at Open when the file is larger than
 // AutoCompactMinSize and more than half of it is free pages.
 func (j *Journal) maybeAutoCompact() error {

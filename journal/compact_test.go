@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -124,7 +125,7 @@ func TestCompact(t *testing.T) {
 func TestAutoCompactAtOpen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "j.db")
 	opts := Options{AutoCompactMinSize: 4 << 20}
-	j := openT(t, path, opts)
+	j := openT(t, path, Options{AutoCompactMinSize: -1})
 	kept := fillAndDrain(t, j, 8_000, 1000, 100)
 	before := j.Stats()
 	require.NoError(t, j.Close())
@@ -144,4 +145,34 @@ func TestAutoCompactAtOpen(t *testing.T) {
 	assert.Equal(t, before.NextSeq, after.NextSeq)
 	_, err := os.Stat(compactPath(path))
 	assert.True(t, os.IsNotExist(err), "temporary file left behind")
+}
+
+func TestAutoCompactAfterDeletes(t *testing.T) {
+	ctx := context.Background()
+	var logs bytes.Buffer
+	j := openT(t, filepath.Join(t.TempDir(), "j.db"), Options{AutoCompactMinSize: 2 << 20, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	var ids []uint64
+	for range 8 {
+		es := make([]*Entry, 500)
+		for k := range es {
+			es[k] = &Entry{Stream: "s", Body: make([]byte, 1000)}
+		}
+		require.NoError(t, j.AppendBatch(ctx, es))
+		for _, e := range es {
+			ids = append(ids, e.ID)
+		}
+	}
+	before := j.Stats()
+	require.Greater(t, before.FileSize, int64(2<<20))
+	require.NoError(t, j.Delete(ctx, ids[:len(ids)-10]...))
+	// The writer compacts after answering the Delete; the next write queues
+	// behind it.
+	e := &Entry{Stream: "s"}
+	require.NoError(t, j.Append(ctx, e))
+	assert.Equal(t, before.NextSeq["s"], e.Seq)
+	after := j.Stats()
+	t.Logf("file %d -> %d bytes after deleting", before.FileSize, after.FileSize)
+	assert.Less(t, after.FileSize, before.FileSize/4)
+	assert.Contains(t, logs.String(), "journal compacted")
+	assert.Equal(t, append(ids[len(ids)-10:], e.ID), readIDs(t, j))
 }

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	bbolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -55,6 +56,8 @@ type Journal struct {
 
 	w  writerState // owned by the writer goroutine (and Open before it starts)
 	wb batchState  // the writer's per-batch scratch space
+
+	lastCompactCheck time.Time // writer-owned
 
 	statMu sync.Mutex // guards pub
 	pub    published

@@ -43,9 +43,11 @@ type Options struct {
 	// is lost or empty, start a fresh journal with a new epoch (logged at
 	// ERROR level) instead of failing with ErrTruncated.
 	AllowNewEpoch bool
-	// AutoCompactMinSize: Open compacts the file when it is larger than this
-	// and more than half of it is free space. Default 64 MiB; negative
-	// disables automatic compaction.
+	// AutoCompactMinSize: the file is compacted when it is larger than this
+	// and more than half of it is free space: at Open, and by the writer
+	// after deletes (checked at most once a minute, and only while the live
+	// data is under 256 MiB since writes wait during the copy). Default
+	// 64 MiB; negative disables automatic compaction.
 	AutoCompactMinSize int64
 	// TailCacheBytes bounds the in-memory copy of recently appended entries
 	// that serves Read without touching bbolt. Default 16 MiB; negative

@@ -220,7 +220,9 @@ func (j *Journal) writeLoop() {
 		}
 		last = len(batch)
 		if len(batch) > 0 {
-			j.apply(batch)
+			if j.apply(batch) {
+				j.maybeCompactLive()
+			}
 		}
 		if compact != nil {
 			compact.err = j.compact(compact.ctx)
@@ -264,7 +266,9 @@ type cacheOp struct {
 	data []byte
 }
 
-func (j *Journal) apply(batch []*request) {
+// apply commits batch and answers its requests. It reports whether the
+// commit freed space.
+func (j *Journal) apply(batch []*request) (freed bool) {
 	savedNext, savedCounts := j.w.nextID, j.w.counts
 	bs := &j.wb
 	bs.reset()
@@ -311,6 +315,7 @@ func (j *Journal) apply(batch []*request) {
 	for _, r := range batch {
 		r.done <- struct{}{}
 	}
+	return err == nil && bs.freed
 }
 
 // update runs fn in a write transaction, containing panics/faults from a
