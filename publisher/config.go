@@ -15,11 +15,11 @@ import (
 
 // Defaults applied by New to zero-valued Config fields.
 const (
-	DefaultMaxInFlight = 512    // where amqp091-go pipelined confirms stop gaining on this hardware
-	DefaultMaxAttempts = 10     // nacks or attributed channel errors before an entry is parked
-	DefaultReadBatch   = 256    // journal entries read per page
-	DefaultMaxBuffered = 8192   // messages waiting to be journaled (PublishAsync / TryPublish bound)
-	maxAppendBatch     = 1024   // entries per journal transaction from the accept buffer
+	DefaultMaxInFlight = 512     // where amqp091-go pipelined confirms stop gaining on this hardware
+	DefaultMaxAttempts = 10      // nacks or attributed channel errors before an entry is parked
+	DefaultReadBatch   = 256     // journal entries read per page
+	DefaultMaxBuffered = 8192    // messages waiting to be journaled (PublishAsync / TryPublish bound)
+	maxAppendBatch     = 1024    // entries per journal transaction from the accept buffer
 	parkedMemory       = 1 << 16 // parked outcomes remembered for receipts
 )
 

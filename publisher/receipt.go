@@ -232,7 +232,7 @@ func (f *frontier) close() {
 	}
 }
 
-func (p *Publisher) advance(to uint64)             { p.fr.advance(to) }
+func (p *Publisher) advance(to uint64)              { p.fr.advance(to) }
 func (p *Publisher) rememberParked(pe *ParkedError) { p.fr.remember(pe) }
 
 type waitHeap []*Receipt

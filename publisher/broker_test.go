@@ -1,0 +1,175 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/metrics"
+	"github.com/rabbitkit/rabbitkit/topology"
+)
+
+// TestPrivateNode restarts, kills and alarms a private RabbitMQ node (never the shared one) while
+// publishing. One node serves the subtests, in order.
+func TestPrivateNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a private RabbitMQ node")
+	}
+	node := testbroker.StartNode(t)
+	tests := []struct {
+		name  string
+		qtype string
+		fault func(t *testing.T, p *Publisher, pr *publisherRun)
+	}{
+		{"graceful-restart", "quorum", func(t *testing.T, p *Publisher, pr *publisherRun) {
+			pr.waitAccepted(t, 300)
+			node.Restart(t)
+		}},
+		{"kill-9", "classic", func(t *testing.T, p *Publisher, pr *publisherRun) {
+			pr.waitAccepted(t, 300)
+			node.Kill(t)
+			time.Sleep(time.Second)
+			node.Start(t)
+		}},
+		{"memory-alarm", "classic", func(t *testing.T, p *Publisher, pr *publisherRun) {
+			pr.waitAccepted(t, 300)
+			node.SetMemoryHighWatermark(t, 0.0000001)
+			eventually(t, 20*time.Second, "publisher blocked", p.Blocked)
+			if st := p.Stats(); st.State != StateBlocked || !st.Blocked {
+				t.Errorf("stats while blocked: %+v", st)
+			}
+			n := pr.l.count()
+			time.Sleep(time.Second)
+			if pr.l.count() <= n {
+				t.Errorf("Publish stopped accepting while the broker was blocked")
+			}
+			node.SetMemoryHighWatermark(t, 0.4)
+			eventually(t, 20*time.Second, "publisher unblocked", func() bool { return !p.Blocked() })
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSetup(t, node.URL, tc.qtype, nil)
+			m := &metrics.Memory{}
+			cfg := s.config(t, node.URL, t.TempDir())
+			cfg.Metrics = m
+			p := mustNew(t, cfg)
+			pr := startPublishing(p, s, 1200, 3*time.Millisecond)
+			tc.fault(t, p, pr)
+			pr.wait(t)
+			flush(t, p, 90*time.Second)
+			check(t, node.URL, s.queue, pr.l, checkOpts{})
+			t.Logf("metrics: reconnects %v, resent %v, unknown %v, blocked %v", m.Get(MetricReconnects), m.Get(MetricResent), m.Get(MetricUnknown), m.Get(MetricBlocked))
+		})
+	}
+}
+
+// TestRejectPublish: a queue with x-overflow reject-publish at its limit nacks; nacks are retried
+// with backoff and nothing is dropped once a consumer drains the queue. A nack inside a pipelined
+// window can let later messages of the window in first, so first arrivals are not checked for order.
+func TestRejectPublish(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	s := newSetup(t, url, "classic", amqp.Table{"x-max-length": int32(100), "x-overflow": "reject-publish"})
+	m := &metrics.Memory{}
+	cfg := s.config(t, url, t.TempDir())
+	cfg.Metrics = m
+	p := mustNew(t, cfg)
+	l := newLedger()
+	publishBatch(t, p, s, l, 600)
+	eventually(t, 20*time.Second, "nacks", func() bool { return m.Get(MetricNacked) > 0 })
+	time.Sleep(500 * time.Millisecond) // several rounds of nacks while the queue stays full
+	if st := p.Stats(); st.Parked != 0 || st.Nacked == 0 {
+		t.Fatalf("stats while full: %+v", st)
+	}
+	check(t, url, s.queue, l, checkOpts{unordered: true}) // consuming makes room
+	flush(t, p, 30*time.Second)
+	if st := p.Stats(); st.Parked != 0 || st.Confirmed != 600 {
+		t.Errorf("stats after drain: %+v", st)
+	}
+	t.Logf("nacked %v, resent %v", m.Get(MetricNacked), m.Get(MetricResent))
+}
+
+// TestMissingExchange: publishing to an exchange that does not exist closes the channel with 404.
+// The publisher reopens the channel with backoff (no hot loop) and, once the exchange exists,
+// delivers everything; with a small MaxAttempts the message is parked and reported instead.
+func TestMissingExchange(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	t.Run("appears-later", func(t *testing.T) {
+		s := newSetup(t, url, "classic", nil)
+		m := &metrics.Memory{}
+		cfg := s.config(t, url, t.TempDir())
+		cfg.Topology = topology.Topology{} // nothing declared by the publisher
+		cfg.Metrics = m
+		p := mustNew(t, cfg)
+		l := newLedger()
+		publishBatch(t, p, s, l, 200)
+		eventually(t, 20*time.Second, "channel errors", func() bool { return m.Get(MetricChannelErrors) >= 3 })
+		time.Sleep(time.Second)
+		if n := m.Get(MetricChannelErrors); n > 40 {
+			t.Errorf("%v channel errors in about a second: hot loop", n)
+		}
+		declare(t, url, s)
+		flush(t, p, 30*time.Second)
+		if st := p.Stats(); st.Parked != 0 {
+			t.Errorf("parked %d", st.Parked)
+		}
+		check(t, url, s.queue, l, checkOpts{})
+	})
+	t.Run("parked", func(t *testing.T) {
+		s := newSetup(t, url, "classic", nil)
+		cfg := s.config(t, url, t.TempDir())
+		cfg.MaxAttempts = 3
+		parked := make(chan *ParkedError, 10)
+		cfg.OnParked = func(pe *ParkedError) { parked <- pe }
+		p := mustNew(t, cfg)
+		l := newLedger()
+		ok1, err := p.Publish(context.Background(), Message{Exchange: s.exchange, RoutingKey: s.key, Body: []byte("1")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.add(ok1.Stamp())
+		bad, err := p.Publish(context.Background(), Message{Exchange: s.exchange + "-missing", RoutingKey: s.key, Stream: ok1.Stamp().Stream, Body: []byte("2")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok3, err := p.Publish(context.Background(), Message{Exchange: s.exchange, RoutingKey: s.key, Body: []byte("3")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.add(ok3.Stamp())
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err = bad.Wait(ctx)
+		var pe *ParkedError
+		if !errors.As(err, &pe) || pe.ReplyCode != 404 || pe.Attempts != 3 || errors.Is(err, ErrUnroutable) {
+			t.Fatalf("missing exchange outcome %v (%+v), want parked after 3 attempts with 404", err, pe)
+		}
+		if got := <-parked; got.Seq != bad.Stamp().Seq {
+			t.Errorf("OnParked %+v", got)
+		}
+		if err := ok3.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		check(t, url, s.queue, l, checkOpts{skip: map[string]map[int64]bool{bad.Stamp().Stream: {bad.Stamp().Seq: true}}})
+	})
+}
+
+// publishBatch journals n messages with PublishBatch, recording them.
+func publishBatch(t *testing.T, p *Publisher, s setup, l *ledger, n int) {
+	t.Helper()
+	msgs := make([]Message, n)
+	for i := range msgs {
+		msgs[i] = Message{Exchange: s.exchange, RoutingKey: s.key, Body: []byte{byte(i)}}
+	}
+	rs, err := p.PublishBatch(context.Background(), msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		l.add(r.Stamp())
+	}
+}
