@@ -29,7 +29,7 @@ type mstate struct {
 	handled   map[mkey]map[int64]mrec // committed numbers
 	reported  map[mkey]map[int64]bool // in a GapDetected or GapGivenUp event
 	detected  map[mkey]map[int64]bool // in a GapDetected event
-	forgotten map[mkey]map[int64]bool // in a LostForgotten event
+	forgotten map[mkey][]Range        // LostForgotten events
 	givenUp   map[mkey]map[int64]bool // in a GapGivenUp event
 	anchor    map[mkey]int64          // first number of an adopted stream (Config.AdoptStreams)
 	retired   map[mkey]bool
@@ -40,7 +40,7 @@ type mstate struct {
 func newMstate() mstate {
 	return mstate{
 		handled: map[mkey]map[int64]mrec{}, reported: map[mkey]map[int64]bool{},
-		detected: map[mkey]map[int64]bool{}, forgotten: map[mkey]map[int64]bool{},
+		detected: map[mkey]map[int64]bool{}, forgotten: map[mkey][]Range{},
 		givenUp: map[mkey]map[int64]bool{}, anchor: map[mkey]int64{}, retired: map[mkey]bool{}, lastStep: map[mkey]int64{}, lastAt: map[mkey]int64{},
 	}
 }
@@ -51,7 +51,8 @@ func (m mstate) forget(k Key) {
 		maps.DeleteFunc(mm, func(mk mkey, _ map[int64]mrec) bool { return mk.k == k })
 	}
 	maps.DeleteFunc(m.anchor, func(mk mkey, _ int64) bool { return mk.k == k })
-	for _, mm := range []map[mkey]map[int64]bool{m.reported, m.detected, m.forgotten, m.givenUp} {
+	maps.DeleteFunc(m.forgotten, func(mk mkey, _ []Range) bool { return mk.k == k })
+	for _, mm := range []map[mkey]map[int64]bool{m.reported, m.detected, m.givenUp} {
 		maps.DeleteFunc(mm, func(mk mkey, _ map[int64]bool) bool { return mk.k == k })
 	}
 	maps.DeleteFunc(m.retired, func(mk mkey, _ bool) bool { return mk.k == k })
@@ -70,7 +71,7 @@ func cloneNested[V any](m map[mkey]map[int64]V) map[mkey]map[int64]V {
 func (m mstate) clone() mstate {
 	return mstate{
 		handled: cloneNested(m.handled), reported: cloneNested(m.reported),
-		detected: cloneNested(m.detected), forgotten: cloneNested(m.forgotten),
+		detected: cloneNested(m.detected), forgotten: maps.Clone(m.forgotten),
 		givenUp: cloneNested(m.givenUp), anchor: maps.Clone(m.anchor), retired: maps.Clone(m.retired), lastStep: maps.Clone(m.lastStep), lastAt: maps.Clone(m.lastAt),
 	}
 }
@@ -251,7 +252,7 @@ func (h *harness) expect(s protocol.Stamp) (Kind, Flags) {
 	case s.Seq-h.modelW(mk) > maxAhead:
 		return KindSuspicious, 0
 	}
-	if _, done := h.m.handled[mk][s.Seq]; done || h.m.forgotten[mk][s.Seq] {
+	if _, done := h.m.handled[mk][s.Seq]; done || h.isForgotten(mk, s.Seq) {
 		return KindDuplicate, 0
 	}
 	var f Flags
@@ -287,9 +288,48 @@ func (h *harness) since(mk mkey, n int64) (int64, bool) {
 	return best, ok
 }
 
+func (h *harness) isForgotten(mk mkey, n int64) bool {
+	for _, r := range h.m.forgotten[mk] {
+		if r.From <= n && n <= r.To {
+			return true
+		}
+	}
+	return false
+}
+
+// checkForgotten checks a LostForgotten event: the range held no committed number, and each of
+// its numbers was given up, or was below an adopted stream's start.
+func (h *harness) checkForgotten(e Event) {
+	h.t.Helper()
+	mk := mkey{e.Key, e.Epoch}
+	if e.From < 1 || e.To < e.From {
+		h.fatalf("bad range in %v", e)
+	}
+	for n := range h.m.handled[mk] {
+		if e.From <= n && n <= e.To {
+			h.fatalf("%v covers committed %d", e, n)
+		}
+	}
+	if e.To-max(e.From, h.m.anchor[mk]) > 1<<20 {
+		h.fatalf("given-up range in %v too long", e)
+	}
+	for n := max(e.From, h.m.anchor[mk]); n <= e.To; n++ {
+		if !h.m.givenUp[mk][n] {
+			h.fatalf("%v: %d was never given up", e, n)
+		}
+	}
+	// Copy on write: the durable snapshot shares the slices.
+	h.m.forgotten[mk] = append(slices.Clip(h.m.forgotten[mk]), Range{e.From, e.To})
+	h.counts[e.Kind.String()]++
+}
+
 // checkGapEvent checks a GapDetected/GapGivenUp/LostForgotten event and records it.
 func (h *harness) checkGapEvent(e Event, fromExpire bool) {
 	h.t.Helper()
+	if e.Kind == EventLostForgotten {
+		h.checkForgotten(e)
+		return
+	}
 	mk := mkey{e.Key, e.Epoch}
 	if e.From < 1 || e.To < e.From || e.To-e.From > 1<<20 {
 		h.fatalf("bad range in %v", e)
@@ -298,7 +338,7 @@ func (h *harness) checkGapEvent(e Event, fromExpire bool) {
 		if _, done := h.m.handled[mk][n]; done {
 			h.fatalf("%v covers committed %d", e, n)
 		}
-		if a := h.m.anchor[mk]; n < a && e.Kind != EventLostForgotten {
+		if a := h.m.anchor[mk]; n < a {
 			h.fatalf("%v covers %d below the adopted stream's start %d", e, n, a)
 		}
 		sn, ok := h.since(mk, n)
@@ -318,11 +358,6 @@ func (h *harness) checkGapEvent(e Event, fromExpire bool) {
 			}
 			set(h.m.reported, mk, n, true)
 			set(h.m.givenUp, mk, n, true)
-		case EventLostForgotten:
-			if !h.m.reported[mk][n] && n >= h.m.anchor[mk] {
-				h.fatalf("%v: %d was never given up", e, n)
-			}
-			set(h.m.forgotten, mk, n, true)
 		default:
 			h.fatalf("unexpected event %v", e)
 		}
