@@ -426,3 +426,22 @@ func TestAdoptStreams(t *testing.T) {
 		t.Fatalf("after restart: %v", v)
 	}
 }
+
+func TestGapReportWithClockSteppingBack(t *testing.T) {
+	tr := newTracker(t, Config{GapGrace: 10 * time.Second})
+	tr.Commit(st(1, 1), 0, t0)
+	tr.Commit(st(1, 3), 0, t0.Add(20*time.Second)) // gap 2 noticed at 20s
+	tr.Commit(st(1, 5), 0, t0.Add(5*time.Second))  // the clock stepped back: gap 4 noticed at 5s
+	tr.Commit(st(1, 7), 0, t0.Add(25*time.Second)) // gap 6 noticed at 25s
+	evs := tr.Expire(t0.Add(15 * time.Second))
+	if len(evs) != 1 || evs[0].From != 4 {
+		t.Fatalf("at 15s: %v", evs)
+	}
+	evs = tr.Expire(t0.Add(35 * time.Second))
+	if len(evs) != 2 || evs[0].From != 2 || evs[1].From != 6 {
+		t.Fatalf("at 35s: %v", evs)
+	}
+	if evs := tr.Expire(t0.Add(time.Hour)); len(evs) != 0 {
+		t.Fatalf("again: %v", evs)
+	}
+}

@@ -251,18 +251,26 @@ func (x *window) reportDue(key Key, now, grace int64, evs []Event) ([]Event, boo
 	if x.unreported == 0 {
 		return evs, false
 	}
-	changed := false
-	for i := range x.missing {
+	// Gaps are created at the top with the current time and splits keep their time, so with a
+	// clock that does not step back the unreported gaps are a suffix: walk back from the end until
+	// all of them were seen (correct, if slower, with any clock).
+	first := len(evs)
+	seen := 0
+	for i := len(x.missing) - 1; i >= 0 && seen < x.unreported; i-- {
 		g := &x.missing[i]
-		if g.reported || now-g.since < grace {
+		if g.reported {
+			continue
+		}
+		seen++
+		if now-g.since < grace {
 			continue
 		}
 		g.reported = true
-		x.unreported--
-		changed = true
 		evs = append(evs, Event{Kind: EventGapDetected, Key: key, Epoch: x.epoch, From: g.lo, To: g.hi, Since: time.Unix(0, g.since)})
 	}
-	return evs, changed
+	x.unreported -= len(evs) - first
+	slices.Reverse(evs[first:]) // oldest gap first
+	return evs, len(evs) > first
 }
 
 // removeSpan takes seq out of spans[i].
