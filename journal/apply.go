@@ -102,15 +102,31 @@ func (j *Journal) update(fn func(tx *bbolt.Tx) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("%w: %s: writing: %v", ErrCorrupt, j.path, p)
+			err = fmt.Errorf("%w: %w: %s: bbolt panicked writing: %v", ErrBroken, ErrCorrupt, j.path, p)
 			j.broken.Store(&err)
 			j.log.Error("journal write panicked; journal is unusable until reopened", "err", err)
 		}
 	}()
-	if err := j.db.Update(fn); err != nil {
-		return mapWriteErr(j.path, err)
+	var fnErr error
+	err = j.db.Update(func(tx *bbolt.Tx) error {
+		fnErr = fn(tx)
+		return fnErr
+	})
+	if err == nil {
+		return nil
 	}
-	return nil
+	mapped := mapWriteErr(j.path, err)
+	if fnErr != nil || errors.Is(mapped, ErrNoSpace) {
+		// Rolled back before anything was committed: the answer is exact.
+		return mapped
+	}
+	// The commit itself failed (an I/O error while writing or syncing):
+	// whether the meta page reached the disk is unknown, and so is the
+	// batch. Stop here; reopening reads the truth from the file.
+	err = fmt.Errorf("%w: %s: commit failed, whether the last batch is on disk is unknown until the journal is reopened: %w", ErrBroken, j.path, err)
+	j.broken.Store(&err)
+	j.log.Error("journal commit failed; journal is unusable until reopened", "err", err)
+	return err
 }
 
 func key(id uint64) []byte { return binary.BigEndian.AppendUint64(make([]byte, 0, 8), id) }

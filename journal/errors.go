@@ -37,6 +37,11 @@ var (
 	// cannot encode: empty stream, unsupported header value type, or nesting
 	// deeper than 32 levels.
 	ErrInvalidEntry = errors.New("journal: invalid entry")
+	// ErrBroken is returned after a commit failed with an I/O error (or bbolt
+	// panicked on a corrupt page) and by every later call: the journal must be
+	// reopened. It is the one error after which an append's outcome is
+	// unknown: the batch whose commit failed may or may not be on disk.
+	ErrBroken = errors.New("journal: broken, reopen it")
 	// ErrInvalidOptions is returned by Open when the Options fail validation.
 	ErrInvalidOptions = errors.New("journal: invalid options")
 )

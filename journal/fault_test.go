@@ -9,7 +9,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -321,4 +323,48 @@ func TestForeignBoltFile(t *testing.T) {
 	_, err = Open(path, Options{Source: "s"})
 	require.ErrorIs(t, err, ErrCorrupt)
 	assert.Contains(t, err.Error(), "not a journal")
+}
+
+// TestCommitIOErrorBreaks swaps the journal's file descriptor for a read-only
+// one so that the next commit fails with an I/O error: the journal must
+// report ErrBroken (outcome unknown) and refuse further work, and a reopen
+// must find everything committed before.
+func TestCommitIOErrorBreaks(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path, Options{Source: "s"})
+	require.NoError(t, err)
+	first := &Entry{Stream: "s", Body: []byte("kept")}
+	require.NoError(t, j.Append(ctx, first))
+
+	fd := -1
+	ents, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	for _, de := range ents {
+		n, _ := strconv.Atoi(de.Name())
+		if target, _ := os.Readlink("/proc/self/fd/" + de.Name()); target == path {
+			fd = n
+		}
+	}
+	require.NotEqual(t, -1, fd, "journal fd not found")
+	ro, err := os.Open(path)
+	require.NoError(t, err)
+	require.NoError(t, syscall.Dup2(int(ro.Fd()), fd))
+	require.NoError(t, ro.Close())
+
+	err = j.Append(ctx, &Entry{Stream: "s", Body: []byte("lost or not")})
+	require.ErrorIs(t, err, ErrBroken)
+	assert.Contains(t, err.Error(), path)
+	require.ErrorIs(t, j.Append(ctx, &Entry{Stream: "s"}), ErrBroken, "broken journal refuses work")
+	require.ErrorIs(t, j.Delete(ctx, first.ID), ErrBroken)
+	_ = j.Close() // the descriptor is not ours any more; errors are expected
+
+	j2 := openT(t, path, Options{Source: "s"})
+	es, err := j2.Read(ctx, 0, 10)
+	require.NoError(t, err)
+	require.NotEmpty(t, es)
+	assert.Equal(t, "kept", string(es[0].Body))
+	e := &Entry{Stream: "s"}
+	require.NoError(t, j2.Append(ctx, e))
+	assert.Equal(t, int64(len(es)+1), e.Seq, "sequences continue from what is on disk")
 }
