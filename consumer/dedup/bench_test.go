@@ -105,6 +105,20 @@ func BenchmarkClassifyCommit(b *testing.B) {
 	}
 }
 
+// BenchmarkHalfLost is the pathological stream: every other number is lost, so MaxSeen (10,000)
+// open gaps are kept and every commit gives the oldest one up.
+func BenchmarkHalfLost(b *testing.B) {
+	tr := newTracker(b, Config{})
+	s := st(1, 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		s.Seq += 2
+		if tr.Classify(s).Kind == KindNew {
+			tr.Commit(s, 0, t0)
+		}
+	}
+}
+
 // BenchmarkAppendState measures encoding one stream's state, as the store does for every stream a
 // batch touched.
 func BenchmarkAppendState(b *testing.B) {

@@ -13,7 +13,10 @@
 //
 // All of it is ranges, never per-message sets: the state is bounded by the number of streams
 // (and by Config.MaxSeen and Config.MaxLostRanges per stream), not by the number of messages. A
-// stream with nothing missing encodes to about 30 bytes plus its key.
+// stream with nothing missing encodes to about 30 bytes plus its key; 10,000 streams that carried
+// a million messages each, one in ten with open gaps, take about 1 MiB encoded (keys included) and
+// about 7 MiB of memory with the default body-hash history (4.5 MiB without), see
+// TestStateSize10kStreams.
 //
 // The consumer's cycle for each delivery:
 //
@@ -85,5 +88,7 @@
 //     reported after the grace, and the real messages that fill it are flagged late.
 //   - The body-hash history (Config.HashHistory) keeps only the last few commits per epoch, in
 //     memory: a duplicate with a different body is noticed only while its seq is in it.
+//   - Every distinct (source, stream) keeps a few dozen bytes forever unless Config.ForgetAfter is
+//     set: publishers that invent stream names without bound (one per order, say) need it.
 //   - Times are wall-clock times as passed in; a clock stepping back delays reports and retention.
 package dedup

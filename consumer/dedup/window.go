@@ -218,7 +218,7 @@ func (x *window) enforceMaxSeen(key Key, cfg *Config, evs []Event) []Event {
 // giveUpFirst moves the first gap into the lost spans and advances w past it.
 func (x *window) giveUpFirst(key Key, cfg *Config, evs []Event) []Event {
 	g := x.missing[0]
-	x.missing = slices.Delete(x.missing, 0, 1)
+	x.missing = x.missing[1:] // O(1); append reallocates (copying only live gaps) when needed
 	x.missingN -= g.hi - g.lo + 1
 	if !g.reported {
 		x.unreported--
@@ -231,7 +231,7 @@ func (x *window) giveUpFirst(key Key, cfg *Config, evs []Event) []Event {
 	}
 	for len(x.lost) > cfg.MaxLostRanges {
 		s := x.lost[0]
-		x.lost = slices.Delete(x.lost, 0, 1)
+		x.lost = x.lost[1:]
 		evs = append(evs, Event{Kind: EventLostForgotten, Key: key, Epoch: x.epoch, From: s.lo, To: s.hi})
 	}
 	x.advance()
