@@ -184,7 +184,7 @@ func New(cfg Config) (*Publisher, error) {
 		defer close(p.appendDone)
 		p.appendLoop(p.hardCtx)
 	})
-	p.wg.Go(func() { del.run(p.hardCtx) })
+	p.wg.Go(del.run)
 	p.wg.Go(func() {
 		defer close(p.senderDone)
 		defer close(del.in)

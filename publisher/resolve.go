@@ -10,8 +10,10 @@ import (
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
-// deleteBatch is how many confirmed IDs are handed to the deleter at once.
-const deleteBatch = 256
+const (
+	deleteBatch   = 256             // confirmed IDs handed to the deleter at once
+	deleteTimeout = 5 * time.Second // bound of one journal delete (also after a hard stop)
+)
 
 // onConfirm applies one confirm. Returns of the same message were dispatched by amqp091-go before
 // the confirm, so every buffered return is taken first.
@@ -215,25 +217,20 @@ func (s *sender) advance() {
 
 // flushDeletes hands the confirmed IDs to the deleter; with wait it also waits until every delete
 // handed over so far is committed.
+//
+// Deletes are handed over even after a hard stop (the deleter bounds each one): a confirmed entry
+// left in the journal would be sent again by the next Publisher.
 func (s *sender) flushDeletes(ctx context.Context, wait bool) {
 	if len(s.deletes) > 0 {
 		ids := s.deletes
 		s.deletes = make([]uint64, 0, deleteBatch)
-		select {
-		case s.del.in <- delReq{ids: ids}:
-		case <-ctx.Done():
-			return
-		}
+		s.del.in <- delReq{ids: ids}
 	}
-	if !wait {
+	if !wait || ctx.Err() != nil {
 		return
 	}
 	done := make(chan struct{})
-	select {
-	case s.del.in <- delReq{done: done}:
-	case <-ctx.Done():
-		return
-	}
+	s.del.in <- delReq{done: done}
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -305,10 +302,13 @@ type delReq struct {
 	done chan struct{}
 }
 
-func (d *deleter) run(ctx context.Context) {
+func (d *deleter) run() {
 	for r := range d.in {
 		if len(r.ids) > 0 {
-			if err := d.j.Delete(ctx, r.ids...); err != nil && ctx.Err() == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
+			err := d.j.Delete(ctx, r.ids...)
+			cancel()
+			if err != nil {
 				d.p.log.Error("publisher: deleting confirmed entries failed; they will be sent again", "count", len(r.ids), "err", err)
 			}
 		}

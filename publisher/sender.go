@@ -343,6 +343,7 @@ func (s *sender) next(ctx context.Context) (*journal.Entry, error) {
 		return nil, nil // waiting for a commit
 	}
 	changed := s.j.Changed() // taken before reading: a commit after the read still wakes us
+	accepted := s.p.lastAccepted.Load() // committed before the read: if still pending, the read sees it
 	page, err := s.j.Read(ctx, s.cursor, s.cfg.ReadBatch)
 	if err != nil {
 		return nil, err
@@ -350,6 +351,8 @@ func (s *sender) next(ctx context.Context) (*journal.Entry, error) {
 	clear(s.page)
 	s.page, s.pageIdx = page, 0
 	if len(page) == 0 {
+		// Nothing pending after the cursor: every ID up to the last accepted one is settled.
+		s.cursor = max(s.cursor, accepted)
 		s.changed = changed
 		return nil, nil
 	}
