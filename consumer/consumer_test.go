@@ -127,7 +127,9 @@ func TestBadInputs(t *testing.T) {
 		reason  string // substring of the parked reason
 	}
 	plain := func(body string) amqp.Publishing { return amqp.Publishing{Body: []byte(body)} }
-	withHeaders := func(h amqp.Table, body string) amqp.Publishing { return amqp.Publishing{Headers: h, Body: []byte(body)} }
+	withHeaders := func(h amqp.Table, body string) amqp.Publishing {
+		return amqp.Publishing{Headers: h, Body: []byte(body)}
+	}
 	tests := []struct {
 		name      string
 		policy    consumer.NoStampPolicy

@@ -2,8 +2,8 @@ package consumer_test
 
 import (
 	"context"
-	"errors"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -266,4 +266,4 @@ func seqKeys(source, stream string, epoch int64, from, to int64) []string {
 var _ = fmt.Sprint
 
 func binaryKey(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
-func beUint(b []byte) uint64   { return binary.BigEndian.Uint64(b) }
+func beUint(b []byte) uint64    { return binary.BigEndian.Uint64(b) }
