@@ -28,8 +28,8 @@ const (
 	envLockChild  = "RABBITKIT_JOURNAL_LOCK_CHILD"
 )
 
-// runCrashChild is the child side of TestCrashSafety: it appends (and
-// deletes) in a loop until it is killed, printing one line per operation
+// runCrashChild is the child side of TestCrashSafety: it appends, deletes
+// and compacts in a loop until it is killed, printing one line per operation
 // the journal acknowledged:
 //
 //	A <id> <stream> <seq> <body>   append returned nil
@@ -87,6 +87,16 @@ func runCrashChild() bool {
 		})
 	}
 	wg.Go(func() {
+		// Compactions too get killed half way now and then.
+		for {
+			time.Sleep(time.Duration(50+rand.IntN(150)) * time.Millisecond)
+			if err := j.Compact(ctx); err != nil {
+				fmt.Fprintln(os.Stderr, "child compact:", err)
+				os.Exit(7)
+			}
+		}
+	})
+	wg.Go(func() {
 		for {
 			var ids []uint64
 			var b strings.Builder
@@ -132,7 +142,7 @@ func TestCrashSafety(t *testing.T) {
 	ackedSeq := map[streamSeq]uint64{} // (stream, seq) -> id, to catch reuse
 	deleteIntent := map[uint64]bool{}  // ids the child may have deleted
 	deletedSeq := map[streamSeq]bool{} // same, by stream/seq
-	totalAcks := 0
+	totalAcks, midCompaction := 0, 0
 	for round := range *crashIterations {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), envCrashChild+"="+path)
@@ -184,9 +194,15 @@ func TestCrashSafety(t *testing.T) {
 				t.Fatalf("bad child line %q", l)
 			}
 		}
+		if _, err := os.Stat(compactPath(path)); err == nil {
+			midCompaction++
+		}
 		verifyCrashJournal(t, path, acked, deleteIntent, deletedSeq)
+		_, err = os.Stat(compactPath(path))
+		require.True(t, os.IsNotExist(err), "Open must remove a half-written compaction")
 	}
-	t.Logf("%d rounds, %d acknowledged appends, %d deletes issued", *crashIterations, totalAcks, len(deleteIntent))
+	t.Logf("%d rounds (%d killed mid-compaction), %d acknowledged appends, %d deletes issued",
+		*crashIterations, midCompaction, totalAcks, len(deleteIntent))
 	require.Greater(t, totalAcks, *crashIterations, "child made too little progress to prove anything")
 }
 
