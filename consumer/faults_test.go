@@ -1,0 +1,130 @@
+package consumer_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/rabbitkit/rabbitkit/consumer"
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+)
+
+func publishStreams(f *fixture, ch *amqp.Channel, streams []string, from, to int64) []string {
+	var msgs []amqp.Publishing
+	var keys []string
+	for seq := from; seq <= to; seq++ {
+		for _, s := range streams {
+			msgs = append(msgs, stamped("src", s, 1, seq, "x"))
+			keys = append(keys, key("src", s, 1, seq))
+		}
+	}
+	f.publish(ch, msgs...)
+	return keys
+}
+
+// slowCounting is a plain handler that counts effects and takes a little time, so that hundreds
+// of deliveries are outstanding (received, unacked) when a fault hits.
+func slowCounting(cnt *counter) consumer.Handler {
+	return func(ctx context.Context, m *consumer.Message) error {
+		time.Sleep(time.Millisecond)
+		cnt.add(m)
+		return nil
+	}
+}
+
+// Connection faults with unacked deliveries outstanding: the consumer reconnects, drops the acks
+// of the old channel, and every message is applied exactly once.
+func TestConnectionFaultsWithUnackedDeliveries(t *testing.T) {
+	tests := []struct {
+		name  string
+		fault func(t *testing.T, p *testbroker.Proxy)
+	}{
+		{"cut", func(t *testing.T, p *testbroker.Proxy) { p.Cut(t) }},
+		{"reset peer", func(t *testing.T, p *testbroker.Proxy) {
+			p.ResetPeer(t)
+			time.Sleep(300 * time.Millisecond)
+			p.Restore(t)
+		}},
+		{"black hole", func(t *testing.T, p *testbroker.Proxy) {
+			p.Blackhole(t)
+			time.Sleep(4 * time.Second) // > 3 heartbeats of 1s
+			p.Restore(t)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			url := testbroker.SharedURL(t)
+			f := newFixture(t, url)
+			ch := f.channel()
+			want := publishStreams(f, ch, []string{"a", "b", "c"}, 1, 150)
+			p := testbroker.NewProxy(t, url)
+			cfg := f.config(p.URL)
+			cfg.Workers = 2
+			cfg.Heartbeat = time.Second
+			c, err := consumer.New(cfg)
+			require.NoError(t, err)
+			var cnt counter
+			run := start(t, c, slowCounting(&cnt), nil)
+			eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) >= 60 })
+			tt.fault(t, p)
+			eventually(t, 60*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
+			eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
+			run.stop(t)
+			requireExactlyOnce(t, cnt.snapshot(), want)
+			require.GreaterOrEqual(t, f.mem.Get(consumer.MetricReconnects), 1.0)
+			require.Positive(t, f.mem.Get(consumer.MetricRedeliveries), "the fault hit unacked deliveries")
+		})
+	}
+}
+
+// The queue is deleted under the consumer: the broker cancels the consumer, which re-declares the
+// topology and resumes; messages published afterwards are handled exactly once.
+func TestQueueDeletedUnderConsumer(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	ch := f.channel()
+	want := publishStreams(f, ch, []string{"a"}, 1, 20)
+	c, err := consumer.New(f.config())
+	require.NoError(t, err)
+	var cnt counter
+	run := start(t, c, slowCounting(&cnt), nil)
+	eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) == 20 })
+	_, err = ch.QueueDelete(f.queue, false, false, false)
+	require.NoError(t, err)
+	eventually(t, 20*time.Second, "consumer resumed", func() bool {
+		return f.mem.Get(consumer.MetricReconnects) >= 1 && f.messages(ch, f.queue) == 0
+	})
+	want = append(want, publishStreams(f, ch, []string{"a"}, 21, 40)...)
+	eventually(t, 20*time.Second, "later effects", func() bool { return len(cnt.snapshot()) == 40 })
+	run.stop(t)
+	requireExactlyOnce(t, cnt.snapshot(), want)
+}
+
+// The broker is killed (kill -9) and restarted while deliveries are outstanding: the confirmed,
+// persistent messages survive, are redelivered, and are applied exactly once.
+func TestBrokerRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a private RabbitMQ node (~15 s)")
+	}
+	node := testbroker.StartNode(t)
+	f := newFixture(t, node.URL)
+	ch := f.channel()
+	want := publishStreams(f, ch, []string{"a", "b"}, 1, 150)
+	cfg := f.config()
+	cfg.Heartbeat = time.Second
+	c, err := consumer.New(cfg)
+	require.NoError(t, err)
+	var cnt counter
+	run := start(t, c, slowCounting(&cnt), nil)
+	eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) >= 50 })
+	node.Kill(t)
+	node.Start(t)
+	eventually(t, 90*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
+	ch = f.channel()
+	eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
+	run.stop(t)
+	requireExactlyOnce(t, cnt.snapshot(), want)
+	require.GreaterOrEqual(t, f.mem.Get(consumer.MetricReconnects), 1.0)
+}
