@@ -45,7 +45,7 @@ func TestChaos(t *testing.T) {
 		t.Skip("chaos run: starts a RabbitMQ node and takes a few minutes")
 	}
 	runChaos(t, chaosParams{
-		queueType: topology.Classic, sources: 3, perSource: 7000,
+		queueType: topology.Classic, sources: 3, perSource: 10000,
 		publishIn: 100 * time.Second, perKind: 2, pause: 2 * time.Second,
 	})
 }

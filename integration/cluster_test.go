@@ -39,6 +39,7 @@ type cluster struct {
 
 	sources   []*source
 	cons      *proc
+	consStats []map[string]float64 // per consumer run, its last "stats" line; guarded by mu
 	consRuns  int
 	consKills int
 	failures  []string // processes that died on their own with an error
@@ -56,16 +57,17 @@ type source struct {
 type pubRun struct {
 	src       *source
 	proc      *proc
-	accepted  []protocol.Stamp // guarded by cluster.mu
-	confirmed int64            // -1 until "confirmed <n>"; guarded by cluster.mu
-	handled   bool             // its exit was looked at by poll
+	accepted  []protocol.Stamp   // guarded by cluster.mu
+	confirmed int64              // -1 until "confirmed <n>"; guarded by cluster.mu
+	stats     map[string]float64 // its last "stats" line; guarded by cluster.mu
+	handled   bool               // its exit was looked at by poll
 }
 
 func newCluster(t testing.TB, url, queueType string, sources, perSource int) *cluster {
 	t.Helper()
 	c := &cluster{
 		t: t, dir: t.TempDir(), bin: binaries(t), url: url, queueType: queueType,
-		exchange: "rk-chaos-x", queue: "rk-chaos-q", streams: 2, gapGrace: 2 * time.Minute,
+		exchange: "rk-chaos-x", queue: "rk-chaos-q", streams: 2, gapGrace: time.Minute,
 	}
 	for i := range sources {
 		name := fmt.Sprintf("src-%c", 'a'+i)
@@ -96,11 +98,18 @@ func (c *cluster) startPublisher(src *source) {
 		"-url", c.url, "-source", src.name, "-journal", src.journal, "-exchange", c.exchange,
 		"-routing-key", c.queue, "-queue", c.queue, "-queue-type", c.queueType,
 		"-count", strconv.Itoa(remaining), "-rate", strconv.FormatFloat(c.rate, 'f', -1, 64),
-		"-size", "256", "-streams", strconv.Itoa(c.streams),
+		"-size", "256", "-streams", strconv.Itoa(c.streams), "-stats-every", "1s",
 	}
 	run.proc = startProc(c.t, c.dir, procSpec{
 		name: fmt.Sprintf("publisher-%s#%d", src.name, src.runs), bin: filepath.Join(c.bin, "publisher"), args: args,
 		onStdout: func(line string) { c.publisherLine(run, line) },
+		onStderr: func(line string) {
+			if st, ok := parseStats(line); ok {
+				c.mu.Lock()
+				run.stats = st
+				c.mu.Unlock()
+			}
+		},
 	})
 	c.mu.Lock()
 	c.runs = append(c.runs, run)
@@ -132,11 +141,21 @@ func (c *cluster) startConsumer(exitIdle time.Duration) {
 	c.consRuns++
 	args := []string{
 		"-url", c.url, "-queue", c.queue, "-queue-type", c.queueType, "-store", filepath.Join(c.dir, "consumer.db"),
-		"-gap-grace", c.gapGrace.String(), "-exit-idle", exitIdle.String(),
+		"-gap-grace", c.gapGrace.String(), "-exit-idle", exitIdle.String(), "-stats-every", "1s",
 	}
+	c.mu.Lock()
+	run := len(c.consStats)
+	c.consStats = append(c.consStats, nil)
+	c.mu.Unlock()
 	c.cons = startProc(c.t, c.dir, procSpec{
 		name: fmt.Sprintf("consumer#%d", c.consRuns), bin: filepath.Join(c.bin, "consumer"), args: args,
 		onStderr: func(line string) {
+			if st, ok := parseStats(line); ok {
+				c.mu.Lock()
+				c.consStats[run] = st
+				c.mu.Unlock()
+				return
+			}
 			if !strings.HasPrefix(line, "gap ") {
 				return
 			}
@@ -295,14 +314,57 @@ func (c *cluster) history() history.History {
 	return h
 }
 
-// processTable summarises the process runs.
+// processTable summarises the process runs. The counters come from each run's last "stats" line
+// (printed every second): a SIGKILLed run's last second is missing from them.
 func (c *cluster) processTable() history.Table {
-	tb := history.Table{Header: []string{"process", "runs", "SIGKILLed", "accepted lines"}}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
+	tb := history.Table{Header: []string{"process", "runs", "SIGKILLed", "accepted lines", "confirmed", "resent", "duplicates dropped", "redelivered", "reconnects"}}
 	for _, s := range c.sources {
-		tb.Rows = append(tb.Rows, []string{"publisher " + s.name, strconv.Itoa(s.runs), strconv.Itoa(s.kills), strconv.Itoa(c.accepted(s))})
+		sum := map[string]float64{}
+		accepted := 0
+		for _, r := range c.runs {
+			if r.src == s {
+				accepted += len(r.accepted)
+				for k, v := range r.stats {
+					sum[k] += v
+				}
+			}
+		}
+		tb.Rows = append(tb.Rows, []string{"publisher " + s.name, strconv.Itoa(s.runs), strconv.Itoa(s.kills), strconv.Itoa(accepted),
+			f(sum["confirmed"]), f(sum["resent"]), "", "", f(sum["reconnects"])})
 	}
-	tb.Rows = append(tb.Rows, []string{"consumer", strconv.Itoa(c.consRuns), strconv.Itoa(c.consKills), ""})
+	sum := map[string]float64{}
+	for _, st := range c.consStats {
+		for k, v := range st {
+			sum[k] += v
+		}
+	}
+	tb.Rows = append(tb.Rows, []string{"consumer", strconv.Itoa(c.consRuns), strconv.Itoa(c.consKills), "", "", "",
+		f(sum["duplicates"]), f(sum["redeliveries"]), f(sum["reconnects"])})
 	return tb
+}
+
+// parseStats parses "stats k=v k=v ..." as printed by the example binaries with -stats-every.
+func parseStats(line string) (map[string]float64, bool) {
+	rest, ok := strings.CutPrefix(line, "stats ")
+	if !ok {
+		return nil, false
+	}
+	out := map[string]float64{}
+	for _, kv := range strings.Fields(rest) {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, false
+		}
+		n, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return nil, false
+		}
+		out[k] = n
+	}
+	return out, true
 }
 
 // queueDepth returns the ready messages of queue on the broker at url (-1 if it cannot tell).

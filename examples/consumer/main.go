@@ -51,6 +51,7 @@ type options struct {
 	prefetch   int
 	workers    int
 	exitIdle   time.Duration
+	statsEvery time.Duration
 	gapGrace   time.Duration
 	dump       bool
 	verbose    bool
@@ -68,6 +69,7 @@ func main() {
 	fs.IntVar(&o.prefetch, "prefetch", consumer.DefaultPrefetch, "deliveries in flight (basic.qos)")
 	fs.IntVar(&o.workers, "workers", 1, "handler goroutines (per-stream order is kept)")
 	fs.DurationVar(&o.exitIdle, "exit-idle", 0, "exit 0 after no message for this long (0: run until SIGTERM/SIGINT)")
+	fs.DurationVar(&o.statsEvery, "stats-every", 0, "print \"stats handled=N duplicates=N redeliveries=N reconnects=N\" to stderr this often (0: never)")
 	fs.DurationVar(&o.gapGrace, "gap-grace", dedup.DefaultGapGrace, "how long a missing sequence range may stay open before it is reported as a gap")
 	fs.BoolVar(&o.dump, "dump", false, "print the ledger (<source> <epoch> <stream> <seq> <count>) and exit")
 	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
@@ -158,6 +160,14 @@ func run(o options) error {
 	if o.exitIdle > 0 {
 		wg.Go(func() { exitWhenIdle(ctx, cancel, &last, o.exitIdle, log) })
 	}
+	stats := func() {
+		out.line(fmt.Sprintf("stats handled=%.0f duplicates=%.0f redeliveries=%.0f reconnects=%.0f",
+			mem.Get(consumer.MetricHandled), mem.Get(consumer.MetricDuplicates),
+			mem.Get(consumer.MetricRedeliveries), mem.Get(consumer.MetricReconnects)))
+	}
+	if o.statsEvery > 0 {
+		wg.Go(func() { every(ctx, o.statsEvery, stats) })
+	}
 	err = c.RunTx(ctx, func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error {
 		last.Store(time.Now().UnixNano())
 		if !m.Stamped {
@@ -168,6 +178,9 @@ func run(o options) error {
 	})
 	cancel()
 	wg.Wait()
+	if o.statsEvery > 0 {
+		stats()
+	}
 	log.Info("consumer stopped",
 		"handled", mem.Get(consumer.MetricHandled),
 		"duplicates_dropped", mem.Get(consumer.MetricDuplicates),
@@ -196,6 +209,20 @@ func exitWhenIdle(ctx context.Context, cancel context.CancelFunc, last *atomic.I
 				cancel()
 				return
 			}
+		}
+	}
+}
+
+// every calls fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
 		}
 	}
 }

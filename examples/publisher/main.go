@@ -50,6 +50,7 @@ type options struct {
 	streams    int
 	inFlight   int
 	closeWait  time.Duration
+	statsEvery time.Duration
 	verbose    bool
 }
 
@@ -69,6 +70,7 @@ func main() {
 	fs.IntVar(&o.streams, "streams", 1, "spread messages round-robin over this many streams (sequence spaces)")
 	fs.IntVar(&o.inFlight, "in-flight", publisher.DefaultMaxInFlight, "unconfirmed messages allowed on the channel")
 	fs.DurationVar(&o.closeWait, "close-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for confirms of messages in flight")
+	fs.DurationVar(&o.statsEvery, "stats-every", 0, "print \"stats confirmed=N resent=N unknown=N reconnects=N\" to stderr this often (0: never)")
 	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
 	fs.SetOutput(os.Stderr)
 	fs.Usage = func() {
@@ -146,6 +148,33 @@ func run(o options) error {
 	var printErr error
 	var wg sync.WaitGroup
 	wg.Go(func() { printErr = printAccepted(receipts) })
+
+	stats := func() {
+		fmt.Fprintf(os.Stderr, "stats confirmed=%.0f resent=%.0f unknown=%.0f reconnects=%.0f\n",
+			mem.Get(publisher.MetricConfirmed), mem.Get(publisher.MetricResent),
+			mem.Get(publisher.MetricUnknown), mem.Get(publisher.MetricReconnects))
+	}
+	if o.statsEvery > 0 {
+		statsCtx, stopStats := context.WithCancel(context.Background())
+		var statsWG sync.WaitGroup
+		statsWG.Go(func() {
+			t := time.NewTicker(o.statsEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-statsCtx.Done():
+					return
+				case <-t.C:
+					stats()
+				}
+			}
+		})
+		defer func() {
+			stopStats()
+			statsWG.Wait()
+			stats()
+		}()
+	}
 
 	start := time.Now()
 	base := protocol.DefaultStream(o.exchange, key)
