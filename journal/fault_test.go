@@ -368,3 +368,39 @@ func TestCommitIOErrorBreaks(t *testing.T) {
 	require.NoError(t, j2.Append(ctx, e))
 	assert.Equal(t, int64(len(es)+1), e.Seq, "sequences continue from what is on disk")
 }
+
+// TestCorruptFreelist: a freelist naming pages past the high-water mark or
+// out of order would make bbolt hand out live pages; Open refuses it.
+func TestCorruptFreelist(t *testing.T) {
+	ctx := context.Background()
+	src := filepath.Join(t.TempDir(), "j.db")
+	j := openT(t, src, Options{AutoCompactMinSize: -1})
+	kept := fillAndDrain(t, j, 3000, 500, 10)
+	require.NotEmpty(t, kept)
+	require.NoError(t, j.Append(ctx, newEntry("s", "x"))) // a commit after the deletes
+	require.NoError(t, j.Close())
+	orig, err := os.ReadFile(src)
+	require.NoError(t, err)
+	m := parseMeta(orig)
+	if m1 := parseMeta(orig[m.pageSize:]); m1.valid && m1.txid > m.txid {
+		m = m1
+	}
+	require.NotEqual(t, pgidNoFreelist, m.freelist)
+	off := int(m.freelist) * int(m.pageSize)
+	count := binary.LittleEndian.Uint16(orig[off+10:])
+	require.Greater(t, count, uint16(2), "test needs free pages")
+	for name, id := range map[string]uint64{"past hwm": m.pgid + 5, "meta page": 1, "out of order": 2} {
+		t.Run(name, func(t *testing.T) {
+			path := copyJournal(t, src)
+			b := append([]byte(nil), orig...)
+			binary.LittleEndian.PutUint64(b[off+pageHeaderLen+8:], id) // the second id
+			require.NoError(t, os.WriteFile(path, b, 0o600))
+			_, err := Open(path, Options{Source: "test-src"})
+			require.ErrorIs(t, err, ErrCorrupt)
+			assert.Contains(t, err.Error(), "freelist")
+		})
+	}
+	// The untouched file opens.
+	j2 := openT(t, copyJournal(t, src), Options{AutoCompactMinSize: -1})
+	assert.Equal(t, len(kept)+1, j2.Stats().Pending)
+}

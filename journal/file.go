@@ -166,6 +166,25 @@ func validateFreelist(f *os.File, m metaPage, corrupt func(string, ...any) error
 	if count > span/8 || pageHeaderLen+count*8 > span {
 		return corrupt("freelist count %d does not fit its %d bytes", count, span)
 	}
+	// bbolt writes the free page ids sorted; garbage would hand live pages
+	// out for reuse.
+	buf := make([]byte, span)
+	if n, _ := f.ReadAt(buf, int64(m.freelist)*ps); uint64(n) < span {
+		return corrupt("freelist pages unreadable")
+	}
+	ids := buf[pageHeaderLen:]
+	if le.Uint16(hdr[10:]) == 0xFFFF {
+		ids = ids[8:] // the first element held the count
+		count--
+	}
+	prev := uint64(1)
+	for i := range count {
+		id := le.Uint64(ids[i*8:])
+		if id <= prev || id >= m.pgid {
+			return corrupt("freelist entry %d is page %d (previous %d, high-water mark %d)", i, id, prev, m.pgid)
+		}
+		prev = id
+	}
 	return nil
 }
 
