@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,9 +17,10 @@ import (
 )
 
 var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
+	buildOnce   sync.Once
+	buildDir    string
+	buildErr    error
+	buildCommit string // git commit of the tree the binaries were built from, for reports
 )
 
 func TestMain(m *testing.M) {
@@ -60,6 +62,7 @@ func binaries(t testing.TB) string {
 			args = append(args, "-race")
 		}
 		args = append(args, "./examples/publisher", "./examples/consumer", "./examples/demo", "./examples/httpservice")
+		buildCommit = gitCommit(root)
 		start := time.Now()
 		cmd := exec.Command(goTool(), args...)
 		cmd.Dir = root
@@ -74,6 +77,23 @@ func binaries(t testing.TB) string {
 		t.Fatalf("build example binaries: %v", buildErr)
 	}
 	return buildDir
+}
+
+// gitCommit names the commit of the tree at root, flagging uncommitted changes to tracked files.
+func gitCommit(root string) string {
+	cmd := exec.Command("git", "rev-parse", "--short", "HEAD")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return "(unknown)"
+	}
+	c := strings.TrimSpace(string(out))
+	cmd = exec.Command("git", "status", "--porcelain", "--untracked-files=no")
+	cmd.Dir = root
+	if st, err := cmd.Output(); err == nil && len(st) > 0 {
+		c += " (plus uncommitted changes in the tree)"
+	}
+	return c
 }
 
 // goTool returns the go command: $GOROOT/bin/go when `go test` set GOROOT, else go from PATH.

@@ -66,7 +66,9 @@ func startProc(t testing.TB, dir string, s procSpec) *proc {
 			s.onStderr(l)
 		}
 	}}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Own process group (a signal to the test's group does not reach it) and SIGKILL when the
+	// test binary dies without running its cleanups (a -timeout panic): no orphan keeps publishing.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 10 * time.Second
 	fmt.Fprintf(logf, "# %s %s\n", s.bin, strings.Join(s.args, " "))
 	if err := cmd.Start(); err != nil {
