@@ -41,8 +41,9 @@ type Journal struct {
 	source string
 	epoch  int64
 
-	dbMu sync.RWMutex // guards the db pointer (swapped by Compact); readers hold RLock
-	db   *bbolt.DB
+	dbMu     sync.RWMutex // guards db (swapped by Compact) and dbClosed; readers hold RLock
+	db       *bbolt.DB
+	dbClosed bool
 
 	sendMu sync.RWMutex // guards closed and sends on reqs
 	closed bool
@@ -285,6 +286,9 @@ func (j *Journal) view(fn func(tx *bbolt.Tx) error) (err error) {
 	}()
 	j.dbMu.RLock()
 	defer j.dbMu.RUnlock()
+	if j.dbClosed {
+		return ErrClosed
+	}
 	err = j.db.View(fn)
 	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return ErrClosed
@@ -315,6 +319,7 @@ func (j *Journal) Close() error {
 		j.wg.Wait()
 		j.dbMu.Lock()
 		defer j.dbMu.Unlock()
+		j.dbClosed = true
 		if err := j.db.Close(); err != nil {
 			j.closeErr = fmt.Errorf("journal: close %s: %w", j.path, err)
 		}

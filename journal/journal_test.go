@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -113,6 +114,31 @@ func TestAppendCancelledContext(t *testing.T) {
 	err := j.Append(ctx, newEntry("a", "x"))
 	require.ErrorIs(t, err, context.Canceled)
 	assert.Equal(t, 0, j.Stats().Pending)
-	_ = time.Second
-	_ = errors.New
+}
+
+// TestStatsAndReadRaceClose: Stats, Read and Append racing Close never panic
+// and end with ErrClosed.
+func TestStatsAndReadRaceClose(t *testing.T) {
+	for range 20 {
+		j, err := Open(filepath.Join(t.TempDir(), "j.db"), Options{Source: "s"})
+		require.NoError(t, err)
+		ctx := context.Background()
+		require.NoError(t, j.Append(ctx, newEntry("s", "x")))
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Go(func() {
+				for {
+					_ = j.Stats()
+					_, rerr := j.Read(ctx, 0, 10)
+					aerr := j.Append(ctx, newEntry("s", "y"))
+					if errors.Is(rerr, ErrClosed) && errors.Is(aerr, ErrClosed) {
+						return
+					}
+				}
+			})
+		}
+		time.Sleep(time.Millisecond)
+		require.NoError(t, j.Close())
+		wg.Wait()
+	}
 }

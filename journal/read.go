@@ -143,18 +143,16 @@ func (j *Journal) Stats() Stats {
 		s.NextSeq[k] = v
 	}
 	j.statMu.Unlock()
-	if j.usable(context.Background()) != nil {
-		return s
-	}
-	_ = j.view(func(tx *bbolt.Tx) error {
+	err := j.view(func(tx *bbolt.Tx) error {
 		if _, v := tx.Bucket(bucketPending).Cursor().First(); v != nil {
 			s.OldestPending, _ = entryCreated(v)
 		}
+		s.FreeBytes = freeBytes(tx.DB())
 		return nil
 	})
-	j.dbMu.RLock()
-	s.FreeBytes = freeBytes(j.db)
-	j.dbMu.RUnlock()
+	if err != nil {
+		return s
+	}
 	if fi, err := os.Stat(j.path); err == nil {
 		s.FileSize = fi.Size()
 	}
