@@ -40,11 +40,12 @@ type BoltStore struct {
 	opts BoltOptions
 	log  *slog.Logger
 
-	reqs    chan *commitReq
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	closeMu sync.Mutex
-	closed  bool
+	reqs       chan *commitReq
+	stop       chan struct{}
+	writerDone chan struct{}
+	wg         sync.WaitGroup
+	closeMu    sync.Mutex
+	closed     bool
 }
 
 type commitReq struct {
@@ -86,7 +87,7 @@ func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("consumer: init store %s: %w", path, err)
 	}
-	s := &BoltStore{db: db, opts: opts, log: opts.Logger, reqs: make(chan *commitReq, 64), stop: make(chan struct{})}
+	s := &BoltStore{db: db, opts: opts, log: opts.Logger, reqs: make(chan *commitReq, 64), stop: make(chan struct{}), writerDone: make(chan struct{})}
 	s.wg.Go(s.writer)
 	return s, nil
 }
@@ -129,6 +130,11 @@ func (s *BoltStore) Load(ctx context.Context) ([]StreamState, error) {
 // Commit implements Store. It returns once the batch is durable (or failed). When ctx ends first,
 // Commit returns ctx's error and the batch may or may not be committed.
 func (s *BoltStore) Commit(ctx context.Context, b *Batch) error {
+	select {
+	case <-s.stop:
+		return ErrClosed
+	default:
+	}
 	r := &commitReq{b: b, done: make(chan error, 1)}
 	select {
 	case s.reqs <- r:
@@ -140,6 +146,13 @@ func (s *BoltStore) Commit(ctx context.Context, b *Batch) error {
 	select {
 	case err := <-r.done:
 		return err
+	case <-s.writerDone:
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return ErrClosed // queued after the writer's last look
+		}
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
@@ -159,6 +172,7 @@ func (s *BoltStore) Close() error {
 }
 
 func (s *BoltStore) writer() {
+	defer close(s.writerDone)
 	for {
 		select {
 		case <-s.stop:
