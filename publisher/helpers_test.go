@@ -249,30 +249,6 @@ func check(t *testing.T, url, queue string, l *ledger, o checkOpts) checkResult 
 	}
 }
 
-// publishN publishes n messages (of streams streams) from g goroutines, recording each accepted one.
-// Publish errors fail the test (from the test goroutine).
-func publishN(t *testing.T, ctx context.Context, p *Publisher, s setup, l *ledger, n int, pace time.Duration) {
-	t.Helper()
-	var errs []error
-	for i := range n {
-		r, err := p.Publish(ctx, Message{Exchange: s.exchange, RoutingKey: s.key, Body: fmt.Appendf(nil, "m%d", i)})
-		if err != nil {
-			errs = append(errs, err)
-			if len(errs) > 5 {
-				break
-			}
-			continue
-		}
-		l.add(r.Stamp())
-		if pace > 0 {
-			time.Sleep(pace)
-		}
-	}
-	if len(errs) > 0 {
-		t.Fatalf("publish errors: %v", errs)
-	}
-}
-
 // mustNew creates a publisher and closes it at the end of the test.
 func mustNew(t *testing.T, cfg Config) *Publisher {
 	t.Helper()
@@ -331,6 +307,22 @@ func declare(t *testing.T, url string, s setup) {
 		t.Fatal(err)
 	}
 	if err := s.topo.Declare(ch); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func purge(t *testing.T, url, queue string) {
+	t.Helper()
+	c, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueuePurge(queue, false); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -342,7 +342,7 @@ func (s *sender) next(ctx context.Context) (*journal.Entry, error) {
 	if s.changed != nil {
 		return nil, nil // waiting for a commit
 	}
-	changed := s.j.Changed() // taken before reading: a commit after the read still wakes us
+	changed := s.j.Changed()            // taken before reading: a commit after the read still wakes us
 	accepted := s.p.lastAccepted.Load() // committed before the read: if still pending, the read sees it
 	page, err := s.j.Read(ctx, s.cursor, s.cfg.ReadBatch)
 	if err != nil {

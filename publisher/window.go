@@ -142,11 +142,3 @@ func (w *window) only() *journal.Entry {
 	}
 	return w.at(0).e
 }
-
-// oldestSent is when the oldest flight was sent (zero when empty).
-func (w *window) oldestSent() time.Time {
-	if w.n == 0 {
-		return time.Time{}
-	}
-	return w.at(0).sent
-}

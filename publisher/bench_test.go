@@ -1,0 +1,279 @@
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/topology"
+)
+
+// Benchmarks measure rabbitkit against raw amqp091-go pipelined confirms with the same window, in
+// the same run, and report the ratio. Run them with a fixed count, e.g.
+//
+//	go test -run '^$' -bench 'Publish' -benchtime 20000x ./publisher/
+//
+// (no -race). The broker shares the machine with the benchmark: numbers are relative.
+
+const benchWindow = 512
+
+func benchQueue(b *testing.B, url, qtype string) string {
+	b.Helper()
+	q := testbroker.Name(b, "bench")
+	c, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := (topology.Topology{Queues: []topology.Queue{{Name: q, Type: qtype}}}).Declare(ch); err != nil {
+		b.Fatal(err)
+	}
+	testbroker.DeleteQueues(b, url, q)
+	return q
+}
+
+// rawPipelined publishes n persistent messages to queue with at most window unconfirmed, waiting for
+// every confirm; it returns the rate in msg/s.
+func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int) float64 {
+	b.Helper()
+	c, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	pending := make([]*amqp.DeferredConfirmation, 0, window)
+	start := time.Now()
+	for i := range n {
+		if len(pending) == window {
+			if !pending[0].Wait() {
+				b.Fatal("raw: nack")
+			}
+			pending = pending[1:]
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, amqp.Publishing{
+			DeliveryMode: amqp.Persistent, Body: body, MessageId: fmt.Sprint(i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		pending = append(pending, dc)
+	}
+	for _, dc := range pending {
+		if !dc.Wait() {
+			b.Fatal("raw: nack")
+		}
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+func benchPublisher(b *testing.B, url, queue string) *Publisher {
+	b.Helper()
+	p, err := New(Config{URLs: []string{url}, Source: "bench", JournalPath: filepath.Join(b.TempDir(), "j.db"),
+		Logger: testLogger(b), MaxInFlight: benchWindow,
+		Topology: topology.Topology{Queues: []topology.Queue{{Name: queue}}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Wait until connected so that the measurement starts with a ready channel.
+	deadline := time.Now().Add(10 * time.Second)
+	for p.State() != StateReady && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return p
+}
+
+func closeBench(b *testing.B, p *Publisher) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		b.Error(err)
+	}
+}
+
+// rkMany publishes n messages from g goroutines calling Publish, then Flush; msg/s.
+func rkMany(b *testing.B, p *Publisher, queue string, body []byte, n, g int) float64 {
+	b.Helper()
+	ctx := context.Background()
+	var left atomic.Int64
+	left.Store(int64(n))
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	start := time.Now()
+	for range g {
+		wg.Go(func() {
+			for left.Add(-1) >= 0 {
+				if _, err := p.Publish(ctx, Message{RoutingKey: queue, Body: body}); err != nil {
+					failed.Store(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := p.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// rkAsync publishes n messages from one goroutine with PublishAsync, then Flush; msg/s.
+func rkAsync(b *testing.B, p *Publisher, queue string, body []byte, n int) float64 {
+	b.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	var last *Receipt
+	for range n {
+		last = p.PublishAsync(ctx, Message{RoutingKey: queue, Body: body})
+	}
+	if err := last.WaitJournaled(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err := p.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// BenchmarkPublish: raw amqp091-go pipelined confirms (window 512) vs rabbitkit Publish from 512
+// goroutines ("many": one message each in flight, like the raw window) and PublishAsync from one
+// goroutine ("async"), same window, same run, two interleaved rounds.
+func BenchmarkPublish(b *testing.B) {
+	url := testbroker.SharedURL(b)
+	for _, qtype := range []string{topology.Classic, topology.Quorum} {
+		for _, size := range []int{256, 4096} {
+			for _, form := range []string{"many", "async"} {
+				b.Run(fmt.Sprintf("%s/%dB/%s", qtype, size, form), func(b *testing.B) {
+					body := make([]byte, size)
+					n := max(b.N, 1000)
+					qRaw := benchQueue(b, url, qtype)
+					qRK := benchQueue(b, url, qtype)
+					p := benchPublisher(b, url, qRK)
+					defer closeBench(b, p)
+					b.ResetTimer()
+					// Two interleaved rounds each: the machine is shared, load drifts.
+					var rawT, rkT float64
+					for range 2 {
+						rawT += float64(n/2) / rawPipelined(b, url, qRaw, body, n/2, benchWindow)
+						if form == "many" {
+							rkT += float64(n/2) / rkMany(b, p, qRK, body, n/2, benchWindow)
+						} else {
+							rkT += float64(n/2) / rkAsync(b, p, qRK, body, n/2)
+						}
+					}
+					raw, rk := float64(n/2*2)/rawT, float64(n/2*2)/rkT
+					b.StopTimer()
+					b.ReportMetric(raw, "raw_msg/s")
+					b.ReportMetric(rk, "rk_msg/s")
+					b.ReportMetric(rk/raw, "ratio")
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkJournaledLatency: Publish latency to "journaled" from 16 goroutines, with the broker up
+// and during an outage (proxy down).
+func BenchmarkJournaledLatency(b *testing.B) {
+	url := testbroker.SharedURL(b)
+	for _, outage := range []bool{false, true} {
+		b.Run(map[bool]string{false: "broker-up", true: "outage"}[outage], func(b *testing.B) {
+			px := testbroker.NewProxy(b, url)
+			q := benchQueue(b, url, topology.Classic)
+			p := benchPublisher(b, px.URL, q)
+			defer closeBench(b, p)
+			if outage {
+				px.Down(b)
+			}
+			n := max(b.N, 2000)
+			lat := make([]time.Duration, n)
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			ctx := context.Background()
+			body := make([]byte, 256)
+			b.ResetTimer()
+			for range 16 {
+				wg.Go(func() {
+					for {
+						i := next.Add(1) - 1
+						if i >= int64(n) {
+							return
+						}
+						t0 := time.Now()
+						if _, err := p.Publish(ctx, Message{RoutingKey: q, Body: body}); err != nil {
+							b.Error(err)
+							return
+						}
+						lat[i] = time.Since(t0)
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			b.ReportMetric(float64(lat[n/2].Microseconds()), "p50_µs")
+			b.ReportMetric(float64(lat[n*99/100].Microseconds()), "p99_µs")
+			if outage {
+				px.Up(b)
+			}
+		})
+	}
+}
+
+// BenchmarkDrain: a backlog journaled during an outage drains after the broker returns; compared
+// with raw pipelined confirms of the same count in the same run.
+func BenchmarkDrain(b *testing.B) {
+	url := testbroker.SharedURL(b)
+	px := testbroker.NewProxy(b, url)
+	q := benchQueue(b, url, topology.Classic)
+	qRaw := benchQueue(b, url, topology.Classic)
+	p := benchPublisher(b, px.URL, q)
+	defer closeBench(b, p)
+	px.Down(b)
+	n := max(b.N, 20000)
+	body := make([]byte, 256)
+	ctx := context.Background()
+	msgs := make([]Message, 1000)
+	for i := range msgs {
+		msgs[i] = Message{RoutingKey: q, Body: body}
+	}
+	for done := 0; done < n; done += len(msgs) {
+		if _, err := p.PublishBatch(ctx, msgs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	n = (n + len(msgs) - 1) / len(msgs) * len(msgs)
+	b.ResetTimer()
+	start := time.Now()
+	px.Up(b)
+	if err := p.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	drain := float64(n) / time.Since(start).Seconds()
+	raw := rawPipelined(b, url, qRaw, body, n, benchWindow)
+	b.StopTimer()
+	b.ReportMetric(drain, "drain_msg/s")
+	b.ReportMetric(raw, "raw_msg/s")
+	b.ReportMetric(drain/raw, "ratio")
+}

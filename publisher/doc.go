@@ -1,0 +1,84 @@
+// Package publisher is what a service calls instead of amqp.Channel.Publish: Publish journals the
+// message durably on local disk and returns; one sender goroutine owns the AMQP connection and
+// channel and delivers the journal to the broker, in order, with publisher confirms, through
+// connection drops, broker restarts and process crashes.
+//
+//	p, err := publisher.New(publisher.Config{
+//		URLs:        []string{"amqp://guest:guest@localhost:5672/"},
+//		Source:      "billing-1",
+//		JournalPath: "/var/lib/billing/outbox.db",
+//		Topology:    topo,
+//	})
+//	r, err := p.Publish(ctx, publisher.Message{Exchange: "payments", RoutingKey: "captured", Body: b})
+//	// err == nil: accepted. r.Wait(ctx) waits for the broker's confirm (or a parked outcome).
+//
+// # Guarantees
+//
+//   - Accepted means durable: Publish returns nil only after the journal's transaction holding the
+//     message is fsync'd. From then on the message reaches the broker at least once, unless it is
+//     parked (below) — whatever happens to the connection, the broker or this process.
+//   - Every message carries the wire stamp of docs/PROTOCOL.md: rk-source, rk-epoch, rk-stream,
+//     rk-seq (from 1, +1 per message of the stream, never reused, also across restarts), and a
+//     message-id "<source>/<epoch>/<stream>/<seq>" unless the caller set one. Consumers deduplicate
+//     and order by it.
+//   - Order: entries are sent in journal ID order, which is per-stream sequence order. After any
+//     loss of the channel or connection, everything still in the journal is resent from the oldest
+//     entry before anything newer; at start-up, what a previous process left goes first. The first
+//     arrival of each message of a stream is therefore in sequence order, with one exception: when
+//     the broker nacks a message (e.g. x-overflow reject-publish), later messages of the same
+//     pipelined window may already have been accepted. After a nack the publisher sends one message
+//     at a time until it is past the nacked window, so the reordering is limited to that window.
+//   - Entries are removed from the journal only after a positive confirm. A confirm lost with the
+//     channel or connection is "unknown", never a failure: the entry stays and is resent (so the
+//     consumer sees duplicates, which the stamp lets it drop).
+//   - Outcomes (Receipt.Err): nil = confirmed; *ParkedError = parked, with errors.Is(err,
+//     ErrUnroutable) when the broker returned the mandatory message (no queue bound), else after
+//     MaxAttempts nacks or channel errors attributed to it. Parked entries stay in the journal's
+//     parked set (journal.Parked, Redrive, DropParked); nothing is dropped silently.
+//   - Channel errors: 403, 404, 405, 406 (and 311, 312, 313) close only the channel; the publisher
+//     reopens it on the same connection after RetryBackoff, re-declaring the topology (which may
+//     create a missing exchange). When exactly one message was in flight it is the culprit and an
+//     attempt is recorded against it; otherwise the next channel sends one message at a time, so the
+//     next error names its culprit. A culprit is parked at MaxAttempts; everything else is retried
+//     forever. Every other code, and network errors, count as loss of the connection: reconnect
+//     with ReconnectBackoff across URLs, forever, never charged to a message.
+//   - Broker alarms: on connection.blocked nothing more is written to the socket (a blocked write
+//     could not be interrupted); Publish keeps accepting into the journal; sending resumes on
+//     connection.unblocked. Blocked(), Stats().State and MetricBlocked expose it.
+//   - Memory is bounded by MaxInFlight, ReadBatch and MaxBuffered, not by the backlog: a million
+//     journaled messages during an outage stay on disk. Receipts cost memory only once someone calls
+//     Done, Err or Wait on them.
+//
+// # Concurrency
+//
+// All methods are safe for concurrent use. Goroutines, all joined by Close:
+//
+//   - appender: takes messages handed over by Publish/PublishAsync/PublishBatch from a bounded buffer
+//     (MaxBuffered) and journals everything waiting in one transaction (group commit);
+//   - sender: owns the *amqp.Connection and *amqp.Channel; dials, declares the topology, reads the
+//     journal in pages, publishes with confirms (at most MaxInFlight unconfirmed), drains every
+//     amqp091-go notification channel (confirms, returns, close, blocked) with buffers sized so the
+//     library never waits on it, records nacks, parks, and advances the receipts' frontier;
+//   - deleter: commits the deletes of confirmed entries in batches, off the sender's path.
+//
+// Delivery tags are only compared within the channel that produced them. amqp091-go's automatic
+// recovery is not used. OnParked and OnStateChange run synchronously on the sender goroutine: they
+// must return quickly and must not call Close.
+//
+// # Caveats
+//
+//   - Close waits for in-flight confirms only until its ctx ends; then the connection is closed under
+//     them. Those messages stay journaled (unknown) and are resent by the next Publisher on the
+//     journal: the consumer may see them twice.
+//   - When Publish's ctx ends while the journal is already writing the message, Publish cannot tell
+//     whether it was accepted: the error wraps ErrAcceptUnknown and the receipt's Journaled channel
+//     answers later.
+//   - Heartbeats are not checked by amqp091-go while the connection is blocked: a broker that
+//     disappears during an alarm is noticed only after it unblocks or the TCP connection fails.
+//   - NoMandatory turns unroutable messages into silent drops by the broker (confirmed): use it only
+//     with an alternate exchange.
+//   - Flush waits for what was accepted by this Publisher (and everything journaled before); a new
+//     Publisher that accepted nothing yet returns from Flush at once even with a backlog.
+//   - A parked outcome is remembered for the last 65536 parkings; a receipt first asked about after
+//     that reports ErrOutcomeForgotten.
+package publisher
