@@ -1,0 +1,124 @@
+package consumer_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/rabbitkit/rabbitkit/consumer"
+	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+)
+
+type eventLog struct {
+	mu  sync.Mutex
+	evs []dedup.Event
+}
+
+func (l *eventLog) add(ev dedup.Event) { l.mu.Lock(); l.evs = append(l.evs, ev); l.mu.Unlock() }
+
+func (l *eventLog) kinds() map[dedup.EventKind][]dedup.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[dedup.EventKind][]dedup.Event{}
+	for _, ev := range l.evs {
+		out[ev.Kind] = append(out[ev.Kind], ev)
+	}
+	return out
+}
+
+// A missing message is reported as a gap (source, stream, epoch, range) after the grace period;
+// when it turns up it is handled once and reported late; a new epoch is reported; the dedup state
+// survives a restart of the consumer (redeliveries of everything are dropped, no gap is reported
+// twice).
+func TestGapLateEpochAndRestart(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	ch := f.channel()
+	f.publish(ch, stamped("src", "s", 1, 1, "x"), stamped("src", "s", 1, 2, "x"),
+		stamped("src", "s", 1, 5, "x"), stamped("src", "s", 1, 6, "x"))
+	var log eventLog
+	newConsumer := func() *consumer.Consumer {
+		cfg := f.config()
+		cfg.Dedup.GapGrace = 200 * time.Millisecond
+		cfg.OnGap, cfg.OnLate, cfg.OnEpoch = log.add, log.add, log.add
+		c, err := consumer.New(cfg)
+		require.NoError(t, err)
+		return c
+	}
+	tx := func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error { return countEffect(tx, m) }
+	c := newConsumer()
+	run := start(t, c, nil, tx)
+	eventually(t, 10*time.Second, "gap reported", func() bool { return len(log.kinds()[dedup.EventGapDetected]) == 1 })
+	gap := log.kinds()[dedup.EventGapDetected][0]
+	require.Equal(t, dedup.Key{Source: "src", Stream: "s"}, gap.Key)
+	require.Equal(t, int64(1), gap.Epoch)
+	require.Equal(t, [2]int64{3, 4}, [2]int64{gap.From, gap.To})
+	require.Equal(t, 1.0, f.mem.Get(consumer.MetricGaps))
+
+	f.publish(ch, stamped("src", "s", 1, 4, "x"))
+	eventually(t, 10*time.Second, "late arrival", func() bool { return len(log.kinds()[dedup.EventLateArrival]) == 1 })
+	require.Equal(t, int64(4), log.kinds()[dedup.EventLateArrival][0].From)
+
+	f.publish(ch, stamped("src", "s", 2, 1, "x"))
+	eventually(t, 10*time.Second, "epoch change", func() bool { return len(log.kinds()[dedup.EventEpochChanged]) == 1 })
+	ev := log.kinds()[dedup.EventEpochChanged][0]
+	require.Equal(t, [2]int64{1, 2}, [2]int64{ev.OldEpoch, ev.Epoch})
+	run.stop(t)
+	require.NoError(t, c.Close())
+
+	// Restart on the same file: everything redelivered is a duplicate, seq 3 is still missing and
+	// already reported (no second report), and it is handled once when it finally comes.
+	f.publish(ch, stamped("src", "s", 1, 1, "x"), stamped("src", "s", 1, 2, "x"), stamped("src", "s", 1, 4, "x"),
+		stamped("src", "s", 1, 5, "x"), stamped("src", "s", 1, 6, "x"), stamped("src", "s", 2, 1, "x"))
+	c = newConsumer()
+	run = start(t, c, nil, tx)
+	eventually(t, 10*time.Second, "duplicates dropped", func() bool { return f.mem.Get(consumer.MetricDuplicates) == 6 })
+	f.publish(ch, stamped("src", "s", 1, 3, "x"))
+	eventually(t, 10*time.Second, "late arrival of 3", func() bool { return len(log.kinds()[dedup.EventLateArrival]) == 2 })
+	time.Sleep(400 * time.Millisecond)
+	run.stop(t)
+	require.Len(t, log.kinds()[dedup.EventGapDetected], 1, "the gap is not reported again after a restart")
+	require.NoError(t, c.Close())
+	db, err := bolt.Open(f.path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+	require.NoError(t, err)
+	defer db.Close()
+	requireExactlyOnce(t, effects(t, db), append(seqKeys("src", "s", 1, 1, 6), key("src", "s", 2, 1)))
+}
+
+// When Run's context ends, the running handler finishes, its message is committed and acked, and
+// the deliveries not started stay in the queue for the next consumer; nothing is applied twice.
+func TestDrainLetsRunningHandlerFinish(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	ch := f.channel()
+	want := publishStreams(f, ch, []string{"a"}, 1, 10)
+	var cnt counter
+	started := make(chan struct{}, 10)
+	slow := func(ctx context.Context, m *consumer.Message) error {
+		started <- struct{}{}
+		time.Sleep(300 * time.Millisecond)
+		cnt.add(m)
+		return nil
+	}
+	c, err := consumer.New(f.config())
+	require.NoError(t, err)
+	run := start(t, c, slow, nil)
+	<-started
+	t0 := time.Now()
+	run.stop(t)
+	require.Less(t, time.Since(t0), 3*time.Second, "drain waits for the running handler only")
+	require.NoError(t, c.Close())
+	n := len(cnt.snapshot())
+	require.GreaterOrEqual(t, n, 1, "the running handler finished")
+	eventually(t, 10*time.Second, "unhandled deliveries back in the queue", func() bool { return f.messages(ch, f.queue) == 10-n })
+
+	c, err = consumer.New(f.config())
+	require.NoError(t, err)
+	run = start(t, c, func(_ context.Context, m *consumer.Message) error { cnt.add(m); return nil }, nil)
+	eventually(t, 10*time.Second, "the rest", func() bool { return len(cnt.snapshot()) == 10 })
+	run.stop(t)
+	requireExactlyOnce(t, cnt.snapshot(), want)
+}
