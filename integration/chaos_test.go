@@ -81,6 +81,18 @@ func runChaos(t *testing.T, p chaosParams) chaosReport {
 	}
 
 	hold := func(d time.Duration) { c.sleep(d) }
+	// pick returns a source whose publisher is running; when every source has finished, it gives
+	// one of them more work first, so that a kill always hits a publisher mid-stream.
+	pick := func() *source {
+		if run := c.running(); len(run) > 0 {
+			return run[rng.IntN(len(run))]
+		}
+		src := c.sources[rng.IntN(len(c.sources))]
+		src.target += 500
+		c.startPublisher(src)
+		hold(time.Second)
+		return src
+	}
 	kinds := []fault{
 		{"connection cut (proxy drops every socket)", func(t testing.TB) { proxy.Cut(t) }},
 		{"connection reset (TCP RST)", func(t testing.TB) { proxy.ResetPeer(t); hold(time.Second); proxy.Restore(t) }},
@@ -93,18 +105,23 @@ func runChaos(t *testing.T, p chaosParams) chaosReport {
 		{"broker unreachable (4 s)", func(t testing.TB) { proxy.Down(t); hold(4 * time.Second); proxy.Up(t) }},
 		{"broker kill -9 + restart", func(t testing.TB) { node.Kill(t); hold(time.Second); node.Start(t) }},
 		{"broker graceful restart", func(t testing.TB) { node.Restart(t) }},
-		{"publisher SIGKILL + restart on its journal", func(t testing.TB) {
-			run := c.running()
-			if len(run) == 0 { // every source finished: give one more work, then kill it mid-way
-				src := c.sources[rng.IntN(len(c.sources))]
-				src.target += 500
-				c.startPublisher(src)
-				hold(time.Second)
-				run = []*source{src}
-			}
-			c.killPublisher(run[rng.IntN(len(run))])
-		}},
+		{"publisher SIGKILL + restart on its journal", func(t testing.TB) { c.killPublisher(pick()) }},
 		{"consumer SIGKILL + restart on its store", func(t testing.TB) { c.killConsumer() }},
+		{"publisher SIGKILL while the broker is unreachable", func(t testing.TB) {
+			src := pick()
+			proxy.Down(t)
+			hold(time.Second)
+			c.killPublisher(src) // restarts on its journal, still offline
+			hold(2 * time.Second)
+			proxy.Up(t)
+		}},
+		{"consumer SIGKILL during a black hole", func(t testing.TB) {
+			proxy.Blackhole(t)
+			hold(2 * time.Second)
+			c.killConsumer() // its replacement dials into the black hole too
+			hold(5 * time.Second)
+			proxy.Restore(t)
+		}},
 	}
 	stats := runFaults(t, kinds, plan(kinds, p.perKind, rng), p.pause, rng, c.sleep)
 	proxy.Restore(t)

@@ -225,9 +225,11 @@ func (c *cluster) running() []*source {
 
 // killPublisher SIGKILLs src's publisher and starts it again on the same journal.
 func (c *cluster) killPublisher(src *source) {
-	src.cur.proc.kill()
+	if !src.cur.proc.exited() {
+		src.cur.proc.kill()
+		src.kills++
+	}
 	src.cur.handled = true
-	src.kills++
 	c.startPublisher(src)
 }
 

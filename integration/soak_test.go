@@ -17,8 +17,8 @@ import (
 )
 
 // TestSoak is the long chaos run of `make soak`: by default one million messages (half into a
-// classic queue, half into a quorum queue), each fault kind injected 12 times per queue type (216
-// faults). It writes its tables and the command that produced them to docs/RELIABILITY.md.
+// classic queue, half into a quorum queue), each of the 11 fault kinds injected 12 times per queue
+// type (264 faults). It writes its tables and the command that produced them to docs/RELIABILITY.md.
 //
 // RABBITKIT_SOAK_MESSAGES (total over both queue types) and RABBITKIT_SOAK_FAULTS_PER_KIND scale
 // it down or up; the document states the numbers actually run.
@@ -27,8 +27,8 @@ func TestSoak(t *testing.T) {
 	perKind := envInt(t, "RABBITKIT_SOAK_FAULTS_PER_KIND", 12)
 	const sources = 4
 	perSource := total / 2 / sources
-	// Publishing should span the fault schedule: about 50 s per round of the 9 fault kinds.
-	publishIn := time.Duration(perKind) * 50 * time.Second
+	// Publishing should span the fault schedule: about 70 s per round of the 11 fault kinds.
+	publishIn := time.Duration(perKind) * 70 * time.Second
 
 	var reports []chaosReport
 	for _, qt := range []string{topology.Classic, topology.Quorum} {
@@ -67,7 +67,7 @@ func writeReliability(t *testing.T, total, perKind int, reports []chaosReport) {
 	fmt.Fprintf(&b, "```sh\n%s\n```\n\n", cmd)
 	if total != 1_000_000 || perKind != 12 {
 		fmt.Fprintf(&b, "**This is a scaled-down run** (%d messages, each fault kind %d times per queue type), not the\n", total, perKind)
-		b.WriteString("full soak of one million messages and 216 faults that plain `make soak` runs.\n\n")
+		b.WriteString("full soak of one million messages and 264 faults that plain `make soak` runs.\n\n")
 	}
 	b.WriteString("What it does: a private RabbitMQ node (own node name, ports and data folder) behind an in-process\n")
 	b.WriteString("toxiproxy; four `examples/publisher` processes (four sources, each with its own journal, two\n")
