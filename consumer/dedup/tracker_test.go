@@ -71,6 +71,21 @@ func TestTrackerTable(t *testing.T) {
 			{epoch: 1, seq: 2, want: KindNew},
 			{epoch: 1, seq: 1 << 62, want: KindSuspicious},
 		}},
+		{"max ahead counts from W, not from the highest seen", []step{
+			{epoch: 1, seq: 1, want: KindNew, flags: FlagNewStream},
+			{epoch: 1, seq: 100, want: KindNew},
+			{epoch: 1, seq: 102, want: KindSuspicious},
+			{epoch: 1, seq: 101, want: KindNew},
+			{epoch: 1, seq: 2, want: KindNew},
+			{epoch: 1, seq: 102, want: KindNew},
+		}},
+		{"retention boundary", []step{
+			{epoch: 1, seq: 1, want: KindNew, flags: FlagNewStream},
+			{epoch: 2, seq: 1, want: KindNew, flags: FlagNewEpoch, events: []EventKind{EventEpochChanged}},
+			{expire: true, at: time.Minute - 1},
+			{expire: true, at: time.Minute, events: []EventKind{EventEpochRetired}},
+			{epoch: 1, seq: 2, want: KindStaleEpoch},
+		}},
 		{"first message beyond MaxAhead", []step{
 			{epoch: 1, seq: 101, want: KindSuspicious, flags: FlagNewStream},
 			{epoch: 1, seq: 1, want: KindNew, flags: FlagNewStream},
