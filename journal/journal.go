@@ -89,37 +89,42 @@ func Open(path string, opts Options) (*Journal, error) {
 	if err != nil {
 		return nil, err
 	}
-	mk, err := readMarker(path)
-	if err != nil {
-		return nil, err
-	}
-	if mk != nil && mk.Source != opts.Source {
-		return nil, fmt.Errorf("%w: %s belongs to source %q, opened as %q", ErrSourceMismatch, path, mk.Source, opts.Source)
-	}
 	f, existed, err := lockFile(path, opts.LockTimeout)
 	if err != nil {
 		return nil, err
+	}
+	// Until bbolt adopts f, a failure closes it and removes the file if this
+	// call created it.
+	fail := func(err error) (*Journal, error) {
+		_ = f.Close()
+		if !existed {
+			_ = os.Remove(path)
+		}
+		return nil, err
+	}
+	// The marker is read under the lock, so a concurrent creator has either
+	// finished (marker written) or not started.
+	mk, err := readMarker(path)
+	if err != nil {
+		return fail(err)
+	}
+	if mk != nil && mk.Source != opts.Source {
+		return fail(fmt.Errorf("%w: %s belongs to source %q, opened as %q", ErrSourceMismatch, path, mk.Source, opts.Source))
 	}
 	// A compaction interrupted by a crash leaves its temporary file behind;
 	// we hold the lock, so nobody else is using it.
 	_ = os.Remove(compactPath(path))
 	fi, err := f.Stat()
 	if err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("journal: stat %s: %w", path, err)
+		return fail(fmt.Errorf("journal: stat %s: %w", path, err))
 	}
 	if fi.Size() == 0 && mk != nil && !opts.AllowNewEpoch {
-		_ = f.Close()
-		if !existed {
-			_ = os.Remove(path)
-		}
-		return nil, fmt.Errorf("%w: %s is missing or empty but marker %s says journal epoch %d of source %q existed (set AllowNewEpoch to start a new epoch)",
-			ErrTruncated, path, markerPath(path), mk.Epoch, mk.Source)
+		return fail(fmt.Errorf("%w: %s is missing or empty but marker %s says journal epoch %d of source %q existed (set AllowNewEpoch to start a new epoch)",
+			ErrTruncated, path, markerPath(path), mk.Epoch, mk.Source))
 	}
 	if fi.Size() > 0 {
 		if err := validateFile(f, path, fi.Size()); err != nil {
-			_ = f.Close()
-			return nil, err
+			return fail(err)
 		}
 	}
 	db, err := openBolt(path, f, opts)

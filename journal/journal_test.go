@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -43,6 +44,11 @@ func TestAppendReadDelete(t *testing.T) {
 	assert.Greater(t, j.Epoch(), int64(0))
 	assert.Equal(t, "test-src", j.Source())
 	assert.Equal(t, path, j.Path())
+	for _, p := range []string{path, markerPath(path)} {
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), p)
+	}
 
 	var ids []uint64
 	for i := range 10 {
