@@ -21,7 +21,17 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-var crashIterations = flag.Int("journal.crash-iterations", 30, "SIGKILL rounds in TestCrashSafety")
+var crashIterations = flag.Int("journal.crash-iterations", envInt("RABBITKIT_JOURNAL_CRASH_ITERATIONS", 30),
+	"SIGKILL rounds in TestCrashSafety (env RABBITKIT_JOURNAL_CRASH_ITERATIONS)")
+
+// envInt reads an integer test knob from the environment, so soaks can be
+// turned up without passing package-specific flags to go test ./...
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
 
 const (
 	envCrashChild = "RABBITKIT_JOURNAL_CRASH_CHILD"

@@ -11,7 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-var memoryEntries = flag.Int("journal.memory-entries", 200_000, "pending entries in TestReadMemory (1000000 for the full check)")
+var memoryEntries = flag.Int("journal.memory-entries", envInt("RABBITKIT_JOURNAL_MEMORY_ENTRIES", 200_000),
+	"pending entries in TestReadMemory; 1000000 for the full check (env RABBITKIT_JOURNAL_MEMORY_ENTRIES)")
 
 // TestReadMemory journals many entries and reads them all page by page,
 // checking that the live heap stays far below the size of the data: Read
