@@ -131,7 +131,7 @@ func (d *decoder) table(depth int) map[string]any {
 		d.fail("bad table length")
 		return nil
 	}
-	t := make(map[string]any, n)
+	t := make(map[string]any, min(n, 1024)) // n is bounded by the input, not trusted for capacity
 	for range n {
 		k := d.string()
 		v := d.value(depth + 1)
@@ -153,7 +153,7 @@ func (d *decoder) array(depth int) []any {
 		d.fail("bad array length")
 		return nil
 	}
-	a := make([]any, 0, n)
+	a := make([]any, 0, min(n, 1024))
 	for range n {
 		v := d.value(depth + 1)
 		if d.err != nil {
