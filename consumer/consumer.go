@@ -229,6 +229,9 @@ func (r *run) stopWorkers() {
 
 // fail records a fatal error and ends the run.
 func (r *run) fail(err error) {
+	// Stop the workers first: the failed worker's dedup window may be ahead of the store, and
+	// nothing it classifies from now on may be acked.
+	r.stopping.Store(true)
 	r.fatalMu.Lock()
 	if r.fatal == nil {
 		r.fatal = err

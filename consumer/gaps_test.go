@@ -2,7 +2,9 @@ package consumer_test
 
 import (
 	"context"
+	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,4 +123,50 @@ func TestDrainLetsRunningHandlerFinish(t *testing.T) {
 	eventually(t, 10*time.Second, "the rest", func() bool { return len(cnt.snapshot()) == 10 })
 	run.stop(t)
 	requireExactlyOnce(t, cnt.snapshot(), want)
+}
+
+// failingStore fails every commit after the first few, like a full disk.
+type failingStore struct {
+	*consumer.BoltStore
+	left atomic.Int32
+}
+
+func (s *failingStore) Commit(ctx context.Context, b *consumer.Batch) error {
+	if s.left.Add(-1) < 0 {
+		return errors.New("disk full")
+	}
+	return s.BoltStore.Commit(ctx, b)
+}
+
+// When the store fails, Run stops and returns an error wrapping ErrStore; nothing uncommitted was
+// acked, so a new Run handles the rest, each message exactly once.
+func TestStoreFailureStopsRun(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	ch := f.channel()
+	want := publishStreams(f, ch, []string{"a", "b"}, 1, 50)
+	bs, err := consumer.OpenBoltStore(f.path, consumer.BoltOptions{})
+	require.NoError(t, err)
+	fs := &failingStore{BoltStore: bs}
+	fs.left.Store(3)
+	cfg := f.config()
+	cfg.Store, cfg.StorePath, cfg.MaxBatch = fs, "", 5
+	c, err := consumer.New(cfg)
+	require.NoError(t, err)
+	tx := func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error { return countEffect(tx, m) }
+	err = c.RunTx(context.Background(), tx)
+	require.ErrorIs(t, err, consumer.ErrStore)
+	require.ErrorContains(t, err, "disk full")
+	committed := len(effects(t, bs.DB()))
+	require.Positive(t, committed)
+	require.Less(t, committed, 100)
+	eventually(t, 10*time.Second, "uncommitted deliveries back in the queue", func() bool {
+		return f.messages(ch, f.queue) == 100-committed
+	})
+
+	fs.left.Store(1 << 30) // the disk has room again
+	run := start(t, c, nil, tx)
+	eventually(t, 20*time.Second, "the rest", func() bool { return len(effects(t, bs.DB())) == 100 })
+	run.stop(t)
+	requireExactlyOnce(t, effects(t, bs.DB()), want)
+	require.NoError(t, bs.Close())
 }

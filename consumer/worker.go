@@ -95,8 +95,13 @@ func (w *worker) processOnce(items []*item) []*item {
 	ents := make([]entry, 0, len(items))
 	var local map[protocol.Stamp]uint64 // stamps handled earlier in this batch
 	for _, it := range items {
-		if r.stopping.Load() || it.gen != r.gen.Load() {
-			break // every later item is stale too: both conditions are monotonic
+		if r.stopping.Load() {
+			break // the rest stays unacked and is redelivered after the drain
+		}
+		if it.gen != r.gen.Load() {
+			// Its channel is gone: it will be redelivered on the new one. Later items of the
+			// batch may already belong to the new channel.
+			continue
 		}
 		e := entry{it: it, op: -1}
 		ok := true
@@ -140,7 +145,10 @@ func (w *worker) processOnce(items []*item) []*item {
 			}
 		}
 		if !ok {
-			break // stopping or the session ended: this and later items stay unacked
+			if r.stopping.Load() {
+				break // this and later items stay unacked
+			}
+			continue // its session ended: it comes back on the new channel
 		}
 		ents = append(ents, e)
 	}
