@@ -148,3 +148,28 @@ func TestStatsAndReadRaceClose(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// TestReadReturnsWhatWasAppended: every field survives the journal, from the
+// tail cache and from bbolt alike.
+func TestReadReturnsWhatWasAppended(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "j.db")
+	j := openT(t, path, Options{})
+	e := fullEntry()
+	e.ID, e.Seq = 0, 0
+	e2 := fullEntry()
+	e2.ID, e2.Seq, e2.Created = 0, 0, time.Time{}
+	require.NoError(t, j.AppendBatch(ctx, []*Entry{e, e2}))
+	es, err := j.Read(ctx, 0, 10) // tail cache
+	require.NoError(t, err)
+	require.Len(t, es, 2)
+	assert.Equal(t, e, es[0])
+	assert.Equal(t, e2, es[1])
+	require.NoError(t, j.Close())
+	j = openT(t, path, Options{})
+	es, err = j.Read(ctx, 0, 10) // bbolt
+	require.NoError(t, err)
+	require.Len(t, es, 2)
+	assert.Equal(t, e, es[0])
+	assert.Equal(t, e2, es[1])
+}

@@ -37,7 +37,7 @@ func (j *Journal) AppendBatch(ctx context.Context, es []*Entry) error {
 }
 
 func (j *Journal) append(ctx context.Context, es []*Entry, wait bool) error {
-	now := time.Now()
+	now := time.Now().Round(0).UTC() // as Read returns it: no monotonic reading, UTC
 	r := newRequest(opAppend)
 	if len(es) == 1 {
 		r.encs, r.streams, r.ids, r.seqs = r.encBuf[:], r.streamBuf[:], r.idBuf[:0], r.seqBuf[:0]
