@@ -128,3 +128,40 @@ func TestBrokerRestart(t *testing.T) {
 	requireExactlyOnce(t, cnt.snapshot(), want)
 	require.GreaterOrEqual(t, f.mem.Get(consumer.MetricReconnects), 1.0)
 }
+
+// The broker's consumer timeout closes the channel (406 PRECONDITION_FAILED "delivery
+// acknowledgement timed out") while a handler is still running: the consumer reconnects, the
+// handler's result is committed but its ack (for the dead channel) dropped, and the redelivery is
+// dropped as a duplicate. Effects stay exactly once.
+func TestBrokerConsumerTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a private RabbitMQ node")
+	}
+	node := testbroker.StartNode(t)
+	node.Ctl(t, "eval", "application:set_env(rabbit, consumer_timeout, 1000).")
+	// The channel checks the timeout on its tick, every 60 s by default.
+	node.Ctl(t, "eval", "application:set_env(rabbit, channel_tick_interval, 500).")
+	f := newFixture(t, node.URL)
+	ch := f.channel()
+	want := publishStreams(f, ch, []string{"a"}, 1, 5)
+	c, err := consumer.New(f.config())
+	require.NoError(t, err)
+	var cnt counter
+	first := true
+	run := start(t, c, func(ctx context.Context, m *consumer.Message) error {
+		if first {
+			first = false
+			// Hold the delivery unacked past the timeout, until the broker closed the channel.
+			for f.mem.Get(consumer.MetricReconnects) == 0 && ctx.Err() == nil {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		cnt.add(m)
+		return nil
+	}, nil)
+	eventually(t, 90*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
+	eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
+	run.stop(t)
+	requireExactlyOnce(t, cnt.snapshot(), want)
+	require.GreaterOrEqual(t, f.mem.Get(consumer.MetricDuplicates), 1.0, "the committed message came back and was dropped")
+}

@@ -24,7 +24,8 @@ type Properties struct {
 	AppID           string
 }
 
-// Message is what a handler sees. The handler must not keep it (or its Body) after returning.
+// Message is what a handler sees. The handler must not modify it, nor keep it (or its Body,
+// Headers) after returning: a parked message is published from the same data.
 type Message struct {
 	Body       []byte
 	Headers    amqp.Table

@@ -19,7 +19,7 @@ type Effect func(tx any) error
 
 // Op is one message's part of a Batch.
 type Op struct {
-	Key    dedup.Key // the message's stream; zero for a message without rk- headers
+	Key    dedup.Key // the message's stream (without rk- headers: derived from exchange and routing key)
 	Effect Effect    // nil: nothing to run (the message is only marked through Batch.States)
 	Err    error     // set by Store.Commit: non-nil means this op was not applied
 }

@@ -201,6 +201,7 @@ func (w *worker) processOnce(items []*item) []*item {
 	}
 	r.done.push(done...)
 	w.report()
+	r.cfg.Metrics.Set(MetricStreams, float64(r.streamCount()))
 	return retry
 }
 
@@ -347,11 +348,6 @@ func (w *worker) report() {
 		return
 	}
 	r := w.r
-	var n int64
-	for _, x := range r.workers {
-		n += x.streams.Load()
-	}
-	r.cfg.Metrics.Set(MetricStreams, float64(n))
 	for _, ev := range w.evs {
 		var cb func(dedup.Event)
 		switch ev.Kind {
@@ -410,4 +406,13 @@ func wrapStore(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrStore, err)
+}
+
+// streamCount is the number of streams in all workers' dedup windows, as of their last commit.
+func (r *run) streamCount() int64 {
+	var n int64
+	for _, w := range r.workers {
+		n += w.streams.Load()
+	}
+	return n
 }
