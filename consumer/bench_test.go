@@ -191,12 +191,19 @@ func drainKit(b *testing.B, url, q string, n int) (float64, latency) {
 // BenchmarkDedupMemory measures the dedup state of 10,000 streams, each with 1,000 messages
 // committed and a tenth of them with an open gap: heap bytes held and encoded (stored) bytes.
 func BenchmarkDedupMemory(b *testing.B) {
+	for _, hist := range []int{0, -1} {
+		name := map[int]string{0: "hash-history-16", -1: "no-hash-history"}[hist]
+		b.Run(name, func(b *testing.B) { benchDedupMemory(b, dedup.Config{HashHistory: hist}) })
+	}
+}
+
+func benchDedupMemory(b *testing.B, cfg dedup.Config) {
 	const streams = 10000
 	for range b.N {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		tr, err := dedup.New(dedup.Config{})
+		tr, err := dedup.New(cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
