@@ -42,7 +42,8 @@ type cluster struct {
 	consStats []map[string]float64 // per consumer run, its last "stats" line; guarded by mu
 	consRuns  int
 	consKills int
-	failures  []string // processes that died on their own with an error
+	stopping  bool     // finish is stopping the consumer
+	failures  []string // processes that died on their own
 }
 
 type source struct {
@@ -193,7 +194,8 @@ func (c *cluster) poll() {
 			c.startPublisher(src) // more was asked of it (a kill of a finished source)
 		}
 	}
-	if c.cons != nil && c.cons.exited() && !c.cons.wasKilled() && c.cons.waitErr != nil {
+	// Before finish, the consumer runs without -exit-idle: any exit we did not cause is a failure.
+	if !c.stopping && c.cons != nil && c.cons.exited() && !c.cons.wasKilled() {
 		c.failures = append(c.failures, c.cons.describe())
 		c.startConsumer(0)
 	}
@@ -265,6 +267,7 @@ func (c *cluster) finish(timeout time.Duration) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	c.stopping = true
 	if err := c.cons.term(30 * time.Second); err != nil && !c.cons.wasKilled() {
 		c.failures = append(c.failures, "graceful stop: "+c.cons.describe())
 	}
