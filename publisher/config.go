@@ -21,6 +21,7 @@ const (
 	DefaultMaxBuffered = 8192    // messages waiting to be journaled (PublishAsync / TryPublish bound)
 	maxAppendBatch     = 1024    // entries per journal transaction from the accept buffer
 	parkedMemory       = 1 << 16 // parked outcomes remembered for receipts
+	defaultTailCache   = 4 << 20 // journal.Options.TailCacheBytes for a journal opened from JournalPath
 )
 
 // Config configures a Publisher. URLs and either Journal or (JournalPath and Source) are required;
@@ -36,7 +37,8 @@ type Config struct {
 	Journal *journal.Journal
 	// JournalPath opens (creating if needed) a journal that the Publisher owns and closes.
 	JournalPath string
-	// JournalOptions are used with JournalPath. Source and Logger are filled in when empty.
+	// JournalOptions are used with JournalPath. Source and Logger are filled in when empty, and
+	// TailCacheBytes defaults to 4 MiB (instead of the journal's 16 MiB) to bound the heap.
 	JournalOptions journal.Options
 	// Topology is declared on every new channel, before anything is sent.
 	Topology topology.Topology

@@ -3,6 +3,8 @@ package publisher
 import (
 	"context"
 	"flag"
+	"os"
+	"runtime/pprof"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -39,6 +41,12 @@ func TestBacklogMemory(t *testing.T) {
 			runtime.ReadMemStats(&ms)
 			if ms.HeapAlloc > peak.Load() {
 				peak.Store(ms.HeapAlloc)
+			}
+			if path := os.Getenv("RK_HEAPPROF"); path != "" && ms.HeapAlloc > 64<<20 {
+				if f, err := os.Create(path); err == nil {
+					_ = pprof.WriteHeapProfile(f)
+					_ = f.Close()
+				}
 			}
 			select {
 			case <-stop:

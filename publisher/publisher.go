@@ -150,6 +150,11 @@ func New(cfg Config) (*Publisher, error) {
 		if opts.Logger == nil {
 			opts.Logger = cfg.Logger
 		}
+		if opts.TailCacheBytes == 0 {
+			// The sender follows the tail closely; a small cache serves it and keeps the heap
+			// small (see the backlog memory test).
+			opts.TailCacheBytes = defaultTailCache
+		}
 		p.j, err = journal.Open(cfg.JournalPath, opts)
 		if err != nil {
 			return nil, fmt.Errorf("publisher: open journal: %w", err)

@@ -52,6 +52,10 @@ type sender struct {
 	recovered bool // a positive confirm arrived on the current connection
 }
 
+// healthySession: a channel that lived this long counts as progress even without a confirm (an idle
+// publisher), so the next reconnect does not wait for the reconnect backoff.
+const healthySession = 5 * time.Second
+
 // sessionEnd says why a channel stopped.
 type sessionEnd struct {
 	err      *amqp.Error // close reason (nil: unknown or clean)
@@ -88,7 +92,9 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 			nc, url, err := s.cfg.dial.connect(dialCtx)
 			if err != nil {
 				if !s.stopped(ctx) {
+					// Only a ReconnectBackoff that gives up gets here: keep trying, slowly.
 					s.log.Error("publisher: dial failed", "err", err)
+					s.sleep(ctx, connBO.NextBackOff(), nil)
 				}
 				continue
 			}
@@ -127,7 +133,11 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 			connBO.Reset()
 		}
 		s.setState(StateReady, nil)
+		began := time.Now()
 		end := s.session(ctx, c, ch)
+		if time.Since(began) >= healthySession {
+			s.recovered = true // an idle but stable connection counts as progress
+		}
 		s.endSession(ctx, end)
 		if end.stop {
 			ch.close()
@@ -228,6 +238,10 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 		if s.retry != nil {
 			retryC = s.retry.C
 		}
+		stopC := s.stop
+		if s.stopping {
+			stopC = nil // closed: would spin
+		}
 		select {
 		case cf, ok := <-confirms:
 			if !ok {
@@ -270,7 +284,7 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 			s.changed = nil
 		case <-retryC:
 			s.retry = nil
-		case <-s.stop:
+		case <-stopC:
 			s.stopping = true
 		case <-ctx.Done():
 			return sessionEnd{stop: true}
