@@ -45,7 +45,9 @@ func TestConnectionFaultsWithUnackedDeliveries(t *testing.T) {
 		{"cut", func(t *testing.T, p *testbroker.Proxy) { p.Cut(t) }},
 		{"reset peer", func(t *testing.T, p *testbroker.Proxy) {
 			p.ResetPeer(t)
-			time.Sleep(300 * time.Millisecond)
+			// All deliveries may already be buffered client-side; the next heartbeat (1 s)
+			// then carries the reset.
+			time.Sleep(1500 * time.Millisecond)
 			p.Restore(t)
 		}},
 		{"black hole", func(t *testing.T, p *testbroker.Proxy) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,10 @@ type worker struct {
 	evs     []dedup.Event // events of the commit in progress
 	keys    []dedup.Key
 	streams atomic.Int64
+
+	inflight *pendingCommit // plain handlers: the batch being committed
+	commits  sync.WaitGroup // the goroutine waiting for inflight's commit
+	broken   bool           // a commit failed: publish nothing more
 }
 
 // entry is one delivery inside a batch.
@@ -49,6 +54,8 @@ func (w *worker) loop() {
 	r := w.r
 	t := time.NewTicker(r.cfg.ExpireInterval)
 	defer t.Stop()
+	defer w.commits.Wait()
+	defer w.settle()
 	for {
 		select {
 		case <-r.stopCh:
@@ -63,6 +70,7 @@ func (w *worker) loop() {
 				}
 				w.process(items)
 			}
+			w.settle() // idle: publish the last commit now
 		}
 	}
 }
@@ -155,6 +163,11 @@ func (w *worker) processOnce(items []*item) []*item {
 	if len(ents) == 0 {
 		return nil
 	}
+	if r.txHandler == nil {
+		w.commitAsync(ents, b)
+		return nil
+	}
+	w.settle()
 	b.States = func(applied []bool) []StreamState {
 		now := time.Now()
 		for i := range ents {
@@ -170,39 +183,11 @@ func (w *worker) processOnce(items []*item) []*item {
 	start := time.Now()
 	// Not cancellable: the store's goroutine may be inside States, touching w.tr.
 	if err := r.store.Commit(context.WithoutCancel(r.ctx), b); err != nil {
+		w.broken = true
 		r.fail(wrapStore(err))
 		return nil
 	}
-	now := time.Now()
-	r.cfg.Metrics.Observe(MetricCommitSeconds, now.Sub(start).Seconds())
-	var retry []*item
-	done := make([]doneTag, 0, len(ents))
-	for i := range ents {
-		e := &ents[i]
-		if e.op >= 0 {
-			if err := b.Ops[e.op].Err; err != nil {
-				if !errors.Is(err, ErrSkipped) {
-					w.handlerFailed(e.it, err)
-				}
-				retry = append(retry, e.it)
-				continue
-			}
-		}
-		if e.at.IsZero() {
-			e.at = now
-		}
-		done = append(done, doneTag{gen: e.it.gen, tag: e.it.d.DeliveryTag, at: e.at})
-		switch e.kind {
-		case outHandled:
-			r.cfg.Metrics.Add(MetricHandled, 1)
-		case outDuplicate:
-			r.cfg.Metrics.Add(MetricDuplicates, 1)
-		}
-	}
-	r.done.push(done...)
-	w.report()
-	r.cfg.Metrics.Set(MetricStreams, float64(r.streamCount()))
-	return retry
+	return w.finish(ents, b, start)
 }
 
 // handle runs the handler (plain) or queues its effect (transactional). It reports false when the
@@ -316,12 +301,17 @@ func (w *worker) conflict(s protocol.Stamp, first, dup uint64) {
 
 // expire reports gaps past their grace and compacts idle streams, persisting what changed.
 func (w *worker) expire() {
+	w.settle()
+	if w.broken {
+		return
+	}
 	w.evs = append(w.evs, w.tr.Expire(time.Now())...)
 	w.keys = w.tr.TakeDirty(w.keys[:0])
 	if len(w.keys) > 0 {
 		states := w.states(w.keys)
 		b := &Batch{States: func([]bool) []StreamState { return states }}
 		if err := w.r.store.Commit(context.WithoutCancel(w.r.ctx), b); err != nil {
+			w.broken = true
 			w.r.fail(wrapStore(err))
 			return
 		}

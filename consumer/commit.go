@@ -1,0 +1,96 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+)
+
+// pendingCommit is a plain-handler batch being committed while the worker handles the next one.
+type pendingCommit struct {
+	b     *Batch
+	ents  []entry
+	evs   []dedup.Event
+	start time.Time
+	done  chan error // buffered 1
+}
+
+// commitAsync commits a batch of a plain handler (mark-only ops, which cannot fail) while the
+// worker goes on with the next batch: the worker updates its dedup window itself, so the store's
+// goroutine never touches it. Results are published strictly in commit order (settle), and
+// nothing is published after a failed commit.
+func (w *worker) commitAsync(ents []entry, b *Batch) {
+	now := time.Now()
+	var evs []dedup.Event
+	for i := range ents {
+		if e := &ents[i]; e.mark {
+			_, ev := w.tr.Commit(e.it.stamp, e.hash, now)
+			evs = append(evs, ev...)
+		}
+	}
+	w.keys = w.tr.TakeDirty(w.keys[:0])
+	states := w.states(w.keys)
+	b.States = func([]bool) []StreamState { return states }
+	w.settle()
+	if w.broken {
+		return
+	}
+	p := &pendingCommit{b: b, ents: ents, evs: evs, start: time.Now(), done: make(chan error, 1)}
+	w.inflight = p
+	ctx := context.WithoutCancel(w.r.ctx)
+	w.commits.Go(func() { p.done <- w.r.store.Commit(ctx, b) })
+}
+
+// settle waits for the commit in flight, if any, and publishes its outcome.
+func (w *worker) settle() {
+	p := w.inflight
+	if p == nil {
+		return
+	}
+	w.inflight = nil
+	if err := <-p.done; err != nil {
+		w.broken = true
+		w.r.fail(wrapStore(err))
+		return
+	}
+	w.evs = append(w.evs, p.evs...)
+	w.finish(p.ents, p.b, p.start)
+}
+
+// finish publishes a committed batch: acks for what finished, metrics, events. It returns the
+// deliveries whose ops failed (transactional handlers) to run again.
+func (w *worker) finish(ents []entry, b *Batch, start time.Time) []*item {
+	r := w.r
+	now := time.Now()
+	r.cfg.Metrics.Observe(MetricCommitSeconds, now.Sub(start).Seconds())
+	var retry []*item
+	done := make([]doneTag, 0, len(ents))
+	for i := range ents {
+		e := &ents[i]
+		if e.op >= 0 {
+			if err := b.Ops[e.op].Err; err != nil {
+				if !errors.Is(err, ErrSkipped) {
+					w.handlerFailed(e.it, err)
+				}
+				retry = append(retry, e.it)
+				continue
+			}
+		}
+		if e.at.IsZero() {
+			e.at = now
+		}
+		done = append(done, doneTag{gen: e.it.gen, tag: e.it.d.DeliveryTag, at: e.at})
+		switch e.kind {
+		case outHandled:
+			r.cfg.Metrics.Add(MetricHandled, 1)
+		case outDuplicate:
+			r.cfg.Metrics.Add(MetricDuplicates, 1)
+		}
+	}
+	r.done.push(done...)
+	w.report()
+	r.cfg.Metrics.Set(MetricStreams, float64(r.streamCount()))
+	return retry
+}
