@@ -76,7 +76,11 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) ([]*Receip
 	if err := p.submit(ctx, jb, true); err != nil {
 		return rs, err
 	}
-	return rs, rs[0].waitAccepted(ctx)
+	if err := rs[0].waitAccepted(ctx); err != nil {
+		return rs, err
+	}
+	// The appender reports the receipts of a job one after the other: wait for the last one too.
+	return rs, rs[len(rs)-1].WaitJournaled(ctx)
 }
 
 // submit hands jb to the appender. On failure every receipt of jb is failed with the returned error.

@@ -305,6 +305,9 @@ func TestFakePublishHonoursContext(t *testing.T) {
 	if _, err := p.Publish(context.Background(), Message{Headers: amqp.Table{"bad": uint64(1)}}); !errors.Is(err, ErrInvalidMessage) {
 		t.Fatalf("invalid header: %v", err)
 	}
+	cctx, ccancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer ccancel()
+	_ = p.Close(cctx) // nobody confirms: Close gives up after its ctx
 }
 
 func TestWindow(t *testing.T) {
