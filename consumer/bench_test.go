@@ -32,6 +32,9 @@ import (
 func BenchmarkDrain(b *testing.B) {
 	for _, size := range []int{256, 4096} {
 		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
+			if b.N == 1 {
+				return // the framework's probe run: nothing to learn from one message
+			}
 			url := testbroker.SharedURL(b)
 			q := testbroker.Name(b, "bench")
 			testbroker.DeleteQueues(b, url, q, q+".parked")
