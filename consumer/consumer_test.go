@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -160,34 +161,53 @@ func TestBadInputs(t *testing.T) {
 			want{effects: seqKeys("s", "a", 1, 1, 2)}, 1},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t, testbroker.SharedURL(t))
-			ch := f.channel()
-			f.publish(ch, tt.msgs...)
-			cfg := f.config()
-			cfg.NoStamp = tt.policy
-			var mu sync.Mutex
-			var conflicts []consumer.Conflict
-			var reasons []string
-			cfg.OnConflict = func(c consumer.Conflict) { mu.Lock(); conflicts = append(conflicts, c); mu.Unlock() }
-			cfg.OnParked = func(p consumer.Parked) { mu.Lock(); reasons = append(reasons, p.Reason); mu.Unlock() }
-			c, err := consumer.New(cfg)
-			require.NoError(t, err)
-			run := start(t, c, nil, func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error { return countEffect(tx, m) })
-			db := c.Store().(*consumer.BoltStore).DB()
-			eventually(t, 20*time.Second, "all deliveries acked", func() bool {
-				return len(effects(t, db)) == len(tt.want.effects) && f.messages(ch, f.queue) == 0 && f.messages(ch, f.parked) == tt.want.parked
+		for _, tx := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/tx=%v", tt.name, tx), func(t *testing.T) {
+				f := newFixture(t, testbroker.SharedURL(t))
+				ch := f.channel()
+				f.publish(ch, tt.msgs...)
+				cfg := f.config()
+				cfg.NoStamp = tt.policy
+				cfg.Workers = 2
+				var mu sync.Mutex
+				var conflicts []consumer.Conflict
+				var reasons []string
+				cfg.OnConflict = func(c consumer.Conflict) { mu.Lock(); conflicts = append(conflicts, c); mu.Unlock() }
+				cfg.OnParked = func(p consumer.Parked) { mu.Lock(); reasons = append(reasons, p.Reason); mu.Unlock() }
+				c, err := consumer.New(cfg)
+				require.NoError(t, err)
+				var cnt counter
+				var run *running
+				if tx {
+					run = start(t, c, nil, func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error { return countEffect(tx, m) })
+				} else {
+					run = start(t, c, func(_ context.Context, m *consumer.Message) error { cnt.add(m); return nil }, nil)
+				}
+				db := c.Store().(*consumer.BoltStore).DB()
+				got := func() map[string]uint64 {
+					if tx {
+						return effects(t, db)
+					}
+					out := map[string]uint64{}
+					for k, v := range cnt.snapshot() {
+						out[k] = uint64(v)
+					}
+					return out
+				}
+				eventually(t, 20*time.Second, "all deliveries acked", func() bool {
+					return len(got()) == len(tt.want.effects) && f.messages(ch, f.queue) == 0 && f.messages(ch, f.parked) == tt.want.parked
+				})
+				run.stop(t)
+				requireExactlyOnce(t, got(), tt.want.effects)
+				mu.Lock()
+				defer mu.Unlock()
+				require.Len(t, reasons, tt.want.parked)
+				for _, r := range reasons {
+					require.Contains(t, r, tt.want.reason)
+				}
+				require.Len(t, conflicts, tt.conflicts)
 			})
-			run.stop(t)
-			requireExactlyOnce(t, effects(t, db), tt.want.effects)
-			mu.Lock()
-			defer mu.Unlock()
-			require.Len(t, reasons, tt.want.parked)
-			for _, r := range reasons {
-				require.Contains(t, r, tt.want.reason)
-			}
-			require.Len(t, conflicts, tt.conflicts)
-		})
+		}
 	}
 }
 

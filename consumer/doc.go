@@ -90,6 +90,10 @@
 //   - Parking is at-least-once: a crash or connection loss after the parking publish was confirmed
 //     and before the ack can park the same message twice. Parked messages of a handler that kept
 //     failing are committed as accounted for, so their redeliveries are dropped, not parked again.
+//   - While the parking queue cannot be reached, the worker parking a message keeps retrying (a
+//     message is never dropped): the streams of that worker wait, and nothing of them is acked.
+//   - The bbolt file does not shrink when idle streams are compacted or forgotten; its free pages
+//     are reused.
 //   - The body comparison behind OnConflict keeps only the last few bodies' hashes per stream in
 //     memory (dedup.Config.HashHistory): older duplicates with a different body are dropped
 //     without a report.
