@@ -21,28 +21,53 @@ import (
 // bbolt later adopts the returned descriptor (Options.OpenFile), so the lock is
 // held without a gap from validation to Close.
 func lockFile(path string, timeout time.Duration) (f *os.File, existed bool, err error) {
-	_, statErr := os.Stat(path)
-	existed = statErr == nil
-	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, existed, fmt.Errorf("journal: open %s: %w", path, err)
-	}
 	deadline := time.Now().Add(timeout)
 	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
+		_, statErr := os.Stat(path)
+		existed = statErr == nil
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, existed, fmt.Errorf("journal: open %s: %w", path, err)
+		}
+		for {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+				_ = f.Close()
+				return nil, existed, fmt.Errorf("journal: lock %s: %w", path, err)
+			}
+			if time.Now().After(deadline) {
+				_ = f.Close()
+				return nil, existed, fmt.Errorf("%w: %s: flock not acquired within %v", ErrLocked, path, timeout)
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+		// The holder may have compacted the journal while we waited: it renames a new file over
+		// path and then closes (unlocks) the old one. Our lock on the old, unlinked file would
+		// then guard nothing. Lock-then-verify: keep the lock only if it is on the file at path.
+		if same, serr := sameFile(f, path); serr == nil && same {
 			return f, existed, nil
 		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			_ = f.Close()
-			return nil, existed, fmt.Errorf("journal: lock %s: %w", path, err)
-		}
+		_ = f.Close()
 		if time.Now().After(deadline) {
-			_ = f.Close()
-			return nil, existed, fmt.Errorf("%w: %s: flock not acquired within %v", ErrLocked, path, timeout)
+			return nil, existed, fmt.Errorf("%w: %s: the file was replaced while waiting for its lock", ErrLocked, path)
 		}
-		time.Sleep(25 * time.Millisecond)
 	}
+}
+
+// sameFile reports whether the open file f is the file currently at path.
+func sameFile(f *os.File, path string) (bool, error) {
+	a, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	b, err := os.Stat(path)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(a, b), nil
 }
 
 // bbolt meta page layout (see go.etcd.io/bbolt/internal/common/meta.go): a
