@@ -11,9 +11,11 @@ import (
 // e.ID, e.Seq and, when zero, e.Created. While the journal is full it waits
 // for space until ctx ends.
 //
-// A nil error means the entry is on disk. Any error means it is not: the
-// context is honoured until the writer starts committing the entry, and from
-// then on Append waits for that commit (one transaction) to report exactly.
+// A nil error means the entry is on disk. An error wrapping ErrBroken means
+// the disk failed the commit itself: whether the entry is on disk is unknown
+// until the journal is reopened. Any other error means it is not: the context
+// is honoured until the writer starts committing the entry, and from then on
+// Append waits for that commit (one transaction) to report exactly.
 func (j *Journal) Append(ctx context.Context, e *Entry) error {
 	es := [1]*Entry{e}
 	return j.append(ctx, es[:], true)

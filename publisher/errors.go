@@ -17,10 +17,12 @@ var (
 	// ErrInvalidMessage is returned for a message that can never be published (bad header types,
 	// empty stream after defaulting, ...). Nothing was journaled.
 	ErrInvalidMessage = errors.New("publisher: invalid message")
-	// ErrAcceptUnknown is wrapped (together with the context's error) when the caller's context ended
-	// while the journal was already writing the message: it may or may not be journaled. The
-	// receipt's Journaled channel closes once the answer is known.
-	ErrAcceptUnknown = errors.New("publisher: context ended while the message was being journaled")
+	// ErrAcceptUnknown means the message may or may not be journaled: it is wrapped together with
+	// the context's error when the caller's context ended while the journal was already writing the
+	// message (the receipt's Journaled channel closes once the answer is known), and together with
+	// journal.ErrBroken when the disk failed the commit itself (known only after a restart). Do not
+	// publish the same payload again blindly: a second copy gets a new sequence number.
+	ErrAcceptUnknown = errors.New("publisher: whether the message was journaled is unknown")
 	// ErrNotDone is returned by Receipt.Err before the receipt has a final outcome.
 	ErrNotDone = errors.New("publisher: outcome not known yet")
 	// ErrUnconfirmed is the outcome of a receipt whose message was journaled but not confirmed when

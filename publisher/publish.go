@@ -248,6 +248,14 @@ func (p *Publisher) commit(ctx context.Context, batch []*job) {
 		return
 	}
 	err := p.appendJobs(ctx, taken)
+	if errors.Is(err, journal.ErrBroken) {
+		// The disk failed the commit itself: the batch may or may not be on disk, and the journal
+		// refuses further work until reopened. "Not accepted" would invite the caller to publish
+		// again, and a second copy would get a new sequence number: report the outcome as unknown.
+		p.log.Error("publisher: the journal is broken (disk I/O failure); restart the process to reopen it", "err", err)
+		p.finish(taken, fmt.Errorf("%w: %w", ErrAcceptUnknown, err))
+		return
+	}
 	if err == nil || len(taken) == 1 || ctx.Err() != nil || errors.Is(err, journal.ErrClosed) {
 		p.finish(taken, err)
 		return
