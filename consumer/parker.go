@@ -68,17 +68,18 @@ func (p *parker) loop() {
 			ctx, cancel := context.WithTimeout(r.hctx, 30*time.Second)
 			err := p.publish(ctx, req)
 			cancel()
+			req.done <- err
 			if err != nil {
 				p.reset()
 			}
-			req.done <- err
 		}
 	}
 }
 
 func (p *parker) reset() {
 	if p.conn != nil {
-		_ = p.conn.Close()
+		// Bounded: a broker under an alarm blocks the connection and never answers close-ok.
+		_ = p.conn.CloseDeadline(time.Now().Add(time.Second))
 	}
 	p.conn, p.ch, p.returns = nil, nil, nil
 }

@@ -69,6 +69,12 @@ func (w *worker) loop() {
 					break
 				}
 				w.process(items)
+				// A steady flow never empties the queue: gaps must still be reported on time.
+				select {
+				case <-t.C:
+					w.expire()
+				default:
+				}
 			}
 			w.settle() // idle: publish the last commit now
 		}

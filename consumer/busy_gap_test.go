@@ -1,0 +1,48 @@
+package consumer_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/rabbitkit/rabbitkit/consumer"
+	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+)
+
+// A worker that never runs dry must still report a gap once its grace has elapsed, not when the
+// backlog is gone (found in review: the expiry ticker was only read while idle).
+func TestGapReportedWhileWorkerIsBusy(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	const n = 3000
+	msgs := make([]amqp.Publishing, 0, n)
+	for seq := int64(2); seq <= n+1; seq++ { // seq 1 never arrives
+		msgs = append(msgs, stamped("busy", "s", 7, seq, "x"))
+	}
+	f.publish(f.channel(), msgs...)
+
+	var handled, handledAtGap atomic.Int64
+	handledAtGap.Store(-1)
+	cfg := f.config()
+	cfg.Dedup = dedup.Config{GapGrace: 200 * time.Millisecond}
+	cfg.OnGap = func(e dedup.Event) {
+		if e.Kind == dedup.EventGapDetected {
+			handledAtGap.CompareAndSwap(-1, handled.Load())
+		}
+	}
+	c, err := consumer.New(cfg)
+	require.NoError(t, err)
+	r := start(t, c, func(context.Context, *consumer.Message) error {
+		handled.Add(1)
+		time.Sleep(2 * time.Millisecond)
+		return nil
+	}, nil)
+	eventually(t, 60*time.Second, "all handled", func() bool { return handled.Load() == n })
+	r.stop(t)
+	require.GreaterOrEqual(t, handledAtGap.Load(), int64(0), "the gap at seq 1 was never reported")
+	require.Less(t, handledAtGap.Load(), int64(n*3/4), "the gap was reported only when the backlog was almost gone")
+}
