@@ -35,6 +35,7 @@ const (
 	OutcomeRefused                     // refused before sending (e.g. too large for the broker)
 )
 
+// String returns the outcome's name, as used in logs.
 func (o Outcome) String() string {
 	switch o {
 	case OutcomeNone:
