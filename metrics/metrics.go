@@ -49,7 +49,6 @@ func OrNop(r Recorder) Recorder {
 type Memory struct {
 	mu     sync.Mutex
 	values map[string]float64
-	counts map[string]float64
 }
 
 // Add implements Recorder.
