@@ -180,3 +180,28 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeParked: parked records never panic the decoder.
+func FuzzDecodeParked(f *testing.F) {
+	e := fullEntry()
+	enc, _, err := encodeEntry(nil, e, e.Created)
+	if err != nil {
+		f.Fatal(err)
+	}
+	rec := encodeParked(enc, "reason", e.Created)
+	f.Add(rec)
+	f.Add(rec[:len(rec)/3])
+	f.Add([]byte{parkedVersion, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fixed := append([]byte(nil), b...)
+		if len(fixed) >= parkedFixedLen {
+			fixed[0] = parkedVersion
+			binary.BigEndian.PutUint32(fixed[offCRC:], crc32.Checksum(fixed[parkedFixedLen:], castagnoli))
+		}
+		for _, in := range [][]byte{b, fixed} {
+			if _, err := decodeParked(in); err != nil && !errors.Is(err, errDecode) {
+				t.Fatalf("error not wrapping errDecode: %v", err)
+			}
+		}
+	})
+}
