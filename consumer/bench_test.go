@@ -68,6 +68,8 @@ func BenchmarkDrain(b *testing.B) {
 
 var benchNoSync = flag.Bool("rk.nosync", false, "BenchmarkDrain: bbolt without fsync (to see what the fsync costs)")
 
+var benchKitPrefetch = flag.Int("rk.kitprefetch", 0, "BenchmarkDrain: the rabbitkit consumer's prefetch (0: DefaultPrefetch, as the raw baseline)")
+
 var benchRounds = flag.Int("rk.rounds", 3, "BenchmarkDrain: alternating raw/rabbitkit rounds (medians are reported)")
 
 func median(v []float64) float64 {
@@ -168,7 +170,7 @@ func drainKit(b *testing.B, url, q string, n int) (float64, latency) {
 	}
 	defer store.Close()
 	c, err := consumer.New(consumer.Config{
-		URLs: []string{url}, Queue: q, Store: store,
+		URLs: []string{url}, Queue: q, Store: store, Prefetch: *benchKitPrefetch,
 		Topology: topology.Topology{Queues: []topology.Queue{{Name: q}}},
 		Metrics:  rec, Logger: quietLogger(),
 	})
