@@ -53,7 +53,7 @@ func (r *run) connLoop() {
 		}
 		s, err := r.open(conn)
 		if err != nil {
-			_ = conn.Close()
+			_ = conn.CloseDeadline(time.Now().Add(time.Second))
 			log.Warn("consumer: cannot consume", "url", amqpconn.Redact(url), "queue", r.cfg.Queue, "err", err)
 			if !sleepCtx(r.ctx, time.Second) {
 				return
@@ -62,7 +62,8 @@ func (r *run) connLoop() {
 		}
 		log.Info("consumer: consuming", "url", amqpconn.Redact(url), "queue", r.cfg.Queue, "prefetch", r.cfg.Prefetch)
 		drained := r.serve(s)
-		_ = conn.Close()
+		// Bounded: a dead or black-holed peer never answers close-ok.
+		_ = conn.CloseDeadline(time.Now().Add(time.Second))
 		r.gen.Add(1) // deliveries of this session still queued in workers are dropped: they come back
 		if drained {
 			return
