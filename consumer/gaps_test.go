@@ -170,3 +170,74 @@ func TestStoreFailureStopsRun(t *testing.T) {
 	requireExactlyOnce(t, effects(t, bs.DB()), want)
 	require.NoError(t, bs.Close())
 }
+
+// A handler that does not finish within DrainTimeout gets its context cancelled; Run returns, and
+// its message, not acked, is redelivered to the next Run.
+func TestDrainTimeoutCancelsHandler(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	ch := f.channel()
+	f.publish(ch, stamped("src", "s", 1, 1, "x"))
+	cfg := f.config()
+	cfg.DrainTimeout = 300 * time.Millisecond
+	c, err := consumer.New(cfg)
+	require.NoError(t, err)
+	started := make(chan struct{}, 1)
+	run := start(t, c, func(ctx context.Context, m *consumer.Message) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	}, nil)
+	<-started
+	t0 := time.Now()
+	run.stop(t)
+	require.Less(t, time.Since(t0), 5*time.Second)
+	require.Zero(t, f.mem.Get(consumer.MetricParked), "a handler cut short by the drain is not parked")
+	eventually(t, 10*time.Second, "message back in the queue", func() bool { return f.messages(ch, f.queue) == 1 })
+
+	var cnt counter
+	run = start(t, c, func(_ context.Context, m *consumer.Message) error { cnt.add(m); return nil }, nil)
+	eventually(t, 10*time.Second, "handled by the next Run", func() bool { return len(cnt.snapshot()) == 1 })
+	run.stop(t)
+	requireExactlyOnce(t, cnt.snapshot(), []string{key("src", "s", 1, 1)})
+}
+
+// With several workers, each stream's messages are handled one at a time, in order.
+func TestWorkersKeepPerStreamOrder(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	ch := f.channel()
+	streams := []string{"a", "b", "c", "d", "e"}
+	want := publishStreams(f, ch, streams, 1, 200)
+	cfg := f.config()
+	cfg.Workers = 4
+	c, err := consumer.New(cfg)
+	require.NoError(t, err)
+	var mu sync.Mutex
+	seen := map[string][]int64{}
+	busy := map[string]bool{}
+	var overlap atomic.Bool
+	var cnt counter
+	run := start(t, c, func(_ context.Context, m *consumer.Message) error {
+		mu.Lock()
+		if busy[m.Stamp.Stream] {
+			overlap.Store(true)
+		}
+		busy[m.Stamp.Stream] = true
+		seen[m.Stamp.Stream] = append(seen[m.Stamp.Stream], m.Stamp.Seq)
+		mu.Unlock()
+		time.Sleep(100 * time.Microsecond)
+		mu.Lock()
+		busy[m.Stamp.Stream] = false
+		mu.Unlock()
+		cnt.add(m)
+		return nil
+	}, nil)
+	eventually(t, 30*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
+	run.stop(t)
+	requireExactlyOnce(t, cnt.snapshot(), want)
+	require.False(t, overlap.Load(), "two messages of one stream ran at once")
+	for _, s := range streams {
+		for i, seq := range seen[s] {
+			require.Equal(t, int64(i+1), seq, "stream %s out of order", s)
+		}
+	}
+}
