@@ -176,3 +176,24 @@ func TestAutoCompactAfterDeletes(t *testing.T) {
 	assert.Contains(t, logs.String(), "journal compacted")
 	assert.Equal(t, append(ids[len(ids)-10:], e.ID), readIDs(t, j))
 }
+
+// TestAutoCompactDefaults: with default Options, a file over 64 MiB that is
+// mostly free space is compacted by Open, and nothing is lost.
+func TestAutoCompactDefaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes a 64+ MiB file")
+	}
+	path := filepath.Join(t.TempDir(), "j.db")
+	j := openT(t, path, Options{AutoCompactMinSize: -1}) // fill without the writer compacting
+	kept := fillAndDrain(t, j, 72_000, 1000, 1000)
+	before := j.Stats()
+	require.NoError(t, j.Close())
+	require.Greater(t, before.FileSize, DefaultAutoCompactMinSize)
+
+	j = openT(t, path, Options{})
+	after := j.Stats()
+	t.Logf("file %d MiB -> %d MiB at open with default options", before.FileSize>>20, after.FileSize>>20)
+	assert.Less(t, after.FileSize, before.FileSize/10)
+	assert.Equal(t, kept, readIDs(t, j))
+	assert.Equal(t, before.NextSeq, after.NextSeq)
+}
