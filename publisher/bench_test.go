@@ -85,11 +85,11 @@ func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int) f
 	return float64(n) / time.Since(start).Seconds()
 }
 
-func benchPublisher(b *testing.B, url, queue string) *Publisher {
+func benchPublisher(b *testing.B, url, queue, qtype string) *Publisher {
 	b.Helper()
 	p, err := New(Config{URLs: []string{url}, Source: "bench", JournalPath: filepath.Join(b.TempDir(), "j.db"),
 		Logger: testLogger(b), MaxInFlight: benchWindow,
-		Topology: topology.Topology{Queues: []topology.Queue{{Name: queue}}}})
+		Topology: topology.Topology{Queues: []topology.Queue{{Name: queue, Type: qtype}}}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func BenchmarkPublish(b *testing.B) {
 					n := max(b.N, 1000)
 					qRaw := benchQueue(b, url, qtype)
 					qRK := benchQueue(b, url, qtype)
-					p := benchPublisher(b, url, qRK)
+					p := benchPublisher(b, url, qRK, qtype)
 					defer closeBench(b, p)
 					b.ResetTimer()
 					// Two interleaved rounds each: the machine is shared, load drifts.
@@ -201,7 +201,7 @@ func BenchmarkJournaledLatency(b *testing.B) {
 		b.Run(map[bool]string{false: "broker-up", true: "outage"}[outage], func(b *testing.B) {
 			px := testbroker.NewProxy(b, url)
 			q := benchQueue(b, url, topology.Classic)
-			p := benchPublisher(b, px.URL, q)
+			p := benchPublisher(b, px.URL, q, topology.Classic)
 			defer closeBench(b, p)
 			if outage {
 				px.Down(b)
@@ -248,7 +248,7 @@ func BenchmarkDrain(b *testing.B) {
 	px := testbroker.NewProxy(b, url)
 	q := benchQueue(b, url, topology.Classic)
 	qRaw := benchQueue(b, url, topology.Classic)
-	p := benchPublisher(b, px.URL, q)
+	p := benchPublisher(b, px.URL, q, topology.Classic)
 	defer closeBench(b, p)
 	px.Down(b)
 	n := max(b.N, 20000)
