@@ -13,6 +13,8 @@ import (
 const (
 	deleteBatch   = 256             // confirmed IDs handed to the deleter at once
 	deleteTimeout = 5 * time.Second // bound of one journal delete (also after a hard stop)
+	// maxPendingDeletes: beyond this many confirmed IDs waiting for the deleter, the sender waits.
+	maxPendingDeletes = 1 << 16
 )
 
 // onConfirm applies one confirm. Returns of the same message were dispatched by amqp091-go before
@@ -222,9 +224,17 @@ func (s *sender) advance() {
 // left in the journal would be sent again by the next Publisher.
 func (s *sender) flushDeletes(ctx context.Context, wait bool) {
 	if len(s.deletes) > 0 {
-		ids := s.deletes
+		req := delReq{ids: s.deletes}
+		if wait || len(s.deletes) >= maxPendingDeletes {
+			s.del.in <- req
+		} else {
+			select {
+			case s.del.in <- req:
+			default:
+				return // the deleter is busy with an fsync: keep collecting, never stall the pipeline
+			}
+		}
 		s.deletes = make([]uint64, 0, deleteBatch)
-		s.del.in <- delReq{ids: ids}
 	}
 	if !wait || ctx.Err() != nil {
 		return
@@ -303,17 +313,39 @@ type delReq struct {
 }
 
 func (d *deleter) run() {
+	var ids []uint64
+	var dones []chan struct{}
 	for r := range d.in {
-		if len(r.ids) > 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
-			err := d.j.Delete(ctx, r.ids...)
-			cancel()
-			if err != nil {
-				d.p.log.Error("publisher: deleting confirmed entries failed; they will be sent again", "count", len(r.ids), "err", err)
+		// Merge everything already waiting into one journal commit.
+		ids, dones = append(ids[:0], r.ids...), dones[:0]
+		if r.done != nil {
+			dones = append(dones, r.done)
+		}
+	more:
+		for {
+			select {
+			case r, ok := <-d.in:
+				if !ok {
+					break more
+				}
+				ids = append(ids, r.ids...)
+				if r.done != nil {
+					dones = append(dones, r.done)
+				}
+			default:
+				break more
 			}
 		}
-		if r.done != nil {
-			close(r.done)
+		if len(ids) > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
+			err := d.j.Delete(ctx, ids...)
+			cancel()
+			if err != nil {
+				d.p.log.Error("publisher: deleting confirmed entries failed; they will be sent again", "count", len(ids), "err", err)
+			}
+		}
+		for _, c := range dones {
+			close(c)
 		}
 	}
 }
