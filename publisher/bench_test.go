@@ -13,6 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
 
@@ -46,7 +47,8 @@ func benchQueue(b *testing.B, url, qtype string) string {
 
 // rawPipelined publishes n persistent messages to queue with at most window unconfirmed, waiting for
 // every confirm; it returns the rate in msg/s.
-func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int) float64 {
+// With stamped, each message carries the rk- headers and message-id rabbitkit sends (same wire bytes).
+func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int, stamped bool) float64 {
 	b.Helper()
 	c, err := amqp.Dial(url)
 	if err != nil {
@@ -70,8 +72,12 @@ func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int) f
 			}
 			pending = pending[1:]
 		}
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, amqp.Publishing{
-			DeliveryMode: amqp.Persistent, Body: body, MessageId: fmt.Sprint(i)})
+		msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body, MessageId: fmt.Sprint(i)}
+		if stamped {
+			st := protocol.Stamp{Source: "bench-raw", Epoch: 1234567890123, Stream: "/" + queue, Seq: int64(i + 1)}
+			msg.Headers, msg.MessageId = st.Apply(nil), st.MessageID()
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, msg)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -175,7 +181,7 @@ func BenchmarkPublish(b *testing.B) {
 					// Two interleaved rounds each: the machine is shared, load drifts.
 					var rawT, rkT float64
 					for range 2 {
-						rawT += float64(n/2) / rawPipelined(b, url, qRaw, body, n/2, benchWindow)
+						rawT += float64(n/2) / rawPipelined(b, url, qRaw, body, n/2, benchWindow, false)
 						if form == "many" {
 							rkT += float64(n/2) / rkMany(b, p, qRK, body, n/2, benchWindow)
 						} else {
@@ -271,9 +277,12 @@ func BenchmarkDrain(b *testing.B) {
 		b.Fatal(err)
 	}
 	drain := float64(n) / time.Since(start).Seconds()
-	raw := rawPipelined(b, url, qRaw, body, n, benchWindow)
+	raw := rawPipelined(b, url, qRaw, body, n, benchWindow, false)
+	rawStamped := rawPipelined(b, url, qRaw, body, n, benchWindow, true)
 	b.StopTimer()
 	b.ReportMetric(drain, "drain_msg/s")
 	b.ReportMetric(raw, "raw_msg/s")
 	b.ReportMetric(drain/raw, "ratio")
+	b.ReportMetric(rawStamped, "raw_stamped_msg/s")
+	b.ReportMetric(drain/rawStamped, "ratio_stamped")
 }
