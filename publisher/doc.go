@@ -70,6 +70,12 @@
 //   - Close waits for in-flight confirms only until its ctx ends; then the connection is closed under
 //     them. Those messages stay journaled (unknown) and are resent by the next Publisher on the
 //     journal: the consumer may see them twice.
+//   - After Close's ctx ends, a write blocked by a broker alarm is cut by closing the socket
+//     (CloseDeadline); Close then returns within about a second.
+//   - Memory: the publisher's own heap stays small with any backlog (about 16 MiB measured with
+//     1,000,000 journaled messages, 24 MiB while draining them), but the journal's automatic live
+//     compaction (journal.Options.AutoCompactMinSize) copies the remaining backlog once half the file
+//     is free and allocates tens of MiB while it does.
 //   - When Publish's ctx ends while the journal is already writing the message, Publish cannot tell
 //     whether it was accepted: the error wraps ErrAcceptUnknown and the receipt's Journaled channel
 //     answers later.
