@@ -45,7 +45,7 @@ func (j *Journal) compact(ctx context.Context) error {
 	// The copy commits several transactions; durability comes from the Sync
 	// below, before the rename makes the file visible.
 	dst.NoSync = true
-	if err := bbolt.Compact(dst, j.db, 16<<20); err != nil {
+	if err := bbolt.Compact(dst, j.db, compactTxBytes); err != nil {
 		return fail(mapWriteErr(tmp, err))
 	}
 	dst.NoSync = false
@@ -140,3 +140,11 @@ func freeBytes(db *bbolt.DB) int64 {
 	st := db.Stats()
 	return int64(st.FreePageN+st.PendingPageN) * int64(db.Info().PageSize)
 }
+
+// compactTxBytes bounds each copy transaction of a compaction: bbolt keeps a
+// transaction's dirty pages on the heap, so this bounds the heap a compaction
+// adds: compacting a 112 MiB file holding 120k entries peaked at +89 MiB of
+// heap with 16 MiB transactions and +30 MiB with 1 MiB ones (and was faster:
+// 0.27 s against 0.49 s). The copy is not synced per transaction, so small
+// transactions cost little.
+const compactTxBytes = 1 << 20
