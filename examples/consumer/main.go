@@ -35,6 +35,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
 	"github.com/rabbitkit/rabbitkit/examples/ledger"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
@@ -73,23 +74,10 @@ func main() {
 	fs.DurationVar(&o.gapGrace, "gap-grace", dedup.DefaultGapGrace, "how long a missing sequence range may stay open before it is reported as a gap")
 	fs.BoolVar(&o.dump, "dump", false, "print the ledger (<source> <epoch> <stream> <seq> <count>) and exit")
 	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
-	fs.SetOutput(os.Stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage:\n  consumer -queue Q -store FILE [flags]\n  consumer -dump -store FILE\n\n"+
-			"Consumes with exactly-once effects: a per-message counter (the ledger) is incremented in the\n"+
-			"same bbolt transaction that marks the message handled.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		os.Exit(2)
-	}
-	if err := run(o); err != nil {
-		fmt.Fprintln(os.Stderr, "consumer:", err)
-		os.Exit(1)
-	}
+	cli.Parse(fs, "Usage:\n  consumer -queue Q -store FILE [flags]\n  consumer -dump -store FILE\n\n"+
+		"Consumes with exactly-once effects: a per-message counter (the ledger) is incremented in the\n"+
+		"same bbolt transaction that marks the message handled.\n", os.Args[1:])
+	cli.Exit("consumer", run(o), 1)
 }
 
 func run(o options) error {

@@ -30,6 +30,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
 
@@ -55,24 +56,11 @@ func main() {
 	fs.DurationVar(&o.settle, "settle", 90*time.Second, "after publishing, how long to wait for everything to be confirmed and applied")
 	fs.BoolVar(&o.keep, "keep", false, "keep the queue, exchange and files (for inspection) instead of deleting them")
 	fs.BoolVar(&o.verbose, "v", false, "show the publisher's and consumer's logs (reconnects, ...) on stderr")
-	fs.SetOutput(os.Stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage:\n  demo [flags]\n\n"+
-			"Publishes and consumes through a faulty proxy, then checks that every accepted message was\n"+
-			"applied exactly once. Exit status 1 if not.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		os.Exit(2)
-	}
+	cli.Parse(fs, "Usage:\n  demo [flags]\n\n"+
+		"Publishes and consumes through a faulty proxy, then checks that every accepted message was\n"+
+		"applied exactly once. Exit status 1 if not.\n", os.Args[1:])
 	ok, err := run(o)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
-		os.Exit(2)
-	}
+	cli.Exit("demo", err, 2)
 	if !ok {
 		os.Exit(1)
 	}

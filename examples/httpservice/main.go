@@ -24,7 +24,6 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -35,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/publisher"
 	"github.com/rabbitkit/rabbitkit/topology"
@@ -64,22 +64,9 @@ func main() {
 	fs.StringVar(&o.queue, "queue", "", "queue to declare and bind; empty: declare only the exchange")
 	fs.StringVar(&o.queueType, "queue-type", topology.Classic, "type of the queue to declare: classic or quorum")
 	fs.Int64Var(&o.maxBody, "max-body", 1<<20, "largest request body accepted, in bytes")
-	fs.SetOutput(os.Stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage:\n  httpservice -source NAME -journal FILE [flags]\n\n"+
-			"POST /messages answers 202 once the body is journaled, whether the broker is up or not.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		os.Exit(2)
-	}
-	if err := run(o); err != nil {
-		fmt.Fprintln(os.Stderr, "httpservice:", err)
-		os.Exit(1)
-	}
+	cli.Parse(fs, "Usage:\n  httpservice -source NAME -journal FILE [flags]\n\n"+
+		"POST /messages answers 202 once the body is journaled, whether the broker is up or not.\n", os.Args[1:])
+	cli.Exit("httpservice", run(o), 1)
 }
 
 func run(o options) error {

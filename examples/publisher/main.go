@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
@@ -72,23 +73,10 @@ func main() {
 	fs.DurationVar(&o.closeWait, "close-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for confirms of messages in flight")
 	fs.DurationVar(&o.statsEvery, "stats-every", 0, "print \"stats confirmed=N resent=N unknown=N reconnects=N\" to stderr this often (0: never)")
 	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
-	fs.SetOutput(os.Stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage:\n  publisher -source NAME -journal FILE -queue Q [flags]\n\n"+
-			"Prints \"accepted <source> <epoch> <stream> <seq>\" per journaled message and \"confirmed <n>\"\n"+
-			"once the broker confirmed everything.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		os.Exit(2)
-	}
-	if err := run(o); err != nil {
-		fmt.Fprintln(os.Stderr, "publisher:", err)
-		os.Exit(1)
-	}
+	cli.Parse(fs, "Usage:\n  publisher -source NAME -journal FILE -queue Q [flags]\n\n"+
+		"Prints \"accepted <source> <epoch> <stream> <seq>\" per journaled message and \"confirmed <n>\"\n"+
+		"once the broker confirmed everything.\n", os.Args[1:])
+	cli.Exit("publisher", run(o), 1)
 }
 
 func run(o options) error {
