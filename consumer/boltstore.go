@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
@@ -46,6 +47,16 @@ type BoltStore struct {
 	wg         sync.WaitGroup
 	closeMu    sync.Mutex
 	closed     bool
+	inUse      atomic.Bool // one Run at a time: the dedup window lives in that Run's memory
+}
+
+// claim reserves the store for one Run; release gives it back. Two Runs on one store would each
+// classify against their own in-memory window and apply each other's messages again.
+func (s *BoltStore) claim() (release func(), err error) {
+	if !s.inUse.CompareAndSwap(false, true) {
+		return nil, ErrStoreInUse
+	}
+	return func() { s.inUse.Store(false) }, nil
 }
 
 type commitReq struct {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
 
@@ -45,4 +46,45 @@ func TestGapReportedWhileWorkerIsBusy(t *testing.T) {
 	r.stop(t)
 	require.GreaterOrEqual(t, handledAtGap.Load(), int64(0), "the gap at seq 1 was never reported")
 	require.Less(t, handledAtGap.Load(), int64(n*3/4), "the gap was reported only when the backlog was almost gone")
+}
+
+// A Reconnect backoff that gives up must end Run with ErrGaveUp, never a clean nil.
+func TestRunReportsGivingUp(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	cfg := f.config("amqp://guest:guest@127.0.0.1:1/")
+	cfg.Reconnect = func() backoff.BackOff {
+		return backoff.WithMaxRetries(backoff.NewConstantBackOff(10*time.Millisecond), 3)
+	}
+	c, err := consumer.New(cfg)
+	require.NoError(t, err)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = c.Run(ctx, func(context.Context, *consumer.Message) error { return nil })
+	require.ErrorIs(t, err, consumer.ErrGaveUp)
+	require.NoError(t, ctx.Err(), "Run must return because it gave up, not because ctx ended")
+}
+
+// Two Runs on one BoltStore would each classify against their own in-memory window: refused.
+func TestSecondRunOnOneStoreIsRefused(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	st, err := consumer.OpenBoltStore(f.path, consumer.BoltOptions{})
+	require.NoError(t, err)
+	defer st.Close()
+	cfg := f.config()
+	cfg.Store, cfg.StorePath = st, ""
+	c1, err := consumer.New(cfg)
+	require.NoError(t, err)
+	c2, err := consumer.New(cfg)
+	require.NoError(t, err)
+	var handled atomic.Int64
+	r := start(t, c1, func(context.Context, *consumer.Message) error { handled.Add(1); return nil }, nil)
+	f.publish(f.channel(), stamped("shared", "s", 1, 1, "x"))
+	eventually(t, 20*time.Second, "first Run consuming", func() bool { return handled.Load() == 1 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = c2.Run(ctx, func(context.Context, *consumer.Message) error { return nil })
+	require.ErrorIs(t, err, consumer.ErrStoreInUse)
+	r.stop(t)
 }

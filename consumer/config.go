@@ -3,6 +3,7 @@ package consumer
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -135,6 +136,10 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Prefetch < 0 || c.Workers < 0 || c.MaxBatch < 0 || c.MaxAttempts < 0 || c.DrainTimeout < 0 || c.ExpireInterval < 0 {
 		return bad("negative Prefetch, Workers, MaxBatch, MaxAttempts, DrainTimeout or ExpireInterval")
+	}
+	if c.Prefetch > math.MaxUint16 {
+		// basic.qos carries a 16-bit count; amqp091-go truncates silently (65536 would mean "no limit").
+		return bad("Prefetch %d is above the AMQP limit of %d", c.Prefetch, math.MaxUint16)
 	}
 	if c.NoStamp > NoStampPark {
 		return bad("unknown NoStamp policy %d", c.NoStamp)

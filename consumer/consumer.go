@@ -27,7 +27,9 @@ type Handler func(ctx context.Context, m *Message) error
 // can neither lose nor repeat them. It runs on the store's writer goroutine, grouped with other
 // messages into one transaction, so it must be quick and must not block; it must not call
 // tx.Commit or tx.Rollback. An error (or a panic) rolls back its writes only; it is retried and
-// parked like a Handler's.
+// parked like a Handler's. It may be called more than once for one delivery (when another
+// handler of the same group fails, the group's transaction is rolled back and rerun without it);
+// only the writes of the call whose transaction commits take effect.
 type TxHandler func(ctx context.Context, tx *bolt.Tx, m *Message) error
 
 // Consumer consumes one queue with exactly-once effects. Create it with New, run it with Run or
@@ -65,9 +67,10 @@ func (c *Consumer) Store() Store { return c.store }
 // Run consumes until ctx ends, running h for every new message, then drains: it cancels the
 // consumer on the broker, lets the handlers already running finish (at most Config.DrainTimeout),
 // commits and acks what finished, and returns nil. Deliveries received but not handled stay
-// unacked and are redelivered to the next consumer. Connection failures are retried forever with
-// Config.Reconnect. Run returns an error wrapping ErrStore when the store fails (nothing
-// uncommitted was acked), ErrRunning when another Run is active, ErrClosed after Close.
+// unacked and are redelivered to the next consumer. Connection failures are retried with
+// Config.Reconnect (forever by default). Run returns an error wrapping ErrStore when the store fails
+// (nothing uncommitted was acked), ErrGaveUp when Config.Reconnect stopped retrying, ErrRunning when
+// another Run is active, ErrClosed after Close.
 func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	if h == nil {
 		return fmt.Errorf("%w: nil handler", ErrInvalidConfig)
@@ -116,6 +119,13 @@ func (c *Consumer) run(ctx context.Context, h Handler, th TxHandler) error {
 		return ErrRunning
 	}
 	defer c.running.Store(false)
+	if cl, ok := c.store.(interface{ claim() (func(), error) }); ok {
+		release, err := cl.claim()
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 
 	r, err := c.newRun(ctx, h, th)
 	if err != nil {

@@ -82,10 +82,11 @@
 //
 // # Caveats
 //
-//   - Dedup is per consumer store: several consumers of one queue must share the store (not
-//     possible with bbolt, which locks its file) or consume disjoint streams; otherwise a
-//     redelivery to another consumer is handled again. Use one consumer per queue (the consumer
-//     is concurrent inside), or a shared Store implementation.
+//   - One active Run per queue: the dedup window of a Run lives in its memory (loaded from the
+//     store at start), so two Runs — even sharing one Store — would each handle the other's
+//     redeliveries again. A BoltStore refuses a second concurrent Run (ErrStoreInUse) and locks its
+//     file against other processes. Scale with Config.Workers (per-stream order is kept), or
+//     split streams across queues, each with its own consumer.
 //   - Messages without rk- headers under NoStampPassThrough get at-least-once handling only.
 //   - Parking is at-least-once: a crash or connection loss after the parking publish was confirmed
 //     and before the ack can park the same message twice. Parked messages of a handler that kept

@@ -22,4 +22,11 @@ var (
 	// ErrStore wraps a failure of the store. Run returns it: nothing uncommitted is acked, so every
 	// message not yet committed is redelivered to the next Run.
 	ErrStore = errors.New("consumer: store failed")
+	// ErrGaveUp is returned by Run when Config.Reconnect stopped retrying (the default never does):
+	// the broker could not be reached. Messages not acked stay in the queue.
+	ErrGaveUp = errors.New("consumer: gave up reconnecting")
+	// ErrStoreInUse is returned by Run when another Run (of any Consumer) is using the same
+	// BoltStore: the dedup window lives in the running Run's memory, so two Runs on one store would
+	// apply each other's messages again.
+	ErrStoreInUse = errors.New("consumer: store is in use by another Run")
 )

@@ -174,6 +174,7 @@ func TestConfigValidation(t *testing.T) {
 		{"no queue", func(c *Config) { c.Queue = "" }},
 		{"no store", func(c *Config) { c.StorePath = "" }},
 		{"negative prefetch", func(c *Config) { c.Prefetch = -1 }},
+		{"prefetch above the AMQP limit", func(c *Config) { c.Prefetch = 65536 }},
 		{"parking is the queue", func(c *Config) { c.ParkingQueue = "q" }},
 		{"bad policy", func(c *Config) { c.NoStamp = 9 }},
 		{"bad dedup", func(c *Config) { c.Dedup.MaxSeen = -1 }},

@@ -49,7 +49,11 @@ func (r *run) connLoop() {
 	for {
 		conn, url, err := r.dialer.Dial(r.ctx)
 		if err != nil {
-			return // ctx ended (the default backoff never gives up)
+			if r.ctx.Err() == nil {
+				// Config.Reconnect gave up: the caller must see it, not a clean stop.
+				r.fail(fmt.Errorf("%w: %w", ErrGaveUp, err))
+			}
+			return
 		}
 		s, err := r.open(conn)
 		if err != nil {
@@ -168,8 +172,10 @@ func (r *run) drain(s *session) {
 			}
 		case <-s.chClose:
 			alive = false
+			s.chClose = nil // closed by amqp091-go: a nil channel stops the select from spinning
 		case <-s.connClose:
 			alive = false
+			s.connClose = nil
 		case <-workersDone:
 			if alive {
 				if err := r.flushAcks(s); err != nil {
