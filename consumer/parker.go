@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -30,6 +31,7 @@ type parker struct {
 
 	dialer  *amqpconn.Dialer
 	conn    *amqp.Connection
+	sock    net.Conn // conn's socket: closing it is the only way to end a write held by an alarm
 	ch      *amqp.Channel
 	returns chan amqp.Return
 }
@@ -81,15 +83,15 @@ func (p *parker) reset() {
 		// Bounded: a broker under an alarm blocks the connection and never answers close-ok.
 		_ = p.conn.CloseDeadline(time.Now().Add(time.Second))
 	}
-	p.conn, p.ch, p.returns = nil, nil, nil
+	p.conn, p.sock, p.ch, p.returns = nil, nil, nil, nil
 }
 
 func (p *parker) connect(ctx context.Context) error {
-	conn, _, err := p.dialer.Dial(ctx)
+	conn, sock, _, err := p.dialer.DialSocket(ctx)
 	if err != nil {
 		return err
 	}
-	p.conn = conn
+	p.conn, p.sock = conn, sock
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("consumer: parking channel: %w", err)
@@ -130,6 +132,11 @@ func (p *parker) publish(ctx context.Context, req *parkReq) error {
 		ReplyTo: d.ReplyTo, Expiration: d.Expiration, MessageId: d.MessageId, Timestamp: d.Timestamp,
 		Type: d.Type, UserId: d.UserId, AppId: d.AppId, Body: d.Body,
 	}
+	// A write blocked by a broker alarm (connection.blocked) ignores ctx, and amqp091-go's Close
+	// can wait behind it: when ctx ends, close the socket, which ends the write and the connection.
+	sock := p.sock
+	stop := context.AfterFunc(ctx, func() { _ = sock.Close() })
+	defer stop()
 	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, "", cfg.ParkingQueue, true, false, pub)
 	if err != nil {
 		return fmt.Errorf("consumer: publish to parking queue %q: %w", cfg.ParkingQueue, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -56,11 +57,11 @@ type amqpConnector struct {
 }
 
 func (c *amqpConnector) connect(ctx context.Context) (conn, string, error) {
-	ac, url, err := c.dialer.Dial(ctx)
+	ac, sock, url, err := c.dialer.DialSocket(ctx)
 	if err != nil {
 		return nil, "", err
 	}
-	w := &amqpConn{c: ac, topology: c.topology}
+	w := &amqpConn{c: ac, sock: sock, topology: c.topology}
 	w.blocks = ac.NotifyBlocked(make(chan amqp.Blocking, 16))
 	w.closes = ac.NotifyClose(make(chan *amqp.Error, 1))
 	return w, url, nil
@@ -68,6 +69,7 @@ func (c *amqpConnector) connect(ctx context.Context) (conn, string, error) {
 
 type amqpConn struct {
 	c        *amqp.Connection
+	sock     net.Conn // c's socket, only for forceClose
 	topology topology.Topology
 	blocks   chan amqp.Blocking
 	closes   chan *amqp.Error
@@ -79,9 +81,11 @@ func (w *amqpConn) isClosed() bool                { return w.c.IsClosed() }
 
 func (w *amqpConn) close(deadline time.Time) { _ = w.c.CloseDeadline(deadline) }
 
-// forceClose sets a past deadline on the socket before sending connection.close: a write blocked by
-// a broker alarm (or a full socket buffer) fails at once and releases the connection's write lock.
-func (w *amqpConn) forceClose() { _ = w.c.CloseDeadline(time.Now()) }
+// forceClose closes the socket: a write blocked by a broker alarm (or a full socket buffer) fails at
+// once and releases the connection's write lock. amqp091-go's CloseDeadline is not enough: it can
+// wait for a lock that the reader's shutdown holds while it waits behind that very write (seen in
+// the consumer's parker under a memory alarm).
+func (w *amqpConn) forceClose() { _ = w.sock.Close() }
 
 func (w *amqpConn) channel(ctx context.Context, window int) (channel, error) {
 	if err := ctx.Err(); err != nil {

@@ -48,8 +48,16 @@ func NewBackoff() backoff.BackOff {
 // returns the connection and the URL that worked. Dial is not safe for concurrent use: one goroutine
 // owns a Dialer.
 func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
+	c, _, url, err := d.DialSocket(ctx)
+	return c, url, err
+}
+
+// DialSocket is Dial that also returns the connection's TCP socket. Closing the socket is the only
+// way to interrupt a write that a broker alarm (connection.blocked) holds: amqp091-go's Close and
+// CloseDeadline can wait behind the very lock that write holds. Use the socket for nothing else.
+func (d *Dialer) DialSocket(ctx context.Context) (*amqp.Connection, net.Conn, string, error) {
 	if len(d.URLs) == 0 {
-		return nil, "", ErrNoURL
+		return nil, nil, "", ErrNoURL
 	}
 	log := d.logger()
 	bo := NewBackoff
@@ -60,28 +68,28 @@ func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
 	attempt := 0
 	for {
 		url := d.URLs[d.next%len(d.URLs)]
-		conn, err := d.DialOnce(ctx, url)
+		conn, sock, err := d.dialOnce(ctx, url)
 		if err == nil {
 			if attempt > 0 {
 				log.Info("amqp connected", "url", redact(url), "attempts", attempt+1)
 			}
-			return conn, url, nil
+			return conn, sock, url, nil
 		}
 		if ctx.Err() != nil {
-			return nil, "", fmt.Errorf("amqpconn: dial: %w", context.Cause(ctx))
+			return nil, nil, "", fmt.Errorf("amqpconn: dial: %w", context.Cause(ctx))
 		}
 		attempt++
 		d.next++
 		wait := b.NextBackOff()
 		if wait == backoff.Stop {
-			return nil, "", fmt.Errorf("amqpconn: giving up after %d attempts: %w", attempt, err)
+			return nil, nil, "", fmt.Errorf("amqpconn: giving up after %d attempts: %w", attempt, err)
 		}
 		log.Warn("amqp dial failed", "url", redact(url), "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, "", fmt.Errorf("amqpconn: dial: %w", context.Cause(ctx))
+			return nil, nil, "", fmt.Errorf("amqpconn: dial: %w", context.Cause(ctx))
 		case <-t.C:
 		}
 	}
@@ -90,6 +98,11 @@ func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
 // DialOnce dials url once. ctx bounds the whole dial including the AMQP handshake: when it ends
 // first, the half-open connection is closed and ctx's error returned.
 func (d *Dialer) DialOnce(ctx context.Context, url string) (*amqp.Connection, error) {
+	c, _, err := d.dialOnce(ctx, url)
+	return c, err
+}
+
+func (d *Dialer) dialOnce(ctx context.Context, url string) (*amqp.Connection, net.Conn, error) {
 	hb := d.Heartbeat
 	if hb <= 0 {
 		hb = DefaultHeartbeat
@@ -99,6 +112,7 @@ func (d *Dialer) DialOnce(ctx context.Context, url string) (*amqp.Connection, er
 		props.SetClientConnectionName(d.Name)
 	}
 	var stop func() bool
+	var sock net.Conn
 	cfg := amqp.Config{
 		Heartbeat:  hb,
 		Locale:     "en_US",
@@ -110,6 +124,7 @@ func (d *Dialer) DialOnce(ctx context.Context, url string) (*amqp.Connection, er
 				return nil, err
 			}
 			// ctx bounds the handshake: when it ends, the socket is closed and DialConfig returns.
+			sock = c
 			stop = context.AfterFunc(ctx, func() { _ = c.Close() })
 			// Handshake deadline (a peer that accepts TCP and never speaks); amqp091-go clears it
 			// once connection.open-ok arrives.
@@ -123,12 +138,12 @@ func (d *Dialer) DialOnce(ctx context.Context, url string) (*amqp.Connection, er
 		if conn != nil {
 			_ = conn.Close()
 		}
-		return nil, fmt.Errorf("amqpconn: dial %s: %w", redact(url), context.Cause(ctx))
+		return nil, nil, fmt.Errorf("amqpconn: dial %s: %w", redact(url), context.Cause(ctx))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("amqpconn: dial %s: %w", redact(url), err)
+		return nil, nil, fmt.Errorf("amqpconn: dial %s: %w", redact(url), err)
 	}
-	return conn, nil
+	return conn, sock, nil
 }
 
 func (d *Dialer) logger() *slog.Logger {
