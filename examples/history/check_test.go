@@ -197,6 +197,24 @@ func TestCheck(t *testing.T) {
 			},
 			want: Result{Accepted: 10, Applied: 10, ExactlyOnce: 10, Gaps: 4, FalseGaps: 2},
 		},
+		{
+			name: "a conflict line fails though the ledger looks exactly-once",
+			h: History{
+				Runs:      []Run{{Source: "a", Killed: true, Accepted: seqs("a", 1, 3)}, {Source: "a", Accepted: seqs("a", 4, 5)}},
+				Ledger:    ledger("a", 1, 5, 1),
+				Conflicts: []protocol.Stamp{st("a", 3)},
+			},
+			want: Result{Accepted: 5, Applied: 5, ExactlyOnce: 5, Conflicts: 1},
+		},
+		{
+			name: "conflicts are counted one per line",
+			h: History{
+				Runs:      []Run{{Source: "a", Accepted: seqs("a", 1, 2)}},
+				Ledger:    ledger("a", 1, 2, 1),
+				Conflicts: []protocol.Stamp{st("a", 1), st("a", 2), st("a", 2)},
+			},
+			want: Result{Accepted: 2, Applied: 2, ExactlyOnce: 2, Conflicts: 3},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

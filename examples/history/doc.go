@@ -3,8 +3,10 @@
 // The example publisher prints "accepted <source> <epoch> <stream> <seq>" once Publish returned;
 // the example consumer keeps a ledger (how many times each message's effect was committed) and
 // prints it with -dump as "<source> <epoch> <stream> <seq> <count>", and reports gaps on stderr as
-// "gap <source> <epoch> <stream> <from> <to>". Fields never contain whitespace: names are escaped
-// with Escape. Check compares the accepted lines with the ledger like Jepsen's total-queue
+// "gap <source> <epoch> <stream> <from> <to>" and duplicates whose body differs from the handled
+// one as "conflict <source> <epoch> <stream> <seq>" (a reused sequence number, which the ledger
+// alone would count as applied once). Fields never contain whitespace: names are escaped with
+// Escape. Check compares the accepted lines with the ledger like Jepsen's total-queue
 // checker, and Table prints the verdict.
 //
 // # Guarantees

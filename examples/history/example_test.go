@@ -42,4 +42,5 @@ func ExampleCheck() {
 	// | applied, never journaled                                   | 0     | ok (must be 0)    |
 	// | gaps reported                                              | 0     |                   |
 	// | gaps reported for messages that arrived                    | 0     | ok (must be 0)    |
+	// | sequence number reused with another body                   | 0     | ok (must be 0)    |
 }

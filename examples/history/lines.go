@@ -90,6 +90,22 @@ func ParseGap(line string) (Gap, error) {
 	return Gap{Source: s.Source, Epoch: s.Epoch, Stream: s.Stream, From: s.Seq, To: to}, nil
 }
 
+// FormatConflict returns "conflict <source> <epoch> <stream> <seq>", the line the example consumer
+// prints when a duplicate of an already handled message arrives with a different body: the
+// publisher reused a sequence number for another message, which the ledger alone cannot see.
+func FormatConflict(s protocol.Stamp) string {
+	return "conflict " + stampFields(s)
+}
+
+// ParseConflict parses a line written by FormatConflict.
+func ParseConflict(line string) (protocol.Stamp, error) {
+	f, err := fields(line, "conflict", 4)
+	if err != nil {
+		return protocol.Stamp{}, err
+	}
+	return parseStamp(f, line)
+}
+
 // Escape makes a name safe to print as one whitespace-free field: '%', whitespace and control
 // characters become %XX (their UTF-8 bytes in hex). Unescape reverses it.
 func Escape(s string) string {
