@@ -31,11 +31,12 @@ type cluster struct {
 	streams   int
 	gapGrace  time.Duration
 
-	mu      sync.Mutex
-	runs    []*pubRun
-	gaps    []history.Gap
-	junk    []string // stdout lines that parse as nothing: a broken line format fails the test
-	applied []history.Applied
+	mu        sync.Mutex
+	runs      []*pubRun
+	gaps      []history.Gap
+	conflicts []protocol.Stamp // the consumer's "conflict" lines
+	junk      []string         // stdout lines that parse as nothing: a broken line format fails the test
+	applied   []history.Applied
 
 	sources   []*source
 	cons      *proc
@@ -157,17 +158,26 @@ func (c *cluster) startConsumer(exitIdle time.Duration) {
 				c.mu.Unlock()
 				return
 			}
-			if !strings.HasPrefix(line, "gap ") {
-				return
+			switch {
+			case strings.HasPrefix(line, "gap "):
+				g, err := history.ParseGap(line)
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				if err != nil {
+					c.junk = append(c.junk, "consumer: "+line)
+					return
+				}
+				c.gaps = append(c.gaps, g)
+			case strings.HasPrefix(line, "conflict "):
+				s, err := history.ParseConflict(line)
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				if err != nil {
+					c.junk = append(c.junk, "consumer: "+line)
+					return
+				}
+				c.conflicts = append(c.conflicts, s)
 			}
-			g, err := history.ParseGap(line)
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			if err != nil {
-				c.junk = append(c.junk, "consumer: "+line)
-				return
-			}
-			c.gaps = append(c.gaps, g)
 		},
 	})
 }
@@ -312,7 +322,7 @@ func (c *cluster) dump() {
 func (c *cluster) history() history.History {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	h := history.History{Ledger: c.applied, Gaps: c.gaps}
+	h := history.History{Ledger: c.applied, Gaps: c.gaps, Conflicts: c.conflicts}
 	for _, r := range c.runs {
 		h.Runs = append(h.Runs, history.Run{Source: r.src.name, Killed: r.proc.wasKilled(), Accepted: r.accepted})
 	}

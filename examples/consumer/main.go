@@ -9,7 +9,8 @@
 //	consumer -dump -store FILE
 //
 // Gaps are printed to stderr as "gap <source> <epoch> <stream> <from> <to>", late arrivals as
-// "late <source> <epoch> <stream> <seq>". -dump prints the ledger, one line per message,
+// "late <source> <epoch> <stream> <seq>", duplicates whose body differs from the handled one (a
+// sequence number reused by the publisher) as "conflict <source> <epoch> <stream> <seq>". -dump prints the ledger, one line per message,
 // "<source> <epoch> <stream> <seq> <count>", and exits. SIGTERM or SIGINT drain gracefully: the
 // handlers running finish, their marks commit and are acked, the rest is redelivered later.
 package main
@@ -129,7 +130,9 @@ func run(o options) error {
 			log.Error("message parked", "stamp", p.Stamp, "reason", p.Reason, "queue", p.Queue)
 		},
 		OnConflict: func(cf consumer.Conflict) {
-			log.Error("duplicate with a different body", "stamp", cf.Stamp)
+			out.line(history.FormatConflict(cf.Stamp))
+			log.Error("duplicate with a different body", "stamp", cf.Stamp,
+				"first_hash", fmt.Sprintf("%x", cf.FirstHash), "dup_hash", fmt.Sprintf("%x", cf.DupHash))
 		},
 	})
 	if err != nil {

@@ -36,10 +36,11 @@ type demo struct {
 
 	pubM, conM metrics.Memory
 
-	mu       sync.Mutex
-	accepted []protocol.Stamp
-	gaps     []history.Gap
-	phase    string
+	mu        sync.Mutex
+	accepted  []protocol.Stamp
+	gaps      []history.Gap
+	conflicts []protocol.Stamp
+	phase     string
 }
 
 func (d *demo) run(ctx context.Context) (bool, error) {
@@ -68,6 +69,12 @@ func (d *demo) run(ctx context.Context) (bool, error) {
 		OnGap: func(e dedup.Event) {
 			d.mu.Lock()
 			d.gaps = append(d.gaps, history.Gap{Source: e.Key.Source, Epoch: e.Epoch, Stream: e.Key.Stream, From: e.From, To: e.To})
+			d.mu.Unlock()
+		},
+		OnConflict: func(cf consumer.Conflict) {
+			d.log.Error("duplicate with a different body", "stamp", cf.Stamp)
+			d.mu.Lock()
+			d.conflicts = append(d.conflicts, cf.Stamp)
 			d.mu.Unlock()
 		},
 	})
@@ -209,6 +216,7 @@ func (d *demo) check(db *bolt.DB) (history.Result, error) {
 	d.mu.Lock()
 	h.Runs = []history.Run{{Source: "demo", Accepted: d.accepted}}
 	h.Gaps = d.gaps
+	h.Conflicts = d.conflicts
 	d.mu.Unlock()
 	return history.Check(h), nil
 }
@@ -294,6 +302,7 @@ func (d *demo) verdict(r history.Result) {
 			{"applied twice", itoa(r.AppliedTwice), mark(r.AppliedTwice == 0)},
 			{"applied but never accepted", itoa(r.Phantom), mark(r.Phantom == 0)},
 			{"gaps reported", itoa(gaps), mark(r.FalseGaps == 0)},
+			{"sequence number reused with another body", itoa(r.Conflicts), mark(r.Conflicts == 0)},
 			{"resent by the publisher after a drop", f(d.pubM.Get(publisher.MetricResent)), ""},
 			{"reconnects survived (publisher + consumer)", f(d.pubM.Get(publisher.MetricReconnects)) + " + " + f(d.conM.Get(consumer.MetricReconnects)), ""},
 			{"connection faults injected", itoa(total), ""},
