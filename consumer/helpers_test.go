@@ -29,12 +29,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(crashChild())
 	}
-	goleak.VerifyTestMain(m,
-		// toxiproxy leaves its link goroutines blocked on a channel send after Proxy.Stop when a
-		// timeout toxic ate bytes; they are the proxy's, not the consumer's.
-		goleak.IgnoreTopFunction("github.com/Shopify/toxiproxy/v2/toxics.(*NoopToxic).Pipe"),
-		goleak.IgnoreTopFunction("github.com/Shopify/toxiproxy/v2/stream.(*ChanWriter).Write"),
-	)
+	goleak.VerifyTestMain(m, testbroker.IgnoreProxyLeaks()...)
 }
 
 func quietLogger() *slog.Logger {

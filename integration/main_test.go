@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
 )
 
 var (
@@ -32,10 +34,7 @@ func TestMain(m *testing.M) {
 		// toxiproxy v2.12.0 leaves a link's goroutines blocked on a channel send when a proxy is
 		// stopped while a toxic is being swapped under live traffic (seen after the chaos run);
 		// they belong to the test proxy, not to anything under test.
-		if err := goleak.Find(
-			goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2/toxics.(*ToxicStub).Run"),
-			goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*ToxicLink).read"),
-		); err != nil {
+		if err := goleak.Find(testbroker.IgnoreProxyLeaks()...); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
 			code = 1
 		}

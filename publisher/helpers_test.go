@@ -26,12 +26,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(childMain())
 	}
-	goleak.VerifyTestMain(m,
-		// toxiproxy leaves its link goroutines blocked on a channel send after Proxy.Stop when a
-		// timeout toxic ate bytes; they are the proxy's, not the publisher's.
-		goleak.IgnoreTopFunction("github.com/Shopify/toxiproxy/v2/toxics.(*NoopToxic).Pipe"),
-		goleak.IgnoreTopFunction("github.com/Shopify/toxiproxy/v2/stream.(*ChanWriter).Write"),
-	)
+	goleak.VerifyTestMain(m, testbroker.IgnoreProxyLeaks()...)
 }
 
 // testLogger logs to the test output when -v and RABBITKIT_TEST_LOG=1, else discards.

@@ -10,7 +10,7 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, IgnoreProxyLeaks()...) }
 
 func dial(t *testing.T, url string) *amqp.Connection {
 	t.Helper()
