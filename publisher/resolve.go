@@ -91,7 +91,13 @@ func (s *sender) settle(ctx context.Context, f flight) {
 			s.retryBO.Reset()
 		}
 	case f.state == flightAcked: // returned as unroutable, then acked
-		s.park(ctx, f.e, &ParkedError{Returned: true, ReplyCode: f.ret.ReplyCode, ReplyText: f.ret.ReplyText, Attempts: f.e.Attempts + 1})
+		if !s.park(ctx, f.e, &ParkedError{Returned: true, ReplyCode: f.ret.ReplyCode, ReplyText: f.ret.ReplyText, Attempts: f.e.Attempts + 1}) {
+			// Still pending: hold the receipts' frontier below it and send it again once the
+			// window drains (it will be returned and parked again), as after a nack.
+			if s.rewindTo == 0 || f.e.ID < s.rewindTo {
+				s.rewindTo = f.e.ID
+			}
+		}
 	default: // nacked: resend after the window drains
 		s.m.Add(MetricNacked, 1)
 		s.p.c.nacked.Add(1)
@@ -184,13 +190,13 @@ func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 		"exchange", e.Exchange, "key", e.RoutingKey, "attempts", attempts, "max_attempts", s.cfg.MaxAttempts, "err", ae)
 }
 
-// park moves e to the journal's parked set and reports it. If parking fails the entry stays pending
-// and is sent again: never lost.
-func (s *sender) park(ctx context.Context, e *journal.Entry, pe *ParkedError) {
+// park moves e to the journal's parked set and reports it, and reports whether it did. If parking
+// fails the entry stays pending and is sent again: never lost.
+func (s *sender) park(ctx context.Context, e *journal.Entry, pe *ParkedError) bool {
 	pe.ID, pe.Stream, pe.Seq, pe.Exchange, pe.RoutingKey = e.ID, e.Stream, e.Seq, e.Exchange, e.RoutingKey
 	if err := s.j.Park(ctx, e.ID, pe.reason()); err != nil {
 		s.log.Error("publisher: parking failed; the message stays pending", "stream", e.Stream, "seq", e.Seq, "err", err)
-		return
+		return false
 	}
 	s.m.Add(MetricParked, 1)
 	s.p.c.parked.Add(1)
@@ -200,6 +206,7 @@ func (s *sender) park(ctx context.Context, e *journal.Entry, pe *ParkedError) {
 	if s.cfg.OnParked != nil {
 		s.cfg.OnParked(pe)
 	}
+	return true
 }
 
 // advance moves the receipts' frontier: every ID below the oldest unsettled one is settled.
