@@ -165,6 +165,14 @@ func TestFakeConnectionLostResendsInOrder(t *testing.T) {
 		recvPub(t, ch, time.Second)
 	}
 	ch.confirm(2, true, true, 1)
+	// The sender must have taken the confirms before the connection fails: confirms and the close
+	// notification are separate channels, and a confirm not yet read when the connection dies is
+	// rightly treated as unknown (resent).
+	for _, r := range rs[:2] {
+		if err := waitErr(t, r); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c.fail(&amqp.Error{Code: amqp.ConnectionForced, Reason: "CONNECTION_FORCED"})
 	c2 := nextConn(t, f)
 	ch2 := nextChan(t, c2)
@@ -265,6 +273,9 @@ func TestFakeCloseLeavesUnconfirmedJournaled(t *testing.T) {
 		recvPub(t, ch, time.Second)
 	}
 	ch.confirm(1, false, true, 0)
+	if err := waitErr(t, rs[0]); err != nil { // taken by the sender before Close begins
+		t.Fatalf("confirmed before close: %v", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if err := p.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
