@@ -28,6 +28,9 @@ type Dialer struct {
 	Backoff   func() backoff.BackOff // default NewBackoff; must not stop by itself unless the caller wants Dial to give up
 	Logger    *slog.Logger           // default slog.Default()
 	Name      string                 // connection_name client property shown in the management UI
+	// BatchWrites makes the socket a *BatchConn (returned by DialSocket), so that a burst of
+	// publishes can leave in one write.
+	BatchWrites bool
 
 	next int // index of the URL to try first; only touched by the owning goroutine
 }
@@ -125,11 +128,14 @@ func (d *Dialer) dialOnce(ctx context.Context, url string) (*amqp.Connection, ne
 			}
 			// ctx bounds the handshake: when it ends, the socket is closed and DialConfig returns.
 			sock = c
+			if d.BatchWrites {
+				sock = NewBatchConn(c)
+			}
 			stop = context.AfterFunc(ctx, func() { _ = c.Close() })
 			// Handshake deadline (a peer that accepts TCP and never speaks); amqp091-go clears it
 			// once connection.open-ok arrives.
 			_ = c.SetDeadline(time.Now().Add(max(10*time.Second, 3*hb)))
-			return c, nil
+			return sock, nil
 		},
 	}
 	conn, err := amqp.DialConfig(url, cfg)
