@@ -67,6 +67,8 @@ func (c *fakeConn) isClosed() bool {
 }
 func (c *fakeConn) close(time.Time) { c.fail(nil) }
 func (c *fakeConn) forceClose()     { c.fail(nil) }
+func (c *fakeConn) hold()           {}
+func (c *fakeConn) release()        {}
 
 // fail kills the connection with err (nil: clean close), like amqp091-go's shutdown.
 func (c *fakeConn) fail(err *amqp.Error) {

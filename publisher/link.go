@@ -36,6 +36,11 @@ type conn interface {
 	close(deadline time.Time)
 	// forceClose unblocks any write in progress by closing the socket. Safe from any goroutine.
 	forceClose()
+	// hold holds writes back until release, which sends them in one write: a burst of publishes
+	// costs one system call instead of one or two per message. A failed release has closed the
+	// socket; the connection's close notification follows.
+	hold()
+	release()
 }
 
 // channel is one AMQP channel in confirm mode.
@@ -62,6 +67,7 @@ func (c *amqpConnector) connect(ctx context.Context) (conn, string, error) {
 		return nil, "", err
 	}
 	w := &amqpConn{c: ac, sock: sock, topology: c.topology}
+	w.batch, _ = sock.(*amqpconn.BatchConn)
 	w.blocks = ac.NotifyBlocked(make(chan amqp.Blocking, 16))
 	w.closes = ac.NotifyClose(make(chan *amqp.Error, 1))
 	return w, url, nil
@@ -69,7 +75,8 @@ func (c *amqpConnector) connect(ctx context.Context) (conn, string, error) {
 
 type amqpConn struct {
 	c        *amqp.Connection
-	sock     net.Conn // c's socket, only for forceClose
+	sock     net.Conn            // c's socket, only for forceClose
+	batch    *amqpconn.BatchConn // sock, when the dialer batches writes
 	topology topology.Topology
 	blocks   chan amqp.Blocking
 	closes   chan *amqp.Error
@@ -80,6 +87,18 @@ func (w *amqpConn) closed() <-chan *amqp.Error    { return w.closes }
 func (w *amqpConn) isClosed() bool                { return w.c.IsClosed() }
 
 func (w *amqpConn) close(deadline time.Time) { _ = w.c.CloseDeadline(deadline) }
+
+func (w *amqpConn) hold() {
+	if w.batch != nil {
+		w.batch.Hold()
+	}
+}
+
+func (w *amqpConn) release() {
+	if w.batch != nil {
+		_ = w.batch.Release() // on error the socket is closed: the reader reports the loss
+	}
+}
 
 // forceClose closes the socket: a write blocked by a broker alarm (or a full socket buffer) fails at
 // once and releases the connection's write lock. amqp091-go's CloseDeadline is not enough: it can

@@ -228,7 +228,10 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 	s.sessionMax = 0
 	confirms, returns := ch.confirms(), ch.returns()
 	for {
-		if end, done := s.fill(ctx, ch); done {
+		c.hold() // the burst fill sends leaves in one write
+		end, done := s.fill(ctx, ch)
+		c.release()
+		if done {
 			return end
 		}
 		if s.stopping && s.win.len() == 0 {
