@@ -149,8 +149,19 @@ func entryCreated(b []byte) (time.Time, error) {
 
 // decodeEntry decodes a complete encoded entry into a fresh Entry that shares
 // no memory with b.
-func decodeEntry(b []byte) (*Entry, error) {
-	if err := checkEntry(b); err != nil {
+func decodeEntry(b []byte) (*Entry, error) { return decodeEntryFrom(b, false) }
+
+// decodeCached decodes an encoding held by the tail cache, which never left
+// this process's memory: the checksum (a guard against the disk) is not
+// recomputed, and Body aliases b, which is immutable (see tailCache).
+func decodeCached(b []byte) (*Entry, error) { return decodeEntryFrom(b, true) }
+
+func decodeEntryFrom(b []byte, cached bool) (*Entry, error) {
+	if cached {
+		if len(b) < offVar || b[0] != entryVersion {
+			return nil, fmt.Errorf("%w: cached entry of %d bytes is not a version %d encoding", errDecode, len(b), entryVersion)
+		}
+	} else if err := checkEntry(b); err != nil {
 		return nil, err
 	}
 	e := &Entry{
@@ -192,7 +203,13 @@ func decodeEntry(b []byte) (*Entry, error) {
 	if flags&flagHeaders != 0 {
 		e.Headers = d.table(0)
 	}
-	e.Body = d.bytes()
+	if cached {
+		if r := d.raw(); len(r) > 0 {
+			e.Body = r[:len(r):len(r)] // an append reallocates instead of writing into b
+		}
+	} else {
+		e.Body = d.bytes()
+	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail(fmt.Sprintf("%d trailing bytes", len(d.b)))
 	}

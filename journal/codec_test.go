@@ -158,7 +158,16 @@ func FuzzDecodeEntry(f *testing.F) {
 			binary.BigEndian.PutUint32(fixed[offCRC:], crc32.Checksum(fixed[offID:], castagnoli))
 		}
 		for _, in := range [][]byte{b, fixed} {
+			// The cache's decoder (no checksum, Body aliased) never panics either, and agrees with
+			// the checked decoder on every input that passes the checksum.
+			ce, cerr := decodeCached(in)
+			if cerr != nil && !errors.Is(cerr, errDecode) {
+				t.Fatalf("cached: error not wrapping errDecode: %v", cerr)
+			}
 			e, err := decodeEntry(in)
+			if err == nil && (cerr != nil || fmt.Sprintf("%#v", e) != fmt.Sprintf("%#v", ce)) {
+				t.Fatalf("cached decode differs: %v\n%#v\n%#v", cerr, e, ce)
+			}
 			if err != nil {
 				if !errors.Is(err, errDecode) {
 					t.Fatalf("error not wrapping errDecode: %v", err)

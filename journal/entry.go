@@ -56,9 +56,10 @@ func (o Outcome) String() string {
 
 // Entry is one journaled message: everything needed to (re)send it.
 //
-// Entries returned by Read and Parked are fresh copies owned by the caller.
-// Append copies what it needs before returning; the caller may reuse the
-// Body and Headers afterwards.
+// Entries returned by Read and Parked are owned by the caller, except that the
+// Body of an entry from Read may share memory with the journal's cache of
+// recent appends and must not be modified. Append copies what it needs before
+// returning; the caller may reuse the Body and Headers afterwards.
 type Entry struct {
 	ID          uint64 // journal position: global append order, assigned by Append, never reused
 	Stream      string // caller-chosen sequence space, required

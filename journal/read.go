@@ -13,8 +13,9 @@ import (
 // Read returns up to max pending entries with ID > after, in ascending ID
 // order (which is per-stream sequence order, except for redriven entries). It
 // holds at most max entries in memory; an empty result means none are
-// pending past after (see Changed to wait for more). The entries are fresh
-// copies owned by the caller.
+// pending past after (see Changed to wait for more). The entries are the
+// caller's, but an entry's Body may share memory with the journal's cache of
+// recent appends: treat Body as read-only.
 func (j *Journal) Read(ctx context.Context, after uint64, max int) ([]*Entry, error) {
 	if max <= 0 {
 		return nil, fmt.Errorf("journal: Read max %d must be > 0", max)
@@ -25,7 +26,7 @@ func (j *Journal) Read(ctx context.Context, after uint64, max int) ([]*Entry, er
 	if encs, ok := j.cache.read(after, max); ok {
 		out := make([]*Entry, 0, len(encs))
 		for _, b := range encs {
-			e, err := decodeEntry(b)
+			e, err := decodeCached(b)
 			if err != nil {
 				return nil, fmt.Errorf("%w: %s: cached entry %d: %w", ErrCorrupt, j.path, entryID(b), err)
 			}
