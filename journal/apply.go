@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -159,15 +160,18 @@ func (j *Journal) applyOne(tx *bbolt.Tx, pending, parked *bbolt.Bucket, r *reque
 		w.pendingBytes += r.size
 		bs.addedPending = true
 	case opDelete:
+		// One cursor for the whole request: Get and Delete would each make
+		// their own and search the tree twice per ID.
+		c := pending.Cursor()
 		for _, id := range r.ids {
 			k := bs.key(id)
-			v := pending.Get(k)
-			if v == nil {
+			ck, v := c.Seek(k)
+			if ck == nil || !bytes.Equal(ck, k) {
 				continue
 			}
 			w.pendingN--
 			w.pendingBytes -= int64(len(v))
-			if err := pending.Delete(k); err != nil {
+			if err := c.Delete(); err != nil {
 				return err
 			}
 			bs.cacheOps = append(bs.cacheOps, cacheOp{kind: opDelete, id: id})
