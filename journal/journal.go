@@ -80,6 +80,7 @@ type counts struct {
 type published struct {
 	counts
 	nextSeq map[string]int64
+	lastID  uint64
 }
 
 // Open opens or creates the journal at path. See Options for the checks made
@@ -303,6 +304,14 @@ func (j *Journal) view(fn func(tx *bbolt.Tx) error) (err error) {
 
 // Source returns the source name recorded in the journal.
 func (j *Journal) Source() string { return j.source }
+
+// LastID returns the highest ID ever assigned by Append or Redrive (0 for a
+// new journal), as of the last commit. Every pending entry has an ID <= LastID.
+func (j *Journal) LastID() uint64 {
+	j.statMu.Lock()
+	defer j.statMu.Unlock()
+	return j.pub.lastID
+}
 
 // Epoch returns the journal's incarnation id, chosen at random (>= 1) when the
 // file was created.

@@ -236,6 +236,7 @@ func (j *Journal) publish(touched map[string]int64) {
 	j.statMu.Lock()
 	defer j.statMu.Unlock()
 	j.pub.counts = j.w.counts
+	j.pub.lastID = j.w.nextID - 1
 	if touched == nil || j.pub.nextSeq == nil {
 		j.pub.nextSeq = make(map[string]int64, len(j.w.seqs))
 		for s, v := range j.w.seqs {
