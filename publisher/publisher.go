@@ -168,7 +168,7 @@ func New(cfg Config) (*Publisher, error) {
 	if cfg.dial == nil {
 		p.cfg.dial = &amqpConnector{
 			dialer: &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff,
-				Logger: cfg.Logger, Name: cfg.ConnectionName},
+				Logger: cfg.Logger, Name: cfg.ConnectionName, BatchWrites: true},
 			topology: cfg.Topology,
 		}
 	}
@@ -181,6 +181,8 @@ func New(cfg Config) (*Publisher, error) {
 	p.hardCtx, p.hardCancel = context.WithCancel(context.Background())
 	p.stopCtx, p.stopCancel = context.WithCancel(p.hardCtx)
 	p.fr.init()
+	// What a previous process left in the journal counts as accepted: Flush waits for it too.
+	p.lastAccepted.Store(p.j.LastID())
 
 	del := &deleter{j: p.j, in: make(chan delReq, 16), p: p}
 	s := &sender{p: p, cfg: p.cfg, j: p.j, log: p.log, m: p.m, win: newWindow(cfg.MaxInFlight), del: del,
@@ -235,7 +237,7 @@ func (p *Publisher) setConn(c conn) {
 }
 
 // Flush waits until every message accepted so far (by this Publisher, and everything journaled
-// before them) has a final outcome: confirmed, or parked (reported through OnParked and the
+// before them, including what a previous process left in the journal) has a final outcome: confirmed, or parked (reported through OnParked and the
 // receipts). It returns ctx's error if ctx ends first and ErrClosed if the Publisher closes first.
 func (p *Publisher) Flush(ctx context.Context) error {
 	p.mu.RLock()
