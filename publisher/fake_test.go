@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -114,6 +115,7 @@ func (ch *fakeChan) publish(_ context.Context, exchange, key string, mandatory b
 		return amqp.ErrClosed
 	}
 	ch.tag++
+	msg.Headers = maps.Clone(msg.Headers) // on the wire at once, like amqp091-go: the sender reuses its table
 	st, _ := protocol.Decode(msg.Headers)
 	ch.pubs <- fakePub{tag: ch.tag, exchange: exchange, key: key, mandatory: mandatory, msg: msg, stamp: st}
 	return nil

@@ -43,6 +43,9 @@ type sender struct {
 	failing    bool        // retryBO has advanced since the last positive confirm
 	sessionMax uint64      // highest ID sent on the current channel
 
+	// hdr is the headers table of every publish, reused: amqp091-go encodes it before Publish returns.
+	hdr amqp.Table
+
 	blocked   bool
 	state     State
 	url       string
@@ -384,7 +387,7 @@ func (s *sender) restartPass(after uint64) {
 }
 
 // publishing builds the AMQP message of an entry: the caller's properties and headers, the rk- stamp,
-// and the default message-id.
+// and the default message-id. The message is valid until the next call (its headers table is reused).
 func (s *sender) publishing(e *journal.Entry) amqp.Publishing {
 	st := protocol.Stamp{Source: s.cfg.Source, Epoch: s.j.Epoch(), Stream: e.Stream, Seq: e.Seq}
 	pr := e.Properties
@@ -392,8 +395,15 @@ func (s *sender) publishing(e *journal.Entry) amqp.Publishing {
 	if msgID == "" {
 		msgID = st.MessageID()
 	}
+	if s.hdr == nil {
+		s.hdr = make(amqp.Table, 8)
+	}
+	clear(s.hdr)
+	for k, v := range e.Headers {
+		s.hdr[k] = toValue(v)
+	}
 	return amqp.Publishing{
-		Headers:         st.Apply(toTable(e.Headers)),
+		Headers:         st.Apply(s.hdr),
 		ContentType:     pr.ContentType,
 		ContentEncoding: pr.ContentEncoding,
 		DeliveryMode:    pr.DeliveryMode,
