@@ -83,8 +83,6 @@
 //     disappears during an alarm is noticed only after it unblocks or the TCP connection fails.
 //   - NoMandatory turns unroutable messages into silent drops by the broker (confirmed): use it only
 //     with an alternate exchange.
-//   - Flush waits for what was accepted by this Publisher (and everything journaled before); a new
-//     Publisher that accepted nothing yet returns from Flush at once even with a backlog.
 //   - A parked outcome is remembered for the last 65536 parkings; a receipt first asked about after
 //     that reports ErrOutcomeForgotten.
 package publisher
