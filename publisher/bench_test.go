@@ -327,3 +327,86 @@ func BenchmarkDrain(b *testing.B) {
 	b.ReportMetric(rawStamped, "raw_stamped_msg/s")
 	b.ReportMetric(drain/rawStamped, "ratio_stamped")
 }
+
+// BenchmarkStampCost: what the wire contract costs the broker, with no rabbitkit code involved. Raw
+// pipelined confirms (window 512, 256 B) of plain messages, with the contract's message-id only, with
+// the four rk- headers only, with one header of the same information, and with both headers and
+// message-id (the contract), in rotating order into a purged queue, reporting msg/s and broker CPU µs
+// per message. It is the evidence for why rabbitkit is compared with "stamped raw".
+func BenchmarkStampCost(b *testing.B) {
+	url := testbroker.SharedURL(b)
+	meter := newCPUMeter()
+	variants := []string{"plain", "msgid", "headers", "onehdr", "contract"}
+	for _, qtype := range []string{topology.Classic, topology.Quorum} {
+		b.Run(qtype, func(b *testing.B) {
+			q := benchQueue(b, url, qtype)
+			body := make([]byte, 256)
+			rounds := max(*benchRounds, 1)
+			n := max(b.N, 1000) / rounds
+			costs := make([]cost, len(variants))
+			b.ResetTimer()
+			for r := range rounds {
+				for i := range variants {
+					v := (i + r) % len(variants)
+					purge(b, url, q)
+					costs[v].add(meter.measure(n, func() { rawVariant(b, url, q, body, n, variants[v]) }))
+				}
+			}
+			b.StopTimer()
+			for i, v := range variants {
+				b.ReportMetric(costs[i].rate(), v+"_msg/s")
+				if meter.brokerPID != 0 {
+					b.ReportMetric(costs[i].brokerPerMsg(), v+"_broker_µs/msg")
+				}
+			}
+		})
+	}
+}
+
+// rawVariant is rawPipelined with the stamp variant of BenchmarkStampCost.
+func rawVariant(b *testing.B, url, queue string, body []byte, n int, variant string) {
+	b.Helper()
+	c, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		b.Fatal(err)
+	}
+	pending := make([]*amqp.DeferredConfirmation, 0, benchWindow)
+	for i := range n {
+		if len(pending) == benchWindow {
+			if !pending[0].Wait() {
+				b.Fatal("raw: nack")
+			}
+			pending = pending[1:]
+		}
+		msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body, MessageId: fmt.Sprint(i)}
+		st := protocol.Stamp{Source: "bench-raw", Epoch: 1234567890123, Stream: "/" + queue, Seq: int64(i + 1)}
+		switch variant {
+		case "msgid":
+			msg.MessageId = st.MessageID()
+		case "headers":
+			msg.Headers = st.Apply(nil)
+		case "onehdr":
+			msg.Headers = amqp.Table{"rk": st.MessageID()}
+		case "contract":
+			msg.Headers, msg.MessageId = st.Apply(nil), st.MessageID()
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", queue, true, false, msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pending = append(pending, dc)
+	}
+	for _, dc := range pending {
+		if !dc.Wait() {
+			b.Fatal("raw: nack")
+		}
+	}
+}
