@@ -22,6 +22,10 @@ const (
 	maxAppendBatch     = 1024    // entries per journal transaction from the accept buffer
 	parkedMemory       = 1 << 16 // parked outcomes remembered for receipts
 	defaultTailCache   = 4 << 20 // journal.Options.TailCacheBytes for a journal opened from JournalPath
+
+	// DefaultMissingExchangeGrace: how long an exchange may be missing before messages to it are
+	// parked at their first failure (see Config.MissingExchangeGrace).
+	DefaultMissingExchangeGrace = time.Minute
 )
 
 // Config configures a Publisher. URLs and either Journal or (JournalPath and Source) are required;
@@ -52,6 +56,15 @@ type Config struct {
 	// error (404, 403, 406, ...) before it is parked. Default DefaultMaxAttempts. Connection losses
 	// never count.
 	MaxAttempts int
+	// MissingExchangeGrace: once publishes to an exchange have failed with 404 (the exchange does
+	// not exist) for this long, each further message to it is parked at its first 404 instead of
+	// after MaxAttempts sends with RetryBackoff between them. The journal is sent in order, so
+	// without this every message behind a misspelt or deleted exchange would wait MaxAttempts
+	// backoffs (about 90 s with the defaults) per message sent there. A confirmed or returned
+	// message to the exchange ends the state; parked messages can be re-driven. Within the grace,
+	// an exchange that another service declares a little later loses nothing. Default
+	// DefaultMissingExchangeGrace; negative: never, always MaxAttempts.
+	MissingExchangeGrace time.Duration
 	// ReadBatch is the journal page size. Default DefaultReadBatch.
 	ReadBatch int
 	// MaxBuffered bounds messages accepted by PublishAsync/Publish but not yet journaled.
@@ -130,6 +143,9 @@ func (c Config) validate() (Config, error) {
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.MissingExchangeGrace == 0 {
+		c.MissingExchangeGrace = DefaultMissingExchangeGrace
 	}
 	if c.ReadBatch == 0 {
 		c.ReadBatch = DefaultReadBatch

@@ -39,8 +39,10 @@
 //     reopens it on the same connection after RetryBackoff, re-declaring the topology (which may
 //     create a missing exchange). When exactly one message was in flight it is the culprit and an
 //     attempt is recorded against it; otherwise the next channel sends one message at a time, so the
-//     next error names its culprit. A culprit is parked at MaxAttempts; everything else is retried
-//     forever. Every other code, and network errors, count as loss of the connection: reconnect
+//     next error names its culprit. A culprit is parked at MaxAttempts, or at its first 404 once
+//     its exchange has been missing for MissingExchangeGrace (then the channel reopens at once:
+//     a misspelt or deleted exchange costs one channel reopen per message sent there, not
+//     MaxAttempts backoffs while everything behind it waits); everything else is retried forever. Every other code, and network errors, count as loss of the connection: reconnect
 //     with ReconnectBackoff across URLs, forever, never charged to a message.
 //   - Broker alarms: on connection.blocked nothing more is written to the socket (a blocked write
 //     could not be interrupted); Publish keeps accepting into the journal; sending resumes on

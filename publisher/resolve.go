@@ -81,6 +81,9 @@ func (s *sender) resolve(ctx context.Context) error {
 func (s *sender) settle(ctx context.Context, f flight) {
 	switch {
 	case f.state == flightAcked && f.ret == nil:
+		if len(s.missing) > 0 {
+			delete(s.missing, f.e.Exchange) // it exists
+		}
 		s.deletes = append(s.deletes, f.e.ID)
 		s.m.Add(MetricConfirmed, 1)
 		s.p.c.confirmed.Add(1)
@@ -91,6 +94,9 @@ func (s *sender) settle(ctx context.Context, f flight) {
 			s.retryBO.Reset()
 		}
 	case f.state == flightAcked: // returned as unroutable, then acked
+		if len(s.missing) > 0 {
+			delete(s.missing, f.e.Exchange) // it exists, only the route is missing
+		}
 		if !s.park(ctx, f.e, &ParkedError{Returned: true, ReplyCode: f.ret.ReplyCode, ReplyText: f.ret.ReplyText, Attempts: f.e.Attempts + 1}) {
 			// Still pending: hold the receipts' frontier below it and send it again once the
 			// window drains (it will be returned and parked again), as after a nack.
@@ -135,6 +141,7 @@ func (s *sender) recordNacks(ctx context.Context) {
 // to the message that caused it when it can be told: the only flight in the window.
 func (s *sender) endSession(ctx context.Context, end sessionEnd) {
 	var culprit *journal.Entry
+	s.culpritParked = false
 	channelErr := !end.connLost && !end.stop && end.err != nil
 	if channelErr {
 		s.m.Add(MetricChannelErrors, 1)
@@ -175,11 +182,31 @@ func (s *sender) endSession(ctx context.Context, end sessionEnd) {
 	s.advance()
 }
 
-// charge counts a channel error against e, parking it at MaxAttempts.
+// charge counts a channel error against e, parking it at MaxAttempts, or at once when its exchange
+// has been missing for longer than MissingExchangeGrace.
 func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 	attempts := e.Attempts + 1
-	if int(attempts) >= s.cfg.MaxAttempts {
-		s.park(ctx, e, &ParkedError{ReplyCode: uint16(ae.Code), ReplyText: ae.Reason, Attempts: attempts})
+	park := int(attempts) >= s.cfg.MaxAttempts
+	if ae.Code == amqp.NotFound { // basic.publish's only 404: the exchange does not exist
+		since, ok := s.missing[e.Exchange]
+		if !ok {
+			if s.missing == nil {
+				s.missing = make(map[string]time.Time)
+			}
+			since = time.Now()
+			s.missing[e.Exchange] = since
+		}
+		if g := s.cfg.MissingExchangeGrace; g >= 0 && time.Since(since) >= g {
+			park = true
+		}
+	}
+	if park {
+		if s.park(ctx, e, &ParkedError{ReplyCode: uint16(ae.Code), ReplyText: ae.Reason, Attempts: attempts}) {
+			// Progress: the cause is gone. Reopen at once, and let a later error start the
+			// backoff from its beginning.
+			s.culpritParked = true
+			s.retryBO.Reset()
+		}
 		return
 	}
 	reason := ae.Error()

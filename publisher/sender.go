@@ -43,6 +43,12 @@ type sender struct {
 	failing    bool        // retryBO has advanced since the last positive confirm
 	sessionMax uint64      // highest ID sent on the current channel
 
+	// missing: exchanges whose publishes failed with 404, since when (see Config.MissingExchangeGrace).
+	missing map[string]time.Time
+	// culpritParked: the last channel error's culprit was parked, so the cause is gone and the
+	// channel reopens without a backoff.
+	culpritParked bool
+
 	// hdr is the headers table of every publish, reused: amqp091-go encodes it before Publish returns.
 	hdr amqp.Table
 
@@ -161,7 +167,11 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 		s.setState(StateConnecting, end.err)
 		s.log.Warn("publisher: channel closed by the broker; reopening", "err", end.err)
 		ch.close()
-		if !s.sleep(ctx, s.retryBO.NextBackOff(), c) && c.isClosed() {
+		var wait time.Duration // none when the message that broke the channel is parked (progress)
+		if !s.culpritParked {
+			wait = s.retryBO.NextBackOff()
+		}
+		if !s.sleep(ctx, wait, c) && c.isClosed() {
 			s.dropConn(c)
 			c = nil
 		}
