@@ -50,8 +50,12 @@ func (b *BatchConn) Write(p []byte) (int, error) {
 	if len(b.buf) == 0 {
 		return b.write(p)
 	}
-	b.buf = append(b.buf, p...)
-	if _, err := b.flushLocked(); err != nil {
+	// Held bytes first, then p, in one writev: a large p is not copied.
+	bufs := net.Buffers{b.buf, p}
+	_, err := bufs.WriteTo(b.Conn)
+	b.reset()
+	if err != nil {
+		b.fail(err)
 		return 0, err
 	}
 	return len(p), nil
@@ -79,12 +83,16 @@ func (b *BatchConn) Release() error {
 
 func (b *BatchConn) flushLocked() (int, error) {
 	n, err := b.write(b.buf)
+	b.reset()
+	return n, err
+}
+
+func (b *BatchConn) reset() {
 	if cap(b.buf) > 4*DefaultBatchLimit {
-		b.buf = nil // a burst past the limit grew it: do not keep it
+		b.buf = nil // a custom Limit grew it: do not keep it
 	} else {
 		b.buf = b.buf[:0]
 	}
-	return n, err
 }
 
 func (b *BatchConn) write(p []byte) (int, error) {
@@ -93,8 +101,13 @@ func (b *BatchConn) write(p []byte) (int, error) {
 	}
 	n, err := b.Conn.Write(p)
 	if err != nil {
-		b.err = err
-		_ = b.Conn.Close()
+		b.fail(err)
 	}
 	return n, err
+}
+
+// fail makes err sticky and closes the socket, so that amqp091-go's reader sees the failure.
+func (b *BatchConn) fail(err error) {
+	b.err = err
+	_ = b.Conn.Close()
 }
