@@ -21,6 +21,9 @@ import (
 type fakeConnector struct {
 	conns chan *fakeConn
 	down  atomic.Bool // connect waits (like a dial retrying) while set
+	// misuse counts violations of the hold/release contract on every connection: a publish
+	// outside a hold, a hold while held, a release while not held.
+	misuse atomic.Int64
 }
 
 func newFakeConnector() *fakeConnector { return &fakeConnector{conns: make(chan *fakeConn, 16)} }
@@ -33,7 +36,7 @@ func (f *fakeConnector) connect(ctx context.Context) (conn, string, error) {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	c := &fakeConn{blocks: make(chan amqp.Blocking, 16), closes: make(chan *amqp.Error, 1), chans: make(chan *fakeChan, 16)}
+	c := &fakeConn{blocks: make(chan amqp.Blocking, 16), closes: make(chan *amqp.Error, 1), chans: make(chan *fakeChan, 16), f: f}
 	f.conns <- c
 	return c, "amqp://guest:secret@fake:5672/", nil
 }
@@ -45,6 +48,9 @@ type fakeConn struct {
 	chans  chan *fakeChan
 	open   []*fakeChan
 	dead   bool
+	f      *fakeConnector
+	held   atomic.Bool  // between hold and release
+	holds  atomic.Int64 // hold calls
 }
 
 func (c *fakeConn) channel(ctx context.Context, window int) (channel, error) {
@@ -54,7 +60,7 @@ func (c *fakeConn) channel(ctx context.Context, window int) (channel, error) {
 		return nil, amqp.ErrClosed
 	}
 	ch := &fakeChan{conf: make(chan amqp.Confirmation, window+8), ret: make(chan amqp.Return, window+8),
-		cls: make(chan *amqp.Error, 1), pubs: make(chan fakePub, 4096)}
+		cls: make(chan *amqp.Error, 1), pubs: make(chan fakePub, 4096), conn: c}
 	c.open = append(c.open, ch)
 	c.chans <- ch
 	return ch, nil
@@ -68,8 +74,17 @@ func (c *fakeConn) isClosed() bool {
 }
 func (c *fakeConn) close(time.Time) { c.fail(nil) }
 func (c *fakeConn) forceClose()     { c.fail(nil) }
-func (c *fakeConn) hold()           {}
-func (c *fakeConn) release()        {}
+func (c *fakeConn) hold() {
+	c.holds.Add(1)
+	if c.held.Swap(true) {
+		c.f.misuse.Add(1)
+	}
+}
+func (c *fakeConn) release() {
+	if !c.held.Swap(false) {
+		c.f.misuse.Add(1)
+	}
+}
 
 // fail kills the connection with err (nil: clean close), like amqp091-go's shutdown.
 func (c *fakeConn) fail(err *amqp.Error) {
@@ -106,6 +121,7 @@ type fakeChan struct {
 	pubs chan fakePub
 	tag  uint64
 	dead bool
+	conn *fakeConn
 }
 
 func (ch *fakeChan) publish(_ context.Context, exchange, key string, mandatory bool, msg amqp.Publishing) error {
@@ -113,6 +129,9 @@ func (ch *fakeChan) publish(_ context.Context, exchange, key string, mandatory b
 	defer ch.mu.Unlock()
 	if ch.dead {
 		return amqp.ErrClosed
+	}
+	if !ch.conn.held.Load() {
+		ch.conn.f.misuse.Add(1) // a publish must leave with its pass's held writes
 	}
 	ch.tag++
 	msg.Headers = maps.Clone(msg.Headers) // on the wire at once, like amqp091-go: the sender reuses its table

@@ -44,10 +44,15 @@ type sender struct {
 	sessionMax uint64      // highest ID sent on the current channel
 
 	// missing: exchanges whose publishes failed with 404, since when (see Config.MissingExchangeGrace).
-	missing map[string]time.Time
+	missing map[string]missingSpell
 	// culpritParked: the last channel error's culprit was parked, so the cause is gone and the
 	// channel reopens without a backoff.
 	culpritParked bool
+
+	// sess is the connection of the running session; holding: its writes are held back since the
+	// pass's first publish.
+	sess    conn
+	holding bool
 
 	// hdr is the headers table of every publish, reused: amqp091-go encodes it before Publish returns.
 	hdr amqp.Table
@@ -240,10 +245,11 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 	s.restartPass(0)
 	s.sessionMax = 0
 	confirms, returns := ch.confirms(), ch.returns()
+	s.sess = c
+	defer func() { s.sess = nil }()
 	for {
-		c.hold() // the burst fill sends leaves in one write
 		end, done := s.fill(ctx, ch)
-		c.release()
+		s.releaseWrites()
 		if done {
 			return end
 		}
@@ -342,6 +348,12 @@ func (s *sender) fill(ctx context.Context, ch channel) (sessionEnd, bool) {
 			return sessionEnd{}, false
 		}
 		msg := s.publishing(e)
+		if !s.holding {
+			// The pass's publishes leave in one write, when the pass ends (or before it reads
+			// the journal). Only a pass that publishes takes the socket's write path.
+			s.sess.hold()
+			s.holding = true
+		}
 		if err := ch.publish(ctx, e.Exchange, e.RoutingKey, e.Mandatory, msg); err != nil {
 			if ctx.Err() != nil {
 				return sessionEnd{stop: true}, true
@@ -372,6 +384,7 @@ func (s *sender) next(ctx context.Context) (*journal.Entry, error) {
 	if s.changed != nil {
 		return nil, nil // waiting for a commit
 	}
+	s.releaseWrites()                   // what this pass published leaves now, not after a journal read
 	changed := s.j.Changed()            // taken before reading: a commit after the read still wakes us
 	accepted := s.p.lastAccepted.Load() // committed before the read: if still pending, the read sees it
 	page, err := s.j.Read(ctx, s.cursor, s.cfg.ReadBatch)
@@ -382,12 +395,23 @@ func (s *sender) next(ctx context.Context) (*journal.Entry, error) {
 	s.page, s.pageIdx = page, 0
 	if len(page) == 0 {
 		// Nothing pending after the cursor: every ID up to the last accepted one is settled.
-		s.cursor = max(s.cursor, accepted)
+		if accepted > s.cursor {
+			s.cursor = accepted
+			s.advance()
+		}
 		s.changed = changed
 		return nil, nil
 	}
 	s.cursor = page[len(page)-1].ID
 	return page[0], nil
+}
+
+// releaseWrites sends what the current pass published, if it held any writes back.
+func (s *sender) releaseWrites() {
+	if s.holding {
+		s.holding = false
+		s.sess.release()
+	}
 }
 
 // restartPass makes the next read start after ID after.

@@ -23,6 +23,11 @@ func fakePublisher(t *testing.T, mod func(*Config)) (*Publisher, *fakeConnector,
 		mod(&cfg)
 	}
 	p := mustNew(t, cfg)
+	t.Cleanup(func() { // after Close (cleanups run last-in first-out)
+		if n := f.misuse.Load(); n != 0 {
+			t.Errorf("%d violations of hold/release: publish outside a hold, or unbalanced calls", n)
+		}
+	})
 	return p, f, m
 }
 
@@ -241,8 +246,12 @@ func TestFakeBlocked(t *testing.T) {
 	ch := nextChan(t, c)
 	c.blocks <- amqp.Blocking{Active: true, Reason: "memory"}
 	eventually(t, time.Second, "blocked", p.Blocked)
+	holds := c.holds.Load()
 	rs := batch(t, p, 3)
 	noPub(t, ch, 200*time.Millisecond)
+	if n := c.holds.Load() - holds; n != 0 {
+		t.Errorf("%d holds of the socket's writes while blocked", n)
+	}
 	if st := p.Stats(); st.State != StateBlocked || m.Get(MetricBlocked) != 1 {
 		t.Fatalf("stats %+v", st)
 	}
