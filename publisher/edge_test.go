@@ -152,3 +152,36 @@ func TestFailoverAcrossURLs(t *testing.T) {
 		t.Fatalf("%d arrivals, want 400", r.arrivals)
 	}
 }
+
+// Flush on a new Publisher whose journal holds nothing pending returns at once, even while the
+// broker is unreachable: everything up to the journal's LastID is settled.
+func TestFlushNothingPendingOffline(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	s := newSetup(t, url, "classic", nil)
+	declare(t, url, s)
+	dir := t.TempDir()
+	p1 := mustNew(t, s.config(t, url, dir))
+	for i := range 5 {
+		if _, err := p1.Publish(context.Background(), Message{Exchange: s.exchange, RoutingKey: s.key, Body: []byte{byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush(t, p1, 30*time.Second)
+	eventually(t, 10*time.Second, "journal empty", func() bool { return p1.Stats().Journal.Pending == 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p1.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	p2 := mustNew(t, s.config(t, "amqp://guest:guest@127.0.0.1:1/", dir))
+	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer fcancel()
+	start := time.Now()
+	if err := p2.Flush(fctx); err != nil {
+		t.Fatalf("Flush with nothing pending, broker unreachable: %v", err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("Flush took %v with nothing pending", d)
+	}
+}

@@ -181,8 +181,22 @@ func New(cfg Config) (*Publisher, error) {
 	p.hardCtx, p.hardCancel = context.WithCancel(context.Background())
 	p.stopCtx, p.stopCancel = context.WithCancel(p.hardCtx)
 	p.fr.init()
-	// What a previous process left in the journal counts as accepted: Flush waits for it too.
+	// What a previous process left in the journal counts as accepted: Flush waits for it too. IDs
+	// below the first pending one are settled (confirmed or parked) already, so that a Flush with
+	// nothing pending returns at once, even before the broker is reachable.
 	p.lastAccepted.Store(p.j.LastID())
+	first, err := p.j.Read(context.Background(), 0, 1)
+	if err != nil {
+		if p.ownJournal {
+			_ = p.j.Close()
+		}
+		return nil, fmt.Errorf("publisher: read journal: %w", err)
+	}
+	if len(first) > 0 {
+		p.fr.advance(first[0].ID - 1)
+	} else {
+		p.fr.advance(p.j.LastID())
+	}
 
 	del := &deleter{j: p.j, in: make(chan delReq, 16), p: p}
 	s := &sender{p: p, cfg: p.cfg, j: p.j, log: p.log, m: p.m, win: newWindow(cfg.MaxInFlight), del: del,
@@ -246,7 +260,8 @@ func (p *Publisher) Flush(ctx context.Context) error {
 	if closed {
 		return ErrClosed
 	}
-	target := p.lastAccepted.Load()
+	// The journal's LastID also covers entries re-driven (journal.Redrive) since.
+	target := max(p.lastAccepted.Load(), p.j.LastID())
 	if target == 0 {
 		return nil
 	}
