@@ -188,15 +188,8 @@ func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 	attempts := e.Attempts + 1
 	park := int(attempts) >= s.cfg.MaxAttempts
 	if ae.Code == amqp.NotFound { // basic.publish's only 404: the exchange does not exist
-		since, ok := s.missing[e.Exchange]
-		if !ok {
-			if s.missing == nil {
-				s.missing = make(map[string]time.Time)
-			}
-			since = time.Now()
-			s.missing[e.Exchange] = since
-		}
-		if g := s.cfg.MissingExchangeGrace; g >= 0 && time.Since(since) >= g {
+		spell := s.missingFor(e.Exchange, time.Now())
+		if g := s.cfg.MissingExchangeGrace; g >= 0 && spell >= g {
 			park = true
 		}
 	}
@@ -215,6 +208,37 @@ func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 	}
 	s.log.Warn("publisher: channel error attributed to a message", "stream", e.Stream, "seq", e.Seq,
 		"exchange", e.Exchange, "key", e.RoutingKey, "attempts", attempts, "max_attempts", s.cfg.MaxAttempts, "err", ae)
+}
+
+// missingSpell is how long an exchange has been missing: since the first 404 of the current spell.
+// A spell ends when a message to the exchange is confirmed or returned, or when no 404 came for
+// spellGap (nothing was sent there, and the exchange may have existed meanwhile), so an old spell
+// never parks a message without a grace. spellGap is longer than any retry backoff between two
+// sends of a message.
+type missingSpell struct{ since, last time.Time }
+
+const spellGap = 5 * time.Minute
+
+// missingFor records a 404 for exchange at now and returns how long its spell has lasted.
+func (s *sender) missingFor(exchange string, now time.Time) time.Duration {
+	gap := max(s.cfg.MissingExchangeGrace, spellGap)
+	if s.missing == nil {
+		s.missing = make(map[string]missingSpell)
+	}
+	if len(s.missing) >= 1024 { // exchanges that never came back: forget the stale spells
+		for x, sp := range s.missing {
+			if now.Sub(sp.last) > gap {
+				delete(s.missing, x)
+			}
+		}
+	}
+	sp, ok := s.missing[exchange]
+	if !ok || now.Sub(sp.last) > gap {
+		sp.since = now
+	}
+	sp.last = now
+	s.missing[exchange] = sp
+	return now.Sub(sp.since)
 }
 
 // park moves e to the journal's parked set and reports it, and reports whether it did. If parking

@@ -135,9 +135,10 @@ func (w *window) minID() uint64 {
 	return w.at(0).e.ID
 }
 
-// only returns the single flight when exactly one is in the window.
+// only returns the single flight when exactly one is in the window and it is still waiting for its
+// confirm (a confirmed one cannot be the cause of a channel error).
 func (w *window) only() *journal.Entry {
-	if w.n != 1 {
+	if w.n != 1 || w.at(0).state != flightWaiting {
 		return nil
 	}
 	return w.at(0).e

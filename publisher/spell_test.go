@@ -1,0 +1,53 @@
+package publisher
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestMissingSpell: how long an exchange counts as missing, the input of MissingExchangeGrace.
+func TestMissingSpell(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	type hit struct {
+		exchange string
+		at       time.Duration // after t0
+		want     time.Duration // spell length returned
+	}
+	tests := []struct {
+		name string
+		hits []hit
+	}{
+		{"first 404 starts a spell", []hit{{"x", 0, 0}}},
+		{"404s within the gap extend it", []hit{{"x", 0, 0}, {"x", 30 * time.Second, 30 * time.Second}, {"x", 4 * time.Minute, 4 * time.Minute}}},
+		{"a quiet gap starts a new spell", []hit{{"x", 0, 0}, {"x", time.Minute, time.Minute}, {"x", time.Minute + spellGap + time.Second, 0}}},
+		{"exchanges are independent", []hit{{"x", 0, 0}, {"y", time.Minute, 0}, {"x", 2 * time.Minute, 2 * time.Minute}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &sender{cfg: Config{MissingExchangeGrace: time.Minute}}
+			for i, h := range tc.hits {
+				if got := s.missingFor(h.exchange, t0.Add(h.at)); got != h.want {
+					t.Fatalf("hit %d (%s at %v): spell %v, want %v", i, h.exchange, h.at, got, h.want)
+				}
+			}
+		})
+	}
+	t.Run("a grace longer than the gap stretches the gap", func(t *testing.T) {
+		s := &sender{cfg: Config{MissingExchangeGrace: time.Hour}}
+		s.missingFor("x", t0)
+		if got := s.missingFor("x", t0.Add(50*time.Minute)); got != 50*time.Minute {
+			t.Fatalf("spell %v", got)
+		}
+	})
+	t.Run("stale spells are forgotten past 1024 exchanges", func(t *testing.T) {
+		s := &sender{cfg: Config{MissingExchangeGrace: time.Minute}}
+		for i := range 1024 {
+			s.missingFor(fmt.Sprint("old-", i), t0)
+		}
+		s.missingFor("new", t0.Add(spellGap+time.Second))
+		if len(s.missing) != 1 {
+			t.Fatalf("%d spells kept, want only the new one", len(s.missing))
+		}
+	})
+}
