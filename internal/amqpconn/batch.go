@@ -14,7 +14,8 @@ const DefaultBatchLimit = 256 << 10
 // the burst leaves in one write of up to Limit bytes. Between Hold and Release, Write only copies
 // (or, past Limit, writes everything held plus the new bytes). Writes from other goroutines
 // (heartbeats) are held with the rest until Release, so a holder must release promptly: the
-// publisher holds for one pass of its send loop, which never waits.
+// publisher holds from the first publish of a pass of its send loop until the pass ends, and
+// releases before anything that may wait (a journal read from disk).
 //
 // A failed write is sticky: every later Write returns the error, and the socket is closed so that
 // amqp091-go's reader sees the failure and shuts the connection down. Read, Close and the deadline
