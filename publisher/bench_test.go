@@ -46,10 +46,18 @@ func benchQueue(b *testing.B, url, qtype string) string {
 	return q
 }
 
+// Stamp variants of rawPipelined: what the raw baseline puts in each message.
+const (
+	stampNone     = "plain"    // a short message-id, no headers
+	stampMsgID    = "msgid"    // the contract's message-id only
+	stampHeaders  = "headers"  // the four rk- headers only
+	stampOne      = "onehdr"   // one header holding the same information
+	stampContract = "contract" // headers and message-id: the bytes rabbitkit sends ("stamped raw")
+)
+
 // rawPipelined publishes n persistent messages to queue with at most window unconfirmed, waiting for
-// every confirm; it returns the rate in msg/s.
-// With stamped, each message carries the rk- headers and message-id rabbitkit sends (same wire bytes).
-func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int, stamped bool) float64 {
+// every confirm; it returns the rate in msg/s. stamp is one of the stamp variants.
+func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int, stamp string) float64 {
 	b.Helper()
 	c, err := amqp.Dial(url)
 	if err != nil {
@@ -74,8 +82,15 @@ func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int, s
 			pending = pending[1:]
 		}
 		msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body, MessageId: fmt.Sprint(i)}
-		if stamped {
-			st := protocol.Stamp{Source: "bench-raw", Epoch: 1234567890123, Stream: "/" + queue, Seq: int64(i + 1)}
+		st := protocol.Stamp{Source: "bench-raw", Epoch: 1234567890123, Stream: "/" + queue, Seq: int64(i + 1)}
+		switch stamp {
+		case stampMsgID:
+			msg.MessageId = st.MessageID()
+		case stampHeaders:
+			msg.Headers = st.Apply(nil)
+		case stampOne:
+			msg.Headers = amqp.Table{"rk": st.MessageID()}
+		case stampContract:
 			msg.Headers, msg.MessageId = st.Apply(nil), st.MessageID()
 		}
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, msg)
@@ -189,11 +204,11 @@ func BenchmarkPublish(b *testing.B) {
 					phases := []func(){
 						func() {
 							purge(b, url, qRaw)
-							raw.add(meter.measure(n, func() { rawPipelined(b, url, qRaw, body, n, benchWindow, false) }))
+							raw.add(meter.measure(n, func() { rawPipelined(b, url, qRaw, body, n, benchWindow, stampNone) }))
 						},
 						func() {
 							purge(b, url, qStamped)
-							stamped.add(meter.measure(n, func() { rawPipelined(b, url, qStamped, body, n, benchWindow, true) }))
+							stamped.add(meter.measure(n, func() { rawPipelined(b, url, qStamped, body, n, benchWindow, stampContract) }))
 						},
 						func() {
 							purge(b, url, qRK)
@@ -318,8 +333,8 @@ func BenchmarkDrain(b *testing.B) {
 		b.Fatal(err)
 	}
 	drain := float64(n) / time.Since(start).Seconds()
-	raw := rawPipelined(b, url, qRaw, body, n, benchWindow, false)
-	rawStamped := rawPipelined(b, url, qRaw, body, n, benchWindow, true)
+	raw := rawPipelined(b, url, qRaw, body, n, benchWindow, stampNone)
+	rawStamped := rawPipelined(b, url, qRaw, body, n, benchWindow, stampContract)
 	b.StopTimer()
 	b.ReportMetric(drain, "drain_msg/s")
 	b.ReportMetric(raw, "raw_msg/s")
@@ -336,7 +351,7 @@ func BenchmarkDrain(b *testing.B) {
 func BenchmarkStampCost(b *testing.B) {
 	url := testbroker.SharedURL(b)
 	meter := newCPUMeter()
-	variants := []string{"plain", "msgid", "headers", "onehdr", "contract"}
+	variants := []string{stampNone, stampMsgID, stampHeaders, stampOne, stampContract}
 	for _, qtype := range []string{topology.Classic, topology.Quorum} {
 		b.Run(qtype, func(b *testing.B) {
 			q := benchQueue(b, url, qtype)
@@ -349,7 +364,7 @@ func BenchmarkStampCost(b *testing.B) {
 				for i := range variants {
 					v := (i + r) % len(variants)
 					purge(b, url, q)
-					costs[v].add(meter.measure(n, func() { rawVariant(b, url, q, body, n, variants[v]) }))
+					costs[v].add(meter.measure(n, func() { rawPipelined(b, url, q, body, n, benchWindow, variants[v]) }))
 				}
 			}
 			b.StopTimer()
@@ -360,53 +375,5 @@ func BenchmarkStampCost(b *testing.B) {
 				}
 			}
 		})
-	}
-}
-
-// rawVariant is rawPipelined with the stamp variant of BenchmarkStampCost.
-func rawVariant(b *testing.B, url, queue string, body []byte, n int, variant string) {
-	b.Helper()
-	c, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	ch, err := c.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := ch.Confirm(false); err != nil {
-		b.Fatal(err)
-	}
-	pending := make([]*amqp.DeferredConfirmation, 0, benchWindow)
-	for i := range n {
-		if len(pending) == benchWindow {
-			if !pending[0].Wait() {
-				b.Fatal("raw: nack")
-			}
-			pending = pending[1:]
-		}
-		msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body, MessageId: fmt.Sprint(i)}
-		st := protocol.Stamp{Source: "bench-raw", Epoch: 1234567890123, Stream: "/" + queue, Seq: int64(i + 1)}
-		switch variant {
-		case "msgid":
-			msg.MessageId = st.MessageID()
-		case "headers":
-			msg.Headers = st.Apply(nil)
-		case "onehdr":
-			msg.Headers = amqp.Table{"rk": st.MessageID()}
-		case "contract":
-			msg.Headers, msg.MessageId = st.Apply(nil), st.MessageID()
-		}
-		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", queue, true, false, msg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		pending = append(pending, dc)
-	}
-	for _, dc := range pending {
-		if !dc.Wait() {
-			b.Fatal("raw: nack")
-		}
 	}
 }
