@@ -67,7 +67,13 @@ func findBrokerPID() int {
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
 		cmd, err := os.ReadFile(filepath.Join(d, "cmdline"))
-		if err != nil || !bytes.Contains(cmd, []byte("beam.smp")) || bytes.Contains(cmd, []byte("rabbitkit-nodes")) {
+		if err != nil || !bytes.Contains(cmd, []byte("beam.smp")) {
+			continue
+		}
+		// A private test node (testbroker.StartNode) has its data under rabbitkit-nodes; its
+		// command line does not say so, its environment does.
+		env, _ := os.ReadFile(filepath.Join(d, "environ"))
+		if bytes.Contains(cmd, []byte("rabbitkit-nodes")) || bytes.Contains(env, []byte("rabbitkit-nodes")) {
 			continue
 		}
 		pid, _ := strconv.Atoi(filepath.Base(d))
