@@ -61,7 +61,8 @@ type Config struct {
 	// after MaxAttempts sends with RetryBackoff between them. The journal is sent in order, so
 	// without this every message behind a misspelt or deleted exchange would wait MaxAttempts
 	// backoffs (about 90 s with the defaults) per message sent there. A confirmed or returned
-	// message to the exchange ends the state; parked messages can be re-driven. Within the grace,
+	// message to the exchange ends the state, and so do 5 minutes without a 404 from it (make
+	// RetryBackoff's longest wait shorter than that); parked messages can be re-driven. Within the grace,
 	// an exchange that another service declares a little later loses nothing. Default
 	// DefaultMissingExchangeGrace; negative: never, always MaxAttempts.
 	MissingExchangeGrace time.Duration
@@ -85,7 +86,8 @@ type Config struct {
 	// dropped by the broker (and confirmed). Default false: mandatory, so they are parked and reported.
 	NoMandatory bool
 	// OnParked is called when an entry is parked (unroutable, or MaxAttempts reached). It runs
-	// synchronously on the sender goroutine and must not block.
+	// synchronously on the sender goroutine and must not block. Re-drive a parked entry only after
+	// its cause is fixed: re-driving from OnParked while it persists parks it again at once.
 	OnParked func(*ParkedError)
 	// OnStateChange is called on every connection state change. It runs synchronously on the sender
 	// goroutine and must not block.

@@ -184,18 +184,18 @@ func New(cfg Config) (*Publisher, error) {
 	// What a previous process left in the journal counts as accepted: Flush waits for it too. IDs
 	// below the first pending one are settled (confirmed or parked) already, so that a Flush with
 	// nothing pending returns at once, even before the broker is reachable.
-	p.lastAccepted.Store(p.j.LastID())
-	first, err := p.j.Read(context.Background(), 0, 1)
-	if err != nil {
-		if p.ownJournal {
-			_ = p.j.Close()
-		}
-		return nil, fmt.Errorf("publisher: read journal: %w", err)
-	}
-	if len(first) > 0 {
+	// LastID is read once, before the first pending entry: an entry added in between (a shared
+	// journal) has a higher ID and is not settled by mistake.
+	last := p.j.LastID()
+	p.lastAccepted.Store(last)
+	switch first, err := p.j.Read(context.Background(), 0, 1); {
+	case err != nil:
+		// The sender reports and retries the read; Flush waits for it meanwhile.
+		p.log.Warn("publisher: reading the journal's first pending entry failed", "err", err)
+	case len(first) > 0:
 		p.fr.advance(first[0].ID - 1)
-	} else {
-		p.fr.advance(p.j.LastID())
+	default:
+		p.fr.advance(last)
 	}
 
 	del := &deleter{j: p.j, in: make(chan delReq, 16), p: p}
@@ -251,7 +251,8 @@ func (p *Publisher) setConn(c conn) {
 }
 
 // Flush waits until every message accepted so far (by this Publisher, and everything journaled
-// before them, including what a previous process left in the journal) has a final outcome: confirmed, or parked (reported through OnParked and the
+// before them, including what a previous process left in the journal and entries re-driven with
+// journal.Redrive) has a final outcome: confirmed, or parked (reported through OnParked and the
 // receipts). It returns ctx's error if ctx ends first and ErrClosed if the Publisher closes first.
 func (p *Publisher) Flush(ctx context.Context) error {
 	p.mu.RLock()

@@ -181,7 +181,7 @@ func (f *frontier) wait(r *Receipt) {
 	}
 }
 
-// advance settles every ID <= to. Sender only.
+// advance settles every ID <= to. The sender, and New before the sender starts.
 func (f *frontier) advance(to uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

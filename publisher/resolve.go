@@ -213,8 +213,8 @@ func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 // missingSpell is how long an exchange has been missing: since the first 404 of the current spell.
 // A spell ends when a message to the exchange is confirmed or returned, or when no 404 came for
 // spellGap (nothing was sent there, and the exchange may have existed meanwhile), so an old spell
-// never parks a message without a grace. spellGap is longer than any retry backoff between two
-// sends of a message.
+// never parks a message without a grace. spellGap is longer than the default RetryBackoff's
+// longest wait between two sends of a message (30 s).
 type missingSpell struct{ since, last time.Time }
 
 const spellGap = 5 * time.Minute

@@ -384,9 +384,11 @@ func (s *sender) next(ctx context.Context) (*journal.Entry, error) {
 	if s.changed != nil {
 		return nil, nil // waiting for a commit
 	}
-	s.releaseWrites()                   // what this pass published leaves now, not after a journal read
-	changed := s.j.Changed()            // taken before reading: a commit after the read still wakes us
-	accepted := s.p.lastAccepted.Load() // committed before the read: if still pending, the read sees it
+	s.releaseWrites()        // what this pass published leaves now, not after a journal read
+	changed := s.j.Changed() // taken before reading: a commit after the read still wakes us
+	// Committed before the read: if still pending, the read sees it. LastID covers IDs that
+	// journal.Redrive assigned, which no Publish accepted.
+	accepted := max(s.p.lastAccepted.Load(), s.j.LastID())
 	page, err := s.j.Read(ctx, s.cursor, s.cfg.ReadBatch)
 	if err != nil {
 		return nil, err
