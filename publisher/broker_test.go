@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
@@ -209,6 +210,74 @@ func TestMissingExchangeMany(t *testing.T) {
 	}
 	t.Logf("%d messages to a missing exchange parked in %v", bad, elapsed.Round(time.Millisecond))
 	check(t, url, s.queue, l, checkOpts{})
+}
+
+// TestRedriveMissingExchange, against the broker: a message parked for a missing exchange and then
+// re-driven (journal.Redrive gives it an ID no Publish accepted) is parked again while the exchange
+// is still missing, and Flush returns; once the exchange exists, a second re-drive delivers it.
+func TestRedriveMissingExchange(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	s := newSetup(t, url, "classic", nil)
+	missing := s.exchange + "-later"
+	testbroker.DeleteExchanges(t, url, missing)
+	cfg := s.config(t, url, t.TempDir())
+	cfg.MaxAttempts = 1
+	p := mustNew(t, cfg)
+	ctx := context.Background()
+	r, err := p.Publish(ctx, Message{Exchange: missing, RoutingKey: s.key, Body: []byte("late")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pe *ParkedError
+	if err := waitErr(t, r); !errors.As(err, &pe) || pe.ReplyCode != 404 {
+		t.Fatalf("first send: %v, want parked with 404", err)
+	}
+	if err := p.Journal().Redrive(ctx, r.id); err != nil {
+		t.Fatal(err)
+	}
+	flush(t, p, 20*time.Second) // parked again: Flush must not wait for it forever
+	st := p.Journal().Stats()
+	if st.Pending != 0 || st.Parked != 1 {
+		t.Fatalf("after the re-drive while missing: %d pending, %d parked; want 0 and 1", st.Pending, st.Parked)
+	}
+
+	// The exchange appears (bound to the queue): a re-drive now delivers the message.
+	declare(t, url, s)
+	withCh(t, url, func(ch *amqp.Channel) {
+		if err := ch.ExchangeDeclare(missing, "direct", true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := ch.QueueBind(s.queue, s.key, missing, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var id uint64
+	if err := p.Journal().Parked(ctx, func(pe journal.ParkedEntry) error { id = pe.ID; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Journal().Redrive(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	flush(t, p, 20*time.Second)
+	l := newLedger()
+	if n := check(t, url, s.queue, l, checkOpts{allowExtra: true}).arrivals; n != 1 {
+		t.Fatalf("%d arrivals after the exchange appeared, want the re-driven message once", n)
+	}
+}
+
+// withCh runs fn on a channel of a fresh connection to url.
+func withCh(t *testing.T, url string, fn func(ch *amqp.Channel)) {
+	t.Helper()
+	c, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn(ch)
 }
 
 // publishBatch journals n messages with PublishBatch, recording them.
