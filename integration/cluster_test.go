@@ -278,6 +278,9 @@ func (c *cluster) finish(timeout time.Duration) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	c.stopping = true
+	// A consumer restarted by the last fault may still be in exec or the Go runtime's start-up,
+	// before main installs its SIGTERM handler; a SIGTERM then kills any program. Let it start.
+	time.Sleep(time.Until(c.cons.started.Add(time.Second)))
 	if err := c.cons.term(30 * time.Second); err != nil && !c.cons.wasKilled() {
 		c.failures = append(c.failures, "graceful stop: "+c.cons.describe())
 	}

@@ -19,9 +19,10 @@ import (
 // the callbacks (on exec's copying goroutines, owned by cmd.Wait) and copied to a log file in the
 // test's temp dir. The test's cleanup SIGKILLs and reaps it if it is still running.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  *os.File
+	name    string
+	cmd     *exec.Cmd
+	log     *os.File
+	started time.Time
 
 	done    chan struct{} // closed once the process exited and its output was read
 	waitErr error         // valid after done
@@ -47,7 +48,7 @@ func startProc(t testing.TB, dir string, s procSpec) *proc {
 	if err != nil {
 		t.Fatalf("create log: %v", err)
 	}
-	p := &proc{name: s.name, log: logf, done: make(chan struct{})}
+	p := &proc{name: s.name, log: logf, done: make(chan struct{}), started: time.Now()}
 	cmd := exec.Command(s.bin, s.args...)
 	cmd.Stdout = &lineWriter{fn: func(l string) {
 		if s.onStdout != nil {

@@ -91,6 +91,10 @@ func run(o options) error {
 	if o.queue == "" {
 		return errors.New("-queue is required")
 	}
+	// Before anything slow: a SIGTERM that arrives during start-up must stop gracefully (exit 0),
+	// not kill the process with Go's default action.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	level := slog.LevelInfo
 	if o.verbose {
 		level = slog.LevelDebug
@@ -140,8 +144,6 @@ func run(o options) error {
 	}
 	defer c.Close()
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 

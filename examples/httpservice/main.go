@@ -73,6 +73,10 @@ func run(o options) error {
 	if o.source == "" || o.journal == "" {
 		return errors.New("-source and -journal are required")
 	}
+	// Before anything slow: a SIGTERM that arrives during start-up must stop gracefully (exit 0),
+	// not kill the process with Go's default action.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	key := o.routingKey
 	if key == "" {
@@ -106,8 +110,6 @@ func run(o options) error {
 	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
 	log.Info("listening", "addr", ln.Addr().String())
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }() // joined below through errc
 	select {

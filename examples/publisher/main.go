@@ -88,6 +88,10 @@ func run(o options) error {
 	case o.count < 0 || o.size < 0 || o.rate < 0 || o.streams < 1:
 		return errors.New("-count, -size and -rate must be >= 0, -streams >= 1")
 	}
+	// Before anything slow: a SIGTERM that arrives during start-up must stop gracefully (exit 0),
+	// not kill the process with Go's default action.
+	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	level := slog.LevelInfo
 	if o.verbose {
 		level = slog.LevelDebug
@@ -125,9 +129,6 @@ func run(o options) error {
 			_ = p.Close(context.Background())
 		}
 	}()
-
-	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 
 	// The printer prints each receipt's accepted line once it is journaled, in publish order,
 	// flushing stdout whenever it has caught up (a process killed before a flush loses lines of
