@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"math"
@@ -11,6 +12,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/topology"
@@ -45,8 +47,16 @@ const (
 
 // Config configures a Consumer. URLs and Queue are required, and either Store or StorePath.
 type Config struct {
-	URLs  []string // brokers, tried in turn
-	Queue string   // the queue to consume
+	// URLs of the brokers, tried in turn on every (re)connect: amqp://user:pass@host:5672/vhost, or
+	// amqps:// for TLS. New refuses a URL that does not parse.
+	URLs  []string
+	Queue string // the queue to consume
+	// TLS configures the amqps:// URLs: root CAs, client certificates for mutual TLS, minimum
+	// version. It is cloned for every connection, and ServerName defaults to each URL's host. Nil:
+	// the URLs' own cacertfile, certfile, keyfile and server_name_indication parameters over the
+	// system roots. With TLS set, New refuses plain amqp:// URLs. For certificate login add
+	// ?auth_mechanism=external to the URL (RabbitMQ's rabbitmq_auth_mechanism_ssl plugin).
+	TLS *tls.Config
 	// Topology is declared on every (re)connect, before consuming. Include the consumed queue so
 	// that a deleted queue comes back; the parking queue is added unless it is already there.
 	Topology topology.Topology
@@ -124,6 +134,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if len(c.URLs) == 0 {
 		return bad("no URLs")
+	}
+	if err := amqpconn.CheckURLs(c.URLs, c.TLS); err != nil {
+		return c, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if c.Queue == "" {
 		return bad("no Queue")

@@ -176,7 +176,7 @@ func (c *Consumer) newRun(ctx context.Context, h Handler, th TxHandler) (*run, e
 		stopCh: make(chan struct{}), auxStop: make(chan struct{}),
 		done: newQueue[doneTag](), events: newQueue[func()](),
 	}
-	r.dialer = &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.Reconnect, Logger: cfg.Logger, Name: cfg.Name}
+	r.dialer = &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.Reconnect, Logger: cfg.Logger, Name: cfg.Name, TLS: cfg.TLS}
 	r.workers = make([]*worker, cfg.Workers)
 	for i := range r.workers {
 		tr, err := dedup.New(cfg.Dedup)

@@ -60,7 +60,7 @@ func (p *parker) park(ctx context.Context, it *item, reason string) error {
 
 func (p *parker) loop() {
 	r := p.r
-	p.dialer = &amqpconn.Dialer{URLs: r.cfg.URLs, Heartbeat: r.cfg.Heartbeat, Backoff: r.cfg.Reconnect, Logger: r.cfg.Logger, Name: r.cfg.Name + "-parking"}
+	p.dialer = &amqpconn.Dialer{URLs: r.cfg.URLs, Heartbeat: r.cfg.Heartbeat, Backoff: r.cfg.Reconnect, Logger: r.cfg.Logger, Name: r.cfg.Name + "-parking", TLS: r.cfg.TLS}
 	defer p.reset()
 	for {
 		select {

@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"time"
@@ -31,8 +32,15 @@ const (
 // Config configures a Publisher. URLs and either Journal or (JournalPath and Source) are required;
 // every other zero field takes a safe default.
 type Config struct {
-	// URLs of the broker (several for a cluster), tried in turn on every (re)connect.
+	// URLs of the broker (several for a cluster), tried in turn on every (re)connect:
+	// amqp://user:pass@host:5672/vhost, or amqps:// for TLS. New refuses a URL that does not parse.
 	URLs []string
+	// TLS configures the amqps:// URLs: root CAs, client certificates for mutual TLS, minimum
+	// version. It is cloned for every connection, and ServerName defaults to each URL's host. Nil:
+	// the URLs' own cacertfile, certfile, keyfile and server_name_indication parameters over the
+	// system roots. With TLS set, New refuses plain amqp:// URLs. For certificate login add
+	// ?auth_mechanism=external to the URL (RabbitMQ's rabbitmq_auth_mechanism_ssl plugin).
+	TLS *tls.Config
 	// Source is the stable name of this publishing instance (rk-source). Required with JournalPath;
 	// with Journal it defaults to Journal.Source() and must match it.
 	Source string
@@ -110,6 +118,9 @@ func defaultRetryBackoff() backoff.BackOff {
 func (c Config) validate() (Config, error) {
 	if len(c.URLs) == 0 && c.dial == nil {
 		return c, fmt.Errorf("%w: no URLs", ErrInvalidConfig)
+	}
+	if err := amqpconn.CheckURLs(c.URLs, c.TLS); err != nil {
+		return c, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	switch {
 	case c.Journal != nil && c.JournalPath != "":

@@ -168,7 +168,7 @@ func New(cfg Config) (*Publisher, error) {
 	if cfg.dial == nil {
 		p.cfg.dial = &amqpConnector{
 			dialer: &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff,
-				Logger: cfg.Logger, Name: cfg.ConnectionName, BatchWrites: true},
+				Logger: cfg.Logger, Name: cfg.ConnectionName, BatchWrites: true, TLS: cfg.TLS},
 			topology: cfg.Topology,
 		}
 	}

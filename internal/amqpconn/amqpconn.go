@@ -4,10 +4,12 @@ package amqpconn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	neturl "net/url"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -31,6 +33,11 @@ type Dialer struct {
 	// BatchWrites makes the socket a *BatchConn (returned by DialSocket), so that a burst of
 	// publishes can leave in one write.
 	BatchWrites bool
+	// TLS configures amqps:// URLs (server verification, client certificates). It is cloned for
+	// every dial, so amqp091-go's filling in ServerName from one URL's host never leaks into the
+	// next URL's handshake. Nil: the URL's own parameters (cacertfile, certfile, keyfile,
+	// server_name_indication) over the system roots. CheckURLs refuses plain amqp:// URLs with it.
+	TLS *tls.Config
 
 	next int // index of the URL to try first; only touched by the owning goroutine
 }
@@ -116,10 +123,15 @@ func (d *Dialer) dialOnce(ctx context.Context, url string) (*amqp.Connection, ne
 	}
 	var stop func() bool
 	var sock net.Conn
+	var tlsCfg *tls.Config
+	if d.TLS != nil {
+		tlsCfg = d.TLS.Clone()
+	}
 	cfg := amqp.Config{
-		Heartbeat:  hb,
-		Locale:     "en_US",
-		Properties: props,
+		TLSClientConfig: tlsCfg,
+		Heartbeat:       hb,
+		Locale:          "en_US",
+		Properties:      props,
 		Dial: func(network, addr string) (net.Conn, error) {
 			dl := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 			c, err := dl.DialContext(ctx, network, addr)
@@ -150,6 +162,30 @@ func (d *Dialer) dialOnce(ctx context.Context, url string) (*amqp.Connection, ne
 		return nil, nil, fmt.Errorf("amqpconn: dial %s: %w", redact(url), err)
 	}
 	return conn, sock, nil
+}
+
+// ErrBadURL is wrapped by CheckURLs for a URL that can never be dialled.
+var ErrBadURL = errors.New("amqpconn: bad broker URL")
+
+// CheckURLs returns an error wrapping ErrBadURL for the first URL that does not parse as an AMQP
+// URI, and for a plain amqp:// URL when tlsConfig is set: a caller who configured TLS must never
+// send credentials in clear text because of a mistyped scheme. Errors name the URL without its
+// password.
+func CheckURLs(urls []string, tlsConfig *tls.Config) error {
+	for _, u := range urls {
+		uri, err := amqp.ParseURI(u)
+		if err != nil {
+			var ue *neturl.Error
+			if errors.As(err, &ue) {
+				err = ue.Err // its text quotes the URL, password included
+			}
+			return fmt.Errorf("%w: %s: %w", ErrBadURL, redact(u), err)
+		}
+		if tlsConfig != nil && uri.Scheme != "amqps" {
+			return fmt.Errorf("%w: %s: a TLS config is set but the URL is plain amqp://; use amqps://", ErrBadURL, redact(u))
+		}
+	}
+	return nil
 }
 
 func (d *Dialer) logger() *slog.Logger {

@@ -2,6 +2,7 @@ package amqpconn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"testing"
@@ -69,4 +70,37 @@ func TestDialNeedsAURL(t *testing.T) {
 func TestRedact(t *testing.T) {
 	require.Equal(t, "amqp://guest:xxxxx@host/", Redact("amqp://guest:secret@host:5672/"))
 	require.Equal(t, "<unparsable url>", Redact("http://x"))
+}
+
+func TestCheckURLs(t *testing.T) {
+	tests := []struct {
+		name string
+		urls []string
+		tls  bool
+		bad  string // "" when the URLs are fine; else a part of the error
+	}{
+		{"plain", []string{"amqp://u:secret@a:5672/", "amqp://b/vh"}, false, ""},
+		{"amqps with TLS", []string{"amqps://u:secret@a:5671/"}, true, ""},
+		{"amqps with URL parameters", []string{"amqps://a:5671/?cacertfile=/ca.pem&auth_mechanism=external"}, false, ""},
+		{"plain with TLS", []string{"amqps://a/", "amqp://u:secret@b:5672/"}, true, "use amqps://"},
+		{"bad port", []string{"amqp://u:secret@a:port/"}, false, "invalid port"},
+		{"wrong scheme", []string{"http://a/"}, false, "scheme"},
+		{"empty", []string{""}, false, "scheme"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var cfg *tls.Config
+			if tc.tls {
+				cfg = &tls.Config{}
+			}
+			err := CheckURLs(tc.urls, cfg)
+			if tc.bad == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, ErrBadURL)
+			require.Contains(t, err.Error(), tc.bad)
+			require.NotContains(t, err.Error(), "secret")
+		})
+	}
 }

@@ -27,6 +27,7 @@ type Node struct {
 	Port int    // AMQP port on 127.0.0.1
 	URL  string // amqp://guest:guest@127.0.0.1:<Port>/
 	Addr string // 127.0.0.1:<Port>
+	TLS  *TLS   // the TLS listener; nil unless started WithTLS
 
 	dir      string
 	distPort int
@@ -35,8 +36,12 @@ type Node struct {
 
 // StartNode starts a private node and waits until it accepts AMQP connections (about 10 s). The node
 // is stopped and its folder removed when the test ends.
-func StartNode(t testing.TB) *Node {
+func StartNode(t testing.TB, opts ...NodeOption) *Node {
 	t.Helper()
+	var o nodeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if _, err := exec.LookPath("rabbitmq-server"); err != nil {
 		t.Fatalf("testbroker: rabbitmq-server is not installed (run `make test`, which installs it): %v", err)
 	}
@@ -59,6 +64,9 @@ func StartNode(t testing.TB) *Node {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		t.Fatalf("testbroker: %v", err)
+	}
+	if o.tls {
+		n.TLS = setUpTLS(t, dir)
 	}
 	if err := chownRabbit(dir); err != nil {
 		t.Fatalf("testbroker: %v", err)
@@ -86,6 +94,19 @@ func (n *Node) Start(t testing.TB) {
 	if err := WaitAMQP(ctx, n.URL); err != nil {
 		logs, _ := exec.Command("sh", "-c", "tail -n 40 "+filepath.Join(n.dir, "log")+"/*.log").CombinedOutput()
 		t.Fatalf("testbroker: node %s did not accept AMQP on %s: %v\n%s", n.Name, n.Addr, err, logs)
+	}
+	if n.TLS != nil {
+		for {
+			c, err := net.DialTimeout("tcp", n.TLS.Addr, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("testbroker: node %s: no TLS listener on %s: %v", n.Name, n.TLS.Addr, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 }
 
