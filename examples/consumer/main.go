@@ -62,7 +62,7 @@ type options struct {
 func main() {
 	var o options
 	fs := flag.NewFlagSet("consumer", flag.ContinueOnError)
-	fs.StringVar(&o.urls, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL; several separated by commas (a cluster, tried in turn)")
+	fs.StringVar(&o.urls, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL; several separated by commas (a cluster, tried in turn). TLS: amqps://host:5671/?cacertfile=CA.pem&certfile=C.pem&keyfile=K.pem")
 	fs.StringVar(&o.queue, "queue", "", "queue to consume (declared durable if missing); required unless -dump")
 	fs.StringVar(&o.queueType, "queue-type", topology.Classic, "type of the queue to declare: classic or quorum")
 	fs.StringVar(&o.exchange, "exchange", "", "if set, declare this direct exchange and bind the queue to it with -routing-key")

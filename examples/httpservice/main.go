@@ -56,7 +56,7 @@ func main() {
 	var o options
 	fs := flag.NewFlagSet("httpservice", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "HTTP listen address (port 0: pick a free one; the address is logged)")
-	fs.StringVar(&o.urls, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL; several separated by commas")
+	fs.StringVar(&o.urls, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL; several separated by commas. TLS: amqps://host:5671/?cacertfile=CA.pem&certfile=C.pem&keyfile=K.pem")
 	fs.StringVar(&o.source, "source", "", "stable name of this service instance (rk-source); required")
 	fs.StringVar(&o.journal, "journal", "", "journal file (created if missing); required")
 	fs.StringVar(&o.exchange, "exchange", "rabbitkit.example", "exchange to publish to (declared durable, direct)")

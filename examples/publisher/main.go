@@ -58,7 +58,7 @@ type options struct {
 func main() {
 	var o options
 	fs := flag.NewFlagSet("publisher", flag.ContinueOnError)
-	fs.StringVar(&o.urls, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL; several separated by commas (a cluster, tried in turn)")
+	fs.StringVar(&o.urls, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL; several separated by commas (a cluster, tried in turn). TLS: amqps://host:5671/?cacertfile=CA.pem&certfile=C.pem&keyfile=K.pem")
 	fs.StringVar(&o.source, "source", "", "stable name of this publisher (rk-source); required")
 	fs.StringVar(&o.journal, "journal", "", "journal file (created if missing); required. Reuse it after a crash: what it holds is sent first")
 	fs.StringVar(&o.exchange, "exchange", "rabbitkit.example", "exchange to publish to (declared durable, direct)")
