@@ -1,10 +1,13 @@
 package protocol
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -39,9 +42,29 @@ type Stamp struct {
 	Seq    int64  // position in the stream, from 1, +1 per accepted message
 }
 
+// MaxMessageID is the longest message-id AMQP can carry (a short string).
+const MaxMessageID = 255
+
 // MessageID returns "<source>/<epoch>/<stream>/<seq>", the AMQP message-id rabbitkit sets when the
-// caller did not set one. It is informational: consumers identify messages by the headers.
+// caller did not set one. It is informational: consumers identify messages by the headers. When
+// that string is longer than MaxMessageID bytes, it is cut to its first 200 bytes (at a UTF-8
+// boundary), followed by "~" and the first 32 hex digits of the SHA-256 of the whole string: still
+// unique, at most 233 bytes.
 func (s Stamp) MessageID() string {
+	id := s.String()
+	if len(id) <= MaxMessageID {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	cut := 200
+	for cut > 0 && !utf8.RuneStart(id[cut]) {
+		cut--
+	}
+	return id[:cut] + "~" + hex.EncodeToString(sum[:16])
+}
+
+// String returns "<source>/<epoch>/<stream>/<seq>", for logs; unlike MessageID it is never cut.
+func (s Stamp) String() string {
 	var b strings.Builder
 	b.Grow(len(s.Source) + len(s.Stream) + 44)
 	b.WriteString(s.Source)
@@ -53,9 +76,6 @@ func (s Stamp) MessageID() string {
 	b.WriteString(strconv.FormatInt(s.Seq, 10))
 	return b.String()
 }
-
-// String formats the stamp for logs.
-func (s Stamp) String() string { return s.MessageID() }
 
 // Apply sets the four rk- headers on h and returns it, allocating a table when h is nil.
 func (s Stamp) Apply(h amqp.Table) amqp.Table {

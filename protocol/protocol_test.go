@@ -2,7 +2,9 @@ package protocol
 
 import (
 	"errors"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
@@ -87,4 +89,39 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("round trip: %+v %v", back, err)
 		}
 	})
+}
+
+func TestMessageIDBounded(t *testing.T) {
+	long := strings.Repeat("a", 300)
+	multi := strings.Repeat("é", 150) // 2 bytes each, starting at odd offsets after "s/1/a": byte 200 is not a rune start
+	tests := []struct {
+		name string
+		s    Stamp
+		full bool
+	}{
+		{"short", Stamp{Source: "svc", Epoch: 9, Stream: "s", Seq: 3}, true},
+		{"exactly 255", Stamp{Source: strings.Repeat("x", 255-len("/1//1")), Epoch: 1, Stream: "", Seq: 1}, true},
+		{"long stream", Stamp{Source: "svc", Epoch: 9, Stream: long, Seq: 3}, false},
+		{"long source", Stamp{Source: long, Epoch: 1<<62 + 5, Stream: long, Seq: 1<<62 + 7}, false},
+		{"multi-byte", Stamp{Source: "s", Epoch: 1, Stream: "a" + multi, Seq: 1}, false},
+	}
+	seen := map[string]bool{}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id := tc.s.MessageID()
+			require.LessOrEqual(t, len(id), MaxMessageID)
+			require.True(t, utf8.ValidString(id), id)
+			if tc.full {
+				require.Equal(t, tc.s.String(), id)
+				return
+			}
+			require.True(t, strings.HasPrefix(tc.s.String(), id[:strings.LastIndexByte(id, '~')]), "keeps a prefix")
+			require.Regexp(t, `~[0-9a-f]{32}$`, id)
+			require.False(t, seen[id])
+			seen[id] = true
+			next := tc.s
+			next.Seq++
+			require.NotEqual(t, id, next.MessageID(), "another seq gives another id")
+		})
+	}
 }

@@ -14,8 +14,10 @@ var (
 	ErrBufferFull = errors.New("publisher: accept buffer full")
 	// ErrInvalidConfig is returned by New for a Config that can never work.
 	ErrInvalidConfig = errors.New("publisher: invalid config")
-	// ErrInvalidMessage is returned for a message that can never be published (bad header types,
-	// empty stream after defaulting, ...). Nothing was journaled.
+	// ErrInvalidMessage is returned for a message that can never be published: bad header types, an
+	// exchange, routing key, string property or header key over AMQP's 255 bytes, headers too large
+	// for one frame, an expiration or delivery mode RabbitMQ refuses. Nothing was journaled. A
+	// *ParkedError wraps it too, for such an entry found in the journal and parked unsent.
 	ErrInvalidMessage = errors.New("publisher: invalid message")
 	// ErrAcceptUnknown means the message may or may not be journaled: it is wrapped together with
 	// the context's error when the caller's context ended while the journal was already writing the
@@ -45,17 +47,24 @@ type ParkedError struct {
 	Seq        int64
 	Exchange   string
 	RoutingKey string
-	Returned   bool   // the broker returned it as unroutable (basic.return)
-	ReplyCode  uint16 // AMQP reply code: of the basic.return, of the channel error, 0 for nacks
-	ReplyText  string
-	Attempts   uint32 // sends that ended in a nack or a channel error attributed to this message
+	Returned   bool // the broker returned it as unroutable (basic.return)
+	// Invalid: the entry breaks an AMQP or RabbitMQ limit (ReplyText says which) and was parked
+	// without being sent. Publish refuses such messages; the journal can still hold one written
+	// by an older version or through the journal API.
+	Invalid   bool
+	ReplyCode uint16 // AMQP reply code: of the basic.return, of the channel error, 0 for nacks
+	ReplyText string
+	Attempts  uint32 // sends that ended in a nack or a channel error attributed to this message
 }
 
 // Error implements error.
 func (e *ParkedError) Error() string {
 	what := "parked"
-	if e.Returned {
+	switch {
+	case e.Returned:
 		what = "unroutable, parked"
+	case e.Invalid:
+		what = "invalid, parked unsent"
 	}
 	return fmt.Sprintf("publisher: message %s/%d to exchange %q key %q %s: %d %s (attempts %d)",
 		e.Stream, e.Seq, e.Exchange, e.RoutingKey, what, e.ReplyCode, e.ReplyText, e.Attempts)
@@ -63,8 +72,11 @@ func (e *ParkedError) Error() string {
 
 // Unwrap lets errors.Is match ErrParked and, for returns, ErrUnroutable.
 func (e *ParkedError) Unwrap() []error {
-	if e.Returned {
+	switch {
+	case e.Returned:
 		return []error{ErrParked, ErrUnroutable}
+	case e.Invalid:
+		return []error{ErrParked, ErrInvalidMessage}
 	}
 	return []error{ErrParked}
 }
@@ -73,6 +85,9 @@ func (e *ParkedError) Unwrap() []error {
 func (e *ParkedError) reason() string {
 	if e.Returned {
 		return fmt.Sprintf("unroutable: basic.return %d %s (exchange %q, key %q)", e.ReplyCode, e.ReplyText, e.Exchange, e.RoutingKey)
+	}
+	if e.Invalid {
+		return "invalid, never sent: " + e.ReplyText
 	}
 	return fmt.Sprintf("%d %s after %d attempts", e.ReplyCode, e.ReplyText, e.Attempts)
 }

@@ -88,6 +88,9 @@ func (w *amqpConn) isClosed() bool                { return w.c.IsClosed() }
 
 func (w *amqpConn) close(deadline time.Time) { _ = w.c.CloseDeadline(deadline) }
 
+// frameMax is the negotiated frame size (set during the handshake, read-only after it).
+func (w *amqpConn) frameMax() int { return w.c.Config.FrameSize }
+
 func (w *amqpConn) hold() {
 	if w.batch != nil {
 		w.batch.Hold()

@@ -182,7 +182,7 @@ func (p *Publisher) entry(msg *Message) (*journal.Entry, error) {
 	if dm == 0 {
 		dm = amqp.Persistent
 	}
-	return &journal.Entry{
+	e := &journal.Entry{
 		Stream: stream, Exchange: msg.Exchange, RoutingKey: msg.RoutingKey, Mandatory: !p.cfg.NoMandatory,
 		Properties: journal.Properties{
 			ContentType: msg.ContentType, ContentEncoding: msg.ContentEncoding, DeliveryMode: dm,
@@ -192,7 +192,11 @@ func (p *Publisher) entry(msg *Message) (*journal.Entry, error) {
 		},
 		Headers: headers,
 		Body:    msg.Body,
-	}, nil
+	}
+	if err := checkWire(e, msg.MessageID, p.cfg.Source, defaultFrameMax); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
+	}
+	return e, nil
 }
 
 // appendLoop is the appender goroutine: it journals queued jobs in group commits (one transaction

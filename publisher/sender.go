@@ -51,8 +51,9 @@ type sender struct {
 
 	// sess is the connection of the running session; holding: its writes are held back since the
 	// pass's first publish.
-	sess    conn
-	holding bool
+	sess     conn
+	holding  bool
+	frameMax int // the session's negotiated frame size (checkWire)
 
 	// hdr is the headers table of every publish, reused: amqp091-go encodes it before Publish returns.
 	hdr amqp.Table
@@ -247,6 +248,10 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 	confirms, returns := ch.confirms(), ch.returns()
 	s.sess = c
 	defer func() { s.sess = nil }()
+	s.frameMax = defaultFrameMax
+	if fm, ok := c.(interface{ frameMax() int }); ok && fm.frameMax() > 0 {
+		s.frameMax = fm.frameMax()
+	}
 	for {
 		end, done := s.fill(ctx, ch)
 		s.releaseWrites()
@@ -334,6 +339,17 @@ func (s *sender) fill(ctx context.Context, ch channel) (sessionEnd, bool) {
 		}
 		if e == nil {
 			return sessionEnd{}, false
+		}
+		if err := checkWire(e, e.Properties.MessageID, s.cfg.Source, s.frameMax); err != nil {
+			// Never sendable (journaled by an older version or through the journal API): sending
+			// it would cost the connection on every attempt and hold everything behind it.
+			if !s.park(ctx, e, &ParkedError{Invalid: true, ReplyText: err.Error()}) {
+				s.pauseRetry() // it stays pending; try parking again after a backoff
+				return sessionEnd{}, false
+			}
+			s.pageIdx++
+			s.advance()
+			continue
 		}
 		if s.probeUntil != 0 {
 			if e.ID <= s.probeUntil {

@@ -1,0 +1,202 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/journal"
+	"github.com/rabbitkit/rabbitkit/metrics"
+	"github.com/rabbitkit/rabbitkit/protocol"
+	"github.com/rabbitkit/rabbitkit/topology"
+)
+
+func TestCheckWire(t *testing.T) {
+	long := strings.Repeat("k", 256)
+	ok255 := strings.Repeat("k", 255)
+	tests := []struct {
+		name  string
+		e     journal.Entry
+		msgID string
+		bad   string // "" when valid; else part of the error
+	}{
+		{"plain", journal.Entry{Exchange: "x", RoutingKey: "k", Stream: "s"}, "", ""},
+		{"255-byte names", journal.Entry{Exchange: ok255, RoutingKey: ok255, Stream: long + long}, ok255, ""},
+		{"exchange", journal.Entry{Exchange: long}, "", "exchange name is 256 bytes"},
+		{"routing key", journal.Entry{RoutingKey: long}, "", "routing key is 256 bytes"},
+		{"message id", journal.Entry{}, long, "MessageID is 256 bytes"},
+		{"correlation id", journal.Entry{Properties: journal.Properties{CorrelationID: long}}, "", "CorrelationID is 256"},
+		{"app id", journal.Entry{Properties: journal.Properties{AppID: long}}, "", "AppID is 256"},
+		{"header key", journal.Entry{Headers: map[string]any{long: 1}}, "", "header key"},
+		{"nested header key", journal.Entry{Headers: map[string]any{"a": []any{map[string]any{long: "v"}}}}, "", "header key"},
+		{"headers near one frame", journal.Entry{Headers: map[string]any{"a": strings.Repeat("v", 120_000)}}, "", ""},
+		{"headers over one frame", journal.Entry{Headers: map[string]any{"a": strings.Repeat("v", 131_000)}}, "", "one AMQP frame"},
+		{"headers over a small frame", journal.Entry{Headers: map[string]any{"a": strings.Repeat("v", 5000)}}, "", "frame of 4096"},
+		{"long stream and source count", journal.Entry{Stream: strings.Repeat("s", 131_000)}, "", "one AMQP frame"},
+		{"delivery mode 7", journal.Entry{Properties: journal.Properties{DeliveryMode: 7}}, "", "DeliveryMode 7"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			frame := defaultFrameMax
+			if strings.Contains(tc.name, "small frame") {
+				frame = 4096
+			}
+			err := checkWire(&tc.e, tc.msgID, "src", frame)
+			if tc.bad == "" {
+				if err != nil {
+					t.Fatalf("checkWire: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.bad) {
+				t.Fatalf("checkWire: %v, want %q", err, tc.bad)
+			}
+		})
+	}
+}
+
+// TestCheckExpiration: what RabbitMQ 3.10 accepts, probed against the broker (406 "invalid
+// expiration" for the rest).
+func TestCheckExpiration(t *testing.T) {
+	for x, ok := range map[string]bool{
+		"": true, "0": true, "60000": true, "+5": true, "007": true, "315360000000": true,
+		"315360000001": false, "99999999999999999999": false, "abc": false, "-1": false, "1.5": false,
+		" 5": false, "5 ": false, "+": false, "0x10": false, "1e3": false, "٣": false,
+	} {
+		if err := checkExpiration(x); (err == nil) != ok {
+			t.Errorf("checkExpiration(%q) = %v, want ok=%v", x, err, ok)
+		}
+	}
+}
+
+// TestInvalidMessages: Publish refuses what can never be sent and journals nothing; messages at
+// the limits are accepted and delivered (a stream name that makes the default message-id too
+// long, 255-byte routing keys, headers close to one frame, the largest expiration).
+func TestInvalidMessages(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	s := newSetup(t, url, "classic", nil)
+	longKey := strings.Repeat("r", 255)
+	s.topo.Bindings = append(s.topo.Bindings, topology.Binding{Queue: s.queue, Exchange: s.exchange, Key: longKey})
+	p := mustNew(t, s.config(t, url, t.TempDir()))
+	ctx := context.Background()
+	long := strings.Repeat("z", 256)
+	for name, m := range map[string]Message{
+		"routing key":    {RoutingKey: long},
+		"exchange":       {Exchange: long},
+		"correlation id": {CorrelationID: long},
+		"message id":     {MessageID: long},
+		"header key":     {Headers: amqp.Table{long: "v"}},
+		"headers":        {Headers: amqp.Table{"big": strings.Repeat("v", 140_000)}},
+		"expiration":     {Expiration: "1.5"},
+		"expiration max": {Expiration: "315360000001"},
+		"delivery mode":  {DeliveryMode: 3},
+	} {
+		if m.Exchange == "" {
+			m.Exchange = s.exchange
+		}
+		if m.RoutingKey == "" {
+			m.RoutingKey = s.key
+		}
+		m.Body = []byte(name)
+		_, err := p.Publish(ctx, m)
+		if !errors.Is(err, ErrInvalidMessage) {
+			t.Errorf("%s: Publish = %v, want ErrInvalidMessage", name, err)
+		}
+	}
+	if st := p.Stats(); st.Accepted != 0 || st.Journal.Pending != 0 {
+		t.Fatalf("invalid messages were journaled: %+v", st)
+	}
+
+	l := newLedger()
+	for name, m := range map[string]Message{
+		"long stream": {RoutingKey: s.key, Stream: strings.Repeat("s", 400)},
+		"255-byte key": {RoutingKey: longKey},
+		"headers near one frame": {RoutingKey: s.key, Headers: amqp.Table{"big": strings.Repeat("v", 120_000)}},
+		"largest expiration": {RoutingKey: s.key, Expiration: "315360000000"},
+	} {
+		m.Exchange, m.Body = s.exchange, []byte(name)
+		r, err := p.Publish(ctx, m)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		l.add(r.Stamp())
+	}
+	flush(t, p, 30*time.Second)
+	check(t, url, s.queue, l, checkOpts{})
+}
+
+// TestInvalidEntryParkedUnsent: entries that can never be sent, put into the journal through its
+// API, are parked without being sent and without costing the connection; the entries around them
+// are delivered in order. Before, each one closed the connection on every attempt, forever, and
+// held everything behind it.
+func TestInvalidEntryParkedUnsent(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	s := newSetup(t, url, "classic", nil)
+	dir := t.TempDir()
+	cfg := s.config(t, url, dir)
+	j := openJournal(t, cfg.JournalPath, cfg.Source)
+	long := strings.Repeat("z", 300)
+	entries := []*journal.Entry{
+		{Exchange: s.exchange, RoutingKey: s.key, Stream: "s", Body: []byte("ok-1")},
+		{Exchange: s.exchange, RoutingKey: long, Stream: "s", Body: []byte("bad key")},
+		{Exchange: s.exchange, RoutingKey: s.key, Stream: "s", Body: []byte("bad header"), Headers: map[string]any{"big": strings.Repeat("v", 140_000)}},
+		{Exchange: s.exchange, RoutingKey: s.key, Stream: "s", Body: []byte("bad expiration"), Properties: journal.Properties{Expiration: "soon"}},
+		{Exchange: s.exchange, RoutingKey: s.key, Stream: "s", Body: []byte("ok-2")},
+	}
+	if err := j.AppendBatch(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	m := &metrics.Memory{}
+	var mu sync.Mutex
+	var parked []*ParkedError
+	cfg.Metrics = m
+	cfg.OnParked = func(pe *ParkedError) {
+		mu.Lock()
+		defer mu.Unlock()
+		parked = append(parked, pe)
+	}
+	p := mustNew(t, cfg)
+	flush(t, p, 20*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(parked) != 3 {
+		t.Fatalf("%d parked, want 3: %v", len(parked), parked)
+	}
+	for i, pe := range parked {
+		if !pe.Invalid || !errors.Is(pe, ErrInvalidMessage) || !errors.Is(pe, ErrParked) || pe.Seq != int64(i+2) {
+			t.Errorf("parked %d: %v (invalid %v)", i, pe, pe.Invalid)
+		}
+	}
+	if n := m.Get(MetricReconnects); n != 0 {
+		t.Errorf("%v reconnects: an invalid entry must not cost the connection", n)
+	}
+	var reasons []string
+	if err := p.Journal().Parked(context.Background(), func(pe journal.ParkedEntry) error {
+		reasons = append(reasons, pe.Reason)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(reasons) != 3 || !strings.Contains(reasons[0], "routing key is 300 bytes") ||
+		!strings.Contains(reasons[1], "one AMQP frame") || !strings.Contains(reasons[2], "expiration") {
+		t.Errorf("parked reasons: %q", reasons)
+	}
+	l := newLedger()
+	l.add(stampOf(p, "s", 1))
+	l.add(stampOf(p, "s", 5))
+	check(t, url, s.queue, l, checkOpts{})
+}
+
+func stampOf(p *Publisher, stream string, seq int64) protocol.Stamp {
+	return protocol.Stamp{Source: p.cfg.Source, Epoch: p.Journal().Epoch(), Stream: stream, Seq: seq}
+}
