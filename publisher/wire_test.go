@@ -115,10 +115,10 @@ func TestInvalidMessages(t *testing.T) {
 
 	l := newLedger()
 	for name, m := range map[string]Message{
-		"long stream": {RoutingKey: s.key, Stream: strings.Repeat("s", 400)},
-		"255-byte key": {RoutingKey: longKey},
+		"long stream":            {RoutingKey: s.key, Stream: strings.Repeat("s", 400)},
+		"255-byte key":           {RoutingKey: longKey},
 		"headers near one frame": {RoutingKey: s.key, Headers: amqp.Table{"big": strings.Repeat("v", 120_000)}},
-		"largest expiration": {RoutingKey: s.key, Expiration: "315360000000"},
+		"largest expiration":     {RoutingKey: s.key, Expiration: "315360000000"},
 	} {
 		m.Exchange, m.Body = s.exchange, []byte(name)
 		r, err := p.Publish(ctx, m)
