@@ -9,6 +9,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
@@ -193,7 +194,7 @@ func (p *Publisher) entry(msg *Message) (*journal.Entry, error) {
 		Headers: headers,
 		Body:    msg.Body,
 	}
-	if err := checkWire(e, msg.MessageID, p.cfg.Source, defaultFrameMax); err != nil {
+	if err := checkWire(e, msg.MessageID, p.cfg.Source, amqpwire.DefaultFrameMax); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}
 	return e, nil

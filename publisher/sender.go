@@ -8,6 +8,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
@@ -248,7 +249,7 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 	confirms, returns := ch.confirms(), ch.returns()
 	s.sess = c
 	defer func() { s.sess = nil }()
-	s.frameMax = defaultFrameMax
+	s.frameMax = amqpwire.DefaultFrameMax
 	if fm, ok := c.(interface{ frameMax() int }); ok && fm.frameMax() > 0 {
 		s.frameMax = fm.frameMax()
 	}

@@ -10,6 +10,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
@@ -43,7 +44,7 @@ func TestCheckWire(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			frame := defaultFrameMax
+			frame := amqpwire.DefaultFrameMax
 			if strings.Contains(tc.name, "small frame") {
 				frame = 4096
 			}
@@ -58,20 +59,6 @@ func TestCheckWire(t *testing.T) {
 				t.Fatalf("checkWire: %v, want %q", err, tc.bad)
 			}
 		})
-	}
-}
-
-// TestCheckExpiration: what RabbitMQ 3.10 accepts, probed against the broker (406 "invalid
-// expiration" for the rest).
-func TestCheckExpiration(t *testing.T) {
-	for x, ok := range map[string]bool{
-		"": true, "0": true, "60000": true, "+5": true, "007": true, "315360000000": true,
-		"315360000001": false, "99999999999999999999": false, "abc": false, "-1": false, "1.5": false,
-		" 5": false, "5 ": false, "+": false, "0x10": false, "1e3": false, "٣": false,
-	} {
-		if err := checkExpiration(x); (err == nil) != ok {
-			t.Errorf("checkExpiration(%q) = %v, want ok=%v", x, err, ok)
-		}
 	}
 }
 

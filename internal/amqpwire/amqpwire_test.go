@@ -1,0 +1,58 @@
+package amqpwire
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// TestCheckExpiration: what RabbitMQ 3.10 accepts, probed against the broker (406 "invalid
+// expiration" for the rest).
+func TestCheckExpiration(t *testing.T) {
+	for x, ok := range map[string]bool{
+		"": true, "0": true, "60000": true, "+5": true, "007": true, "315360000000": true,
+		"315360000001": false, "99999999999999999999": false, "abc": false, "-1": false, "1.5": false,
+		" 5": false, "5 ": false, "+": false, "0x10": false, "1e3": false, "٣": false,
+	} {
+		if err := CheckExpiration(x); (err == nil) != ok {
+			t.Errorf("CheckExpiration(%q) = %v, want ok=%v", x, err, ok)
+		}
+	}
+}
+
+// TestTableSize: sizes as amqp091-go encodes them (type byte, then the value; strings, byte
+// slices, tables and arrays with a 4-byte length).
+func TestTableSize(t *testing.T) {
+	tests := []struct {
+		name string
+		t    map[string]any
+		want int
+		bad  bool
+	}{
+		{"empty", nil, 4, false},
+		{"string", map[string]any{"ab": "xyz"}, 4 + 1 + 2 + 1 + 4 + 3, false},
+		{"ints", map[string]any{"a": int8(1), "b": int16(1), "c": int32(1), "d": int64(1)}, 4 + 4*(1+1+1) + 1 + 2 + 4 + 8, false},
+		{"bool nil bytes", map[string]any{"a": true, "b": nil, "c": []byte("xy")}, 4 + 3*3 + 1 + 0 + 4 + 2, false},
+		{"time", map[string]any{"t": time.Unix(1, 0)}, 4 + 3 + 8, false},
+		{"nested amqp.Table", map[string]any{"n": amqp.Table{"k": "v"}}, 4 + 3 + (4 + 3 + 4 + 1), false},
+		{"array", map[string]any{"a": []any{"v", int32(1)}}, 4 + 3 + (4 + (1 + 4 + 1) + (1 + 4)), false},
+		{"long key", map[string]any{strings.Repeat("k", 256): 1}, 0, true},
+		{"long nested key", map[string]any{"a": []any{amqp.Table{strings.Repeat("k", 256): 1}}}, 0, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := TableSize(tc.t)
+			if tc.bad {
+				if err == nil {
+					t.Fatalf("TableSize = %d, want an error", got)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("TableSize = %d, %v; want %d", got, err, tc.want)
+			}
+		})
+	}
+}
