@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"time"
+	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
 )
 
 // Headers added to a parked message (besides all of its original headers).
@@ -20,7 +22,20 @@ const (
 	HeaderParkRoutingKey = "rk-park-routing-key" // its routing key
 	HeaderParkTime       = "rk-park-time"        // when it was parked
 	HeaderParkAttempts   = "rk-park-attempts"    // failed handler attempts
+	// HeaderParkExpiration holds the message's expiration property. The parked copy has none: a
+	// parked message must wait for an operator, not expire unseen.
+	HeaderParkExpiration = "rk-park-expiration"
+	// HeaderParkUserID holds the message's user-id property. The parked copy has none: RabbitMQ
+	// refuses a user-id other than the publishing connection's user, which the parker's is not.
+	HeaderParkUserID = "rk-park-user-id"
+	// HeaderParkHeadersDropped is set (to the original headers' size in bytes) when the original
+	// headers and the park headers together do not fit in one AMQP frame: the original headers
+	// are then left out, so that the message can still be parked.
+	HeaderParkHeadersDropped = "rk-park-headers-dropped"
 )
+
+// maxParkReason bounds the rk-park-reason header: a handler's error text can be of any length.
+const maxParkReason = 1024
 
 // parker publishes parked messages on a connection of its own, with publisher confirms and the
 // mandatory flag, so that "parked" means "in the parking queue". Its goroutine owns that
@@ -112,25 +127,12 @@ func (p *parker) publish(ctx context.Context, req *parkReq) error {
 		}
 	}
 	cfg, d := p.r.cfg, &req.it.d
-	h := amqp.Table{}
-	for k, v := range d.Headers {
-		h[k] = v
-	}
-	h[HeaderParkReason] = req.reason
-	h[HeaderParkQueue] = cfg.Queue
-	h[HeaderParkExchange] = d.Exchange
-	h[HeaderParkRoutingKey] = d.RoutingKey
-	h[HeaderParkTime] = time.Now().UTC().Truncate(time.Second)
-	h[HeaderParkAttempts] = int64(req.it.attempt)
-	if err := h.Validate(); err != nil {
-		// Cannot happen for headers the broker delivered; keep the message rather than fail.
-		h = amqp.Table{HeaderParkReason: req.reason + " (original headers dropped: " + err.Error() + ")", HeaderParkQueue: cfg.Queue}
-	}
+	h := parkHeaders(d, cfg.Queue, req.reason, req.it.attempt, p.conn.Config.FrameSize)
 	pub := amqp.Publishing{
 		Headers: h, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
 		DeliveryMode: amqp.Persistent, Priority: d.Priority, CorrelationId: d.CorrelationId,
-		ReplyTo: d.ReplyTo, Expiration: d.Expiration, MessageId: d.MessageId, Timestamp: d.Timestamp,
-		Type: d.Type, UserId: d.UserId, AppId: d.AppId, Body: d.Body,
+		ReplyTo: d.ReplyTo, MessageId: d.MessageId, Timestamp: d.Timestamp,
+		Type: d.Type, AppId: d.AppId, Body: d.Body,
 	}
 	// A write blocked by a broker alarm (connection.blocked) ignores ctx, and amqp091-go's Close
 	// can wait behind it: when ctx ends, close the socket, which ends the write and the connection.
@@ -159,3 +161,58 @@ func (p *parker) publish(ctx context.Context, req *parkReq) error {
 }
 
 var errParkNotConfirmed = errors.New("consumer: parking publish nacked or connection lost")
+
+// parkHeaders builds the parked copy's headers: the original ones plus the rk-park- ones. The
+// result always encodes and fits in one frame of frameMax bytes with the delivery's properties:
+// the reason is cut to maxParkReason bytes, and original headers that would not fit are left out
+// (HeaderParkHeadersDropped says so). A message that cannot be parked would be retried forever.
+func parkHeaders(d *amqp.Delivery, queue, reason string, attempts, frameMax int) amqp.Table {
+	if len(reason) > maxParkReason {
+		cut := maxParkReason
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut] + "…"
+	}
+	park := amqp.Table{
+		HeaderParkReason:     reason,
+		HeaderParkQueue:      queue,
+		HeaderParkExchange:   d.Exchange,
+		HeaderParkRoutingKey: d.RoutingKey,
+		HeaderParkTime:       time.Now().UTC().Truncate(time.Second),
+		HeaderParkAttempts:   int64(attempts),
+	}
+	if d.Expiration != "" {
+		park[HeaderParkExpiration] = d.Expiration
+	}
+	if d.UserId != "" {
+		park[HeaderParkUserID] = d.UserId
+	}
+	if frameMax <= 0 {
+		frameMax = amqpwire.DefaultFrameMax
+	}
+	// Properties the copy carries: at most 7 short strings, delivery mode, priority, timestamp.
+	room := frameMax - amqpwire.HeaderFrameFixed - 7*(1+amqpwire.MaxShortString) - 10
+	parkSize, _ := amqpwire.TableSize(park) // rk-park- keys are short; values are bounded
+	origSize, err := amqpwire.TableSize(d.Headers)
+	if err == nil {
+		err = d.Headers.Validate()
+	}
+	if err != nil || parkSize+origSize-4 > room {
+		// Cannot happen for headers RabbitMQ delivered within its own frame, unless they were
+		// close to the limit: keep the message, say what was left out.
+		park[HeaderParkHeadersDropped] = int64(origSize)
+		if err != nil {
+			park[HeaderParkReason] = reason + " (original headers dropped: " + err.Error() + ")"
+		}
+		return park
+	}
+	h := make(amqp.Table, len(d.Headers)+len(park))
+	for k, v := range d.Headers {
+		h[k] = v
+	}
+	for k, v := range park {
+		h[k] = v
+	}
+	return h
+}

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -96,4 +97,31 @@ func WaitAMQP(ctx context.Context, url string) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// AddUser creates a user with full permissions on vhost "/" of the shared broker, which must be
+// the local default node (rabbitmqctl without -n), and returns url with that user's credentials.
+// The user is deleted when the test ends.
+func AddUser(t testing.TB, url string) string {
+	t.Helper()
+	u, err := amqp.ParseURI(url)
+	if err != nil {
+		t.Fatalf("testbroker: %v", err)
+	}
+	name := Name(t, "user")
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	pass := hex.EncodeToString(b[:])
+	ctl := func(args ...string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput(); err != nil {
+			t.Fatalf("testbroker: rabbitmqctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	ctl("add_user", name, pass)
+	t.Cleanup(func() { ctl("delete_user", name) })
+	ctl("set_permissions", "-p", "/", name, ".*", ".*", ".*")
+	u.Username, u.Password = name, pass
+	return u.String()
 }

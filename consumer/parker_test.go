@@ -1,0 +1,71 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/rabbitkit/rabbitkit/consumer"
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+)
+
+// TestParkedCopyIsAlwaysParkable: poison messages whose copy RabbitMQ would refuse or drop are
+// still parked, and stay parked.
+//   - user-id set by its publisher ("guest"), while the consumer connects as another user: the
+//     copy carries it in rk-park-user-id, since RabbitMQ refuses (406) a user-id other than the
+//     connection's. Before, parking failed on every attempt and the message was never parked.
+//   - an expiration of 3 s: the copy carries it in rk-park-expiration and does not expire.
+//   - a 20 KB handler error: rk-park-reason is cut to 1 KiB.
+//   - headers close to one frame: the original headers are left out (rk-park-headers-dropped)
+//     rather than make the copy too large for a frame, which costs the connection every time.
+func TestParkedCopyIsAlwaysParkable(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	f := newFixture(t, url)
+	ch := f.channel()
+	userID := stamped("src", "s", 1, 1, "user-id")
+	userID.UserId = "guest"
+	expiring := stamped("src", "s", 1, 2, "expiring")
+	expiring.Expiration = "3000"
+	bigHeaders := stamped("src", "s", 1, 3, "big headers")
+	bigHeaders.Headers["big"] = strings.Repeat("h", 130_000)
+	f.publish(ch, userID, expiring, bigHeaders)
+
+	cfg := f.config(testbroker.AddUser(t, url))
+	cfg.MaxAttempts = 1
+	c, err := consumer.New(cfg)
+	require.NoError(t, err)
+	run := start(t, c, func(context.Context, *consumer.Message) error {
+		return errors.New(strings.Repeat("e", 20_000))
+	}, nil)
+	eventually(t, 20*time.Second, "3 parked", func() bool { return f.mem.Get(consumer.MetricParked) == 3 })
+	run.stop(t)
+	time.Sleep(3500 * time.Millisecond) // past the expiration
+
+	got := map[string]amqp.Delivery{}
+	for range 3 {
+		d, ok, err := ch.Get(f.parked, true)
+		require.NoError(t, err)
+		require.True(t, ok, "a parked message is missing (expired?)")
+		got[string(d.Body)] = d
+	}
+	d := got["user-id"]
+	require.Empty(t, d.UserId)
+	require.Equal(t, "guest", d.Headers[consumer.HeaderParkUserID])
+	reason, _ := d.Headers[consumer.HeaderParkReason].(string)
+	require.LessOrEqual(t, len(reason), 1024+len("…"))
+	require.True(t, strings.HasPrefix(reason, "handler failed"), reason)
+
+	d = got["expiring"]
+	require.Empty(t, d.Expiration)
+	require.Equal(t, "3000", d.Headers[consumer.HeaderParkExpiration])
+
+	d = got["big headers"]
+	require.NotContains(t, d.Headers, "big")
+	require.Greater(t, d.Headers[consumer.HeaderParkHeadersDropped], int64(130_000))
+	require.Equal(t, f.queue, d.Headers[consumer.HeaderParkQueue])
+}
