@@ -61,8 +61,10 @@ type Config struct {
 	// MaxInFlight bounds unconfirmed messages on the channel. Default DefaultMaxInFlight.
 	MaxInFlight int
 	// MaxAttempts is how many sends of one entry may end in a basic.nack or an attributed channel
-	// error (404, 403, 406, ...) before it is parked. Default DefaultMaxAttempts. Connection losses
-	// never count.
+	// error (404, 403, ...) before it is parked. Default DefaultMaxAttempts. Connection losses
+	// never count. A 406 PRECONDITION_FAILED parks at once: on basic.publish it is always about the
+	// message itself (a user-id other than the connection's user, a body over the broker's
+	// max_message_size) and never passes on a retry.
 	MaxAttempts int
 	// MissingExchangeGrace: once publishes to an exchange have failed with 404 (the exchange does
 	// not exist) for this long, each further message to it is parked at its first 404 instead of

@@ -39,11 +39,18 @@
 //     reopens it on the same connection after RetryBackoff, re-declaring the topology (which may
 //     create a missing exchange). When exactly one message was in flight it is the culprit and an
 //     attempt is recorded against it; otherwise the next channel sends one message at a time, so the
-//     next error names its culprit. A culprit is parked at MaxAttempts, or at its first 404 once
-//     its exchange has been missing for MissingExchangeGrace (then the channel reopens at once:
-//     a misspelt or deleted exchange costs one channel reopen per message sent there, not
-//     MaxAttempts backoffs while everything behind it waits); everything else is retried forever. Every other code, and network errors, count as loss of the connection: reconnect
-//     with ReconnectBackoff across URLs, forever, never charged to a message.
+//     next error names its culprit. A culprit is parked at MaxAttempts, at its first 406 (on
+//     basic.publish always about the message itself: a user-id other than the connection's user,
+//     a body over max_message_size), or at its first 404 once its exchange has been missing for
+//     MissingExchangeGrace (then the channel reopens at once: a misspelt or deleted exchange costs
+//     one channel reopen per message sent there, not MaxAttempts backoffs while everything behind
+//     it waits); everything else is retried forever. Every other code, and network errors, count
+//     as loss of the connection: reconnect with ReconnectBackoff across URLs, forever, never
+//     charged to a message.
+//   - Messages that can never be sent (a name, string property or header key over AMQP's 255
+//     bytes, headers over one frame, an expiration or delivery mode RabbitMQ refuses) are refused
+//     by Publish with ErrInvalidMessage; such an entry found in the journal is parked unsent
+//     (ParkedError.Invalid).
 //   - Broker alarms: on connection.blocked nothing more is written to the socket (a blocked write
 //     could not be interrupted); Publish keeps accepting into the journal; sending resumes on
 //     connection.unblocked. Blocked(), Stats().State and MetricBlocked expose it.

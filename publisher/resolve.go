@@ -182,11 +182,17 @@ func (s *sender) endSession(ctx context.Context, end sessionEnd) {
 	s.advance()
 }
 
-// charge counts a channel error against e, parking it at MaxAttempts, or at once when its exchange
-// has been missing for longer than MissingExchangeGrace.
+// charge counts a channel error against e, parking it at MaxAttempts, at once for a 406, or at once
+// when its exchange has been missing for longer than MissingExchangeGrace.
 func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 	attempts := e.Attempts + 1
 	park := int(attempts) >= s.cfg.MaxAttempts
+	if ae.Code == amqp.PreconditionFailed {
+		// basic.publish's 406s are about the message itself and never pass: a user-id other than
+		// the connection's user, a message over max_message_size, a property RabbitMQ refuses.
+		// Retrying would hold everything behind it for MaxAttempts backoffs.
+		park = true
+	}
 	if ae.Code == amqp.NotFound { // basic.publish's only 404: the exchange does not exist
 		spell := s.missingFor(e.Exchange, time.Now())
 		if g := s.cfg.MissingExchangeGrace; g >= 0 && spell >= g {

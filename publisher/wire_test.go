@@ -3,6 +3,7 @@ package publisher
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -186,4 +187,34 @@ func TestInvalidEntryParkedUnsent(t *testing.T) {
 
 func stampOf(p *Publisher, stream string, seq int64) protocol.Stamp {
 	return protocol.Stamp{Source: p.cfg.Source, Epoch: p.Journal().Epoch(), Stream: stream, Seq: seq}
+}
+
+// TestPreconditionFailedParksAtOnce: a 406 on basic.publish (here a user-id other than the
+// connection's user, which Publish cannot check) is about the message itself: it is parked at its
+// first failure, and the messages behind it go on. Before, it was retried MaxAttempts times with
+// backoffs in between while everything behind it waited.
+func TestPreconditionFailedParksAtOnce(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	s := newSetup(t, url, "classic", nil)
+	cfg := s.config(t, url, t.TempDir()) // MaxAttempts 1000
+	p := mustNew(t, cfg)
+	ctx := context.Background()
+	bad, err := p.Publish(ctx, Message{Exchange: s.exchange, RoutingKey: s.key, UserID: "not-guest", Body: []byte("bad")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLedger()
+	for i := range 20 {
+		r, err := p.Publish(ctx, Message{Exchange: s.exchange, RoutingKey: s.key, Body: fmt.Appendf(nil, "m%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.add(r.Stamp())
+	}
+	flush(t, p, 10*time.Second)
+	var pe *ParkedError
+	if err := waitErr(t, bad); !errors.As(err, &pe) || pe.ReplyCode != 406 || pe.Attempts != 1 {
+		t.Fatalf("user-id mismatch: %v, want parked after one 406", err)
+	}
+	check(t, url, s.queue, l, checkOpts{})
 }
