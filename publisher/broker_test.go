@@ -160,56 +160,77 @@ func TestMissingExchange(t *testing.T) {
 	})
 }
 
-// TestMissingExchangeMany: many messages to an exchange that does not exist, between good ones, with
-// the default MaxAttempts and RetryBackoff. Once the exchange has been missing for
-// MissingExchangeGrace, each is parked at its first 404 and the good messages behind them flow; with
-// MaxAttempts backoffs per message (about 90 s each) this would take half an hour.
+// TestMissingExchangeMany: messages to an exchange that refuses them, a missing one (404) or one
+// this user may not write to (403), are parked at their first refusal once the exchange has
+// refused for MissingExchangeGrace, with the default MaxAttempts and RetryBackoff; the messages
+// around them are delivered.
 func TestMissingExchangeMany(t *testing.T) {
-	url := testbroker.SharedURL(t)
-	s := newSetup(t, url, "classic", nil)
-	cfg := s.config(t, url, t.TempDir())
-	cfg.MaxAttempts, cfg.RetryBackoff = 0, nil // defaults: 10 attempts, 250 ms .. 30 s
-	cfg.MissingExchangeGrace = 2 * time.Second
-	var parkedN atomic.Int64
-	cfg.OnParked = func(*ParkedError) { parkedN.Add(1) }
-	p := mustNew(t, cfg)
-	ctx := context.Background()
-	l := newLedger()
-	const bad = 20
-	var bads []*Receipt
-	start := time.Now()
-	for i := range bad + 2 {
-		msg := Message{Exchange: s.exchange, RoutingKey: s.key, Body: []byte{byte(i)}}
-		if i > 0 && i <= bad {
-			msg.Exchange = s.exchange + "-missing"
-		}
-		r, err := p.Publish(ctx, msg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if msg.Exchange == s.exchange {
-			l.add(r.Stamp())
-		} else {
-			bads = append(bads, r)
-		}
+	for _, tc := range []struct {
+		name string
+		code int
+	}{{"missing", 404}, {"write-refused", 403}} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := testbroker.SharedURL(t)
+			s := newSetup(t, url, "classic", nil)
+			badX := s.exchange + "-missing"
+			pubURL := url
+			if tc.code == 403 {
+				badX = s.exchange + "-ro"
+				testbroker.DeleteExchanges(t, url, badX)
+				withCh(t, url, func(ch *amqp.Channel) {
+					if err := ch.ExchangeDeclare(badX, "direct", true, false, false, false, nil); err != nil {
+						t.Fatal(err)
+					}
+				})
+				// May declare anything, write only to its own exchange and queue (bind needs write
+				// on the queue), read anything.
+				pubURL = testbroker.AddUser(t, url, ".*", "^("+s.exchange+"|"+s.queue+")$", ".*")
+			}
+			cfg := s.config(t, pubURL, t.TempDir())
+			cfg.MaxAttempts, cfg.RetryBackoff = 0, nil // defaults: 10 attempts, 250 ms .. 30 s
+			cfg.MissingExchangeGrace = 2 * time.Second
+			var parkedN atomic.Int64
+			cfg.OnParked = func(*ParkedError) { parkedN.Add(1) }
+			p := mustNew(t, cfg)
+			ctx := context.Background()
+			l := newLedger()
+			const bad = 20
+			var bads []*Receipt
+			start := time.Now()
+			for i := range bad + 2 {
+				msg := Message{Exchange: s.exchange, RoutingKey: s.key, Body: []byte{byte(i)}}
+				if i > 0 && i <= bad {
+					msg.Exchange = badX
+				}
+				r, err := p.Publish(ctx, msg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if msg.Exchange == s.exchange {
+					l.add(r.Stamp())
+				} else {
+					bads = append(bads, r)
+				}
+			}
+			flush(t, p, 60*time.Second)
+			elapsed := time.Since(start)
+			for _, r := range bads {
+				var pe *ParkedError
+				if err := r.Err(); !errors.As(err, &pe) || int(pe.ReplyCode) != tc.code {
+					t.Fatalf("message to exchange %s: %v, want parked with %d", badX, err, tc.code)
+				}
+			}
+			if got := parkedN.Load(); got != bad {
+				t.Errorf("OnParked called %d times, want %d", got, bad)
+			}
+			// Grace, then one channel reopen per message; a backoff per message would take far longer.
+			if elapsed > 30*time.Second {
+				t.Errorf("parking %d messages took %v", bad, elapsed)
+			}
+			t.Logf("%d messages refused with %d parked in %v", bad, tc.code, elapsed.Round(time.Millisecond))
+			check(t, url, s.queue, l, checkOpts{})
+		})
 	}
-	flush(t, p, 60*time.Second)
-	elapsed := time.Since(start)
-	for _, r := range bads {
-		var pe *ParkedError
-		if err := r.Err(); !errors.As(err, &pe) || pe.ReplyCode != 404 {
-			t.Fatalf("message to the missing exchange: %v, want parked with 404", err)
-		}
-	}
-	if got := parkedN.Load(); got != bad {
-		t.Errorf("OnParked called %d times, want %d", got, bad)
-	}
-	// Grace, then one channel reopen per message; a backoff per message would take far longer.
-	if elapsed > 30*time.Second {
-		t.Errorf("parking %d messages took %v", bad, elapsed)
-	}
-	t.Logf("%d messages to a missing exchange parked in %v", bad, elapsed.Round(time.Millisecond))
-	check(t, url, s.queue, l, checkOpts{})
 }
 
 // TestRedriveMissingExchange, against the broker: a message parked for a missing exchange and then

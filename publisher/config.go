@@ -67,13 +67,14 @@ type Config struct {
 	// max_message_size) and never passes on a retry.
 	MaxAttempts int
 	// MissingExchangeGrace: once publishes to an exchange have failed with 404 (the exchange does
-	// not exist) for this long, each further message to it is parked at its first 404 instead of
-	// after MaxAttempts sends with RetryBackoff between them. The journal is sent in order, so
-	// without this every message behind a misspelt or deleted exchange would wait MaxAttempts
-	// backoffs (about 90 s with the defaults) per message sent there. A confirmed or returned
-	// message to the exchange ends the state, and so do 5 minutes without a 404 from it (make
-	// RetryBackoff's longest wait shorter than that); parked messages can be re-driven. Within the grace,
-	// an exchange that another service declares a little later loses nothing. Default
+	// not exist) or 403 (this user may not write to it) for this long, each further message to it
+	// is parked at its first such failure instead of after MaxAttempts sends with RetryBackoff
+	// between them. The journal is sent in order, so without this every message behind a misspelt,
+	// deleted or forbidden exchange would wait MaxAttempts backoffs (about 90 s with the defaults)
+	// per message sent there. A confirmed or returned message to the exchange ends the state, and
+	// so do 5 minutes without a 404 or 403 from it (make RetryBackoff's longest wait shorter than
+	// that); parked messages can be re-driven. Within the grace, an exchange that another service
+	// declares (or a permission an operator grants) a little later loses nothing. Default
 	// DefaultMissingExchangeGrace; negative: never, always MaxAttempts.
 	MissingExchangeGrace time.Duration
 	// ReadBatch is the journal page size. Default DefaultReadBatch.

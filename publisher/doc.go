@@ -41,8 +41,8 @@
 //     attempt is recorded against it; otherwise the next channel sends one message at a time, so the
 //     next error names its culprit. A culprit is parked at MaxAttempts, at its first 406 (on
 //     basic.publish always about the message itself: a user-id other than the connection's user,
-//     a body over max_message_size), or at its first 404 once its exchange has been missing for
-//     MissingExchangeGrace (then the channel reopens at once: a misspelt or deleted exchange costs
+//     a body over max_message_size), or at its first 404 or 403 once its exchange has been missing
+//     or forbidden for MissingExchangeGrace (then the channel reopens at once: such an exchange costs
 //     one channel reopen per message sent there, not MaxAttempts backoffs while everything behind
 //     it waits); everything else is retried forever. Every other code, and network errors, count
 //     as loss of the connection: reconnect with ReconnectBackoff across URLs, forever, never

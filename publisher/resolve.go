@@ -183,7 +183,8 @@ func (s *sender) endSession(ctx context.Context, end sessionEnd) {
 }
 
 // charge counts a channel error against e, parking it at MaxAttempts, at once for a 406, or at once
-// when its exchange has been missing for longer than MissingExchangeGrace.
+// when its exchange has been missing (404) or refusing this user (403) for longer than
+// MissingExchangeGrace.
 func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 	attempts := e.Attempts + 1
 	park := int(attempts) >= s.cfg.MaxAttempts
@@ -193,7 +194,9 @@ func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 		// Retrying would hold everything behind it for MaxAttempts backoffs.
 		park = true
 	}
-	if ae.Code == amqp.NotFound { // basic.publish's only 404: the exchange does not exist
+	// basic.publish's 404: the exchange does not exist; its 403: this user may not write to it.
+	// Both are about the exchange, not the message, and end when an operator fixes it.
+	if ae.Code == amqp.NotFound || ae.Code == amqp.AccessRefused {
 		spell := s.missingFor(e.Exchange, time.Now())
 		if g := s.cfg.MissingExchangeGrace; g >= 0 && spell >= g {
 			park = true
@@ -216,8 +219,9 @@ func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 		"exchange", e.Exchange, "key", e.RoutingKey, "attempts", attempts, "max_attempts", s.cfg.MaxAttempts, "err", ae)
 }
 
-// missingSpell is how long an exchange has been missing: since the first 404 of the current spell.
-// A spell ends when a message to the exchange is confirmed or returned, or when no 404 came for
+// missingSpell is how long an exchange has been missing (or refusing): since the first 404 or 403
+// of the current spell. A spell ends when a message to the exchange is confirmed or returned, or
+// when no 404 or 403 came for
 // spellGap (nothing was sent there, and the exchange may have existed meanwhile), so an old spell
 // never parks a message without a grace. spellGap is longer than the default RetryBackoff's
 // longest wait between two sends of a message (30 s).
@@ -225,7 +229,7 @@ type missingSpell struct{ since, last time.Time }
 
 const spellGap = 5 * time.Minute
 
-// missingFor records a 404 for exchange at now and returns how long its spell has lasted.
+// missingFor records a 404 or 403 for exchange at now and returns how long its spell has lasted.
 func (s *sender) missingFor(exchange string, now time.Time) time.Duration {
 	gap := max(s.cfg.MissingExchangeGrace, spellGap)
 	if s.missing == nil {

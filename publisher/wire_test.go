@@ -218,3 +218,25 @@ func TestPreconditionFailedParksAtOnce(t *testing.T) {
 	}
 	check(t, url, s.queue, l, checkOpts{})
 }
+
+// BenchmarkCheckWire: the per-message cost of the wire check, on Publish and again in the sender.
+func BenchmarkCheckWire(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		e    journal.Entry
+	}{
+		{"no-headers", journal.Entry{Exchange: "orders", RoutingKey: "orders.created", Stream: "orders/orders.created",
+			Properties: journal.Properties{ContentType: "application/json", DeliveryMode: 2}}},
+		{"4-headers", journal.Entry{Exchange: "orders", RoutingKey: "orders.created", Stream: "orders/orders.created",
+			Properties: journal.Properties{ContentType: "application/json", DeliveryMode: 2, Expiration: "60000"},
+			Headers:    map[string]any{"tenant": "acme", "attempt": int32(1), "trace-id": "4bf92f3577b34da6a3ce929d0e0e4736", "tags": []any{"a", "b"}}}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if err := checkWire(&bc.e, "", "orders-api-1", amqpwire.DefaultFrameMax); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

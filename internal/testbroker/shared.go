@@ -99,10 +99,11 @@ func WaitAMQP(ctx context.Context, url string) error {
 	}
 }
 
-// AddUser creates a user with full permissions on vhost "/" of the shared broker, which must be
-// the local default node (rabbitmqctl without -n), and returns url with that user's credentials.
-// The user is deleted when the test ends.
-func AddUser(t testing.TB, url string) string {
+// AddUser creates a user on vhost "/" of the shared broker, which must be the local default node
+// (rabbitmqctl without -n), and returns url with that user's credentials. perms are the configure,
+// write and read regular expressions; none means ".*" for all three. The user is deleted when the
+// test ends.
+func AddUser(t testing.TB, url string, perms ...string) string {
 	t.Helper()
 	u, err := amqp.ParseURI(url)
 	if err != nil {
@@ -121,7 +122,13 @@ func AddUser(t testing.TB, url string) string {
 	}
 	ctl("add_user", name, pass)
 	t.Cleanup(func() { ctl("delete_user", name) })
-	ctl("set_permissions", "-p", "/", name, ".*", ".*", ".*")
+	if len(perms) == 0 {
+		perms = []string{".*", ".*", ".*"}
+	}
+	if len(perms) != 3 {
+		t.Fatalf("testbroker: AddUser wants configure, write and read permissions, got %q", perms)
+	}
+	ctl(append([]string{"set_permissions", "-p", "/", name}, perms...)...)
 	u.Username, u.Password = name, pass
 	return u.String()
 }
