@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -111,6 +112,20 @@ func TestSourceMismatch(t *testing.T) {
 	_, err := Open(path, Options{Source: "two"})
 	require.ErrorIs(t, err, ErrSourceMismatch)
 	assert.Contains(t, err.Error(), path)
+}
+
+func TestSourceOf(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	_, err := SourceOf(path)
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	j := openT(t, path, Options{Source: "orders-api-1"})
+	require.NoError(t, j.Close())
+	src, err := SourceOf(path)
+	require.NoError(t, err)
+	require.Equal(t, "orders-api-1", src)
+	require.NoError(t, os.WriteFile(path+".id", []byte("garbage"), 0o600))
+	_, err = SourceOf(path)
+	require.ErrorIs(t, err, ErrCorrupt)
 }
 
 func TestAppendCancelledContext(t *testing.T) {

@@ -36,6 +36,20 @@ func readMarker(path string) (*marker, error) {
 	return &m, nil
 }
 
+// SourceOf returns the source recorded when the journal at path was created (in its marker file
+// <path>.id), for tools that open a journal they did not create, such as examples/rkjournal. When
+// no journal was ever created at path the error wraps fs.ErrNotExist.
+func SourceOf(path string) (string, error) {
+	m, err := readMarker(path)
+	if err != nil {
+		return "", err
+	}
+	if m == nil {
+		return "", fmt.Errorf("journal: no journal at %s (no marker file %s): %w", path, markerPath(path), fs.ErrNotExist)
+	}
+	return m.Source, nil
+}
+
 // writeMarker writes the marker atomically (temp file, fsync, rename, fsync dir).
 func writeMarker(path string, m marker) error {
 	m.Format = 1

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/rabbitkit/rabbitkit/journal"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// newJournal makes a journal with entries 1..3 on stream "s" and parks entry 2.
+func newJournal(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "outbox.db")
+	j, err := journal.Open(path, journal.Options{Source: "orders-api-1"})
+	require.NoError(t, err)
+	ctx := context.Background()
+	for i := range 3 {
+		require.NoError(t, j.Append(ctx, &journal.Entry{Stream: "s", Exchange: "orders", RoutingKey: "created", Body: []byte{byte(i)}}))
+	}
+	require.NoError(t, j.Park(ctx, 2, "unroutable: basic.return 312 NO_ROUTE\n(exchange \"orders\")"))
+	require.NoError(t, j.Close())
+	return path
+}
+
+func runCmd(t *testing.T, path string, o options, cmd string, args ...string) (string, error) {
+	t.Helper()
+	o.path, o.command, o.args = path, cmd, args
+	var b bytes.Buffer
+	err := run(context.Background(), &b, o)
+	return b.String(), err
+}
+
+func TestCommands(t *testing.T) {
+	path := newJournal(t)
+
+	out, err := runCmd(t, path, options{}, "stats")
+	require.NoError(t, err)
+	for _, want := range []string{"orders-api-1", "pending         2", "parked          1", "next seq        s  4"} {
+		require.Contains(t, strings.Join(strings.Fields(out), " "), strings.Join(strings.Fields(want), " "), out)
+	}
+	out, err = runCmd(t, path, options{asJSON: true}, "stats")
+	require.NoError(t, err)
+	var st statsOut
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Equal(t, 2, st.Pending)
+	require.Equal(t, 1, st.Parked)
+	require.Equal(t, int64(4), st.NextSeq["s"])
+
+	out, err = runCmd(t, path, options{limit: 1}, "pending")
+	require.NoError(t, err)
+	require.Contains(t, out, "ID")
+	require.Contains(t, out, "1 more")
+	out, err = runCmd(t, path, options{asJSON: true}, "pending")
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 2)
+	var e entryOut
+	require.NoError(t, json.Unmarshal([]byte(lines[1]), &e))
+	require.Equal(t, uint64(3), e.ID)
+	require.Equal(t, int64(3), e.Seq)
+
+	out, err = runCmd(t, path, options{}, "parked")
+	require.NoError(t, err)
+	require.Contains(t, out, `unroutable: basic.return 312 NO_ROUTE (exchange "orders")`, "the reason on one line")
+
+	_, err = runCmd(t, path, options{}, "drop", "2")
+	require.ErrorContains(t, err, "-yes")
+	_, err = runCmd(t, path, options{}, "redrive", "x")
+	require.ErrorContains(t, err, "not an entry ID")
+	_, err = runCmd(t, path, options{}, "redrive", "3")
+	require.ErrorIs(t, err, journal.ErrNotFound, "3 is pending, not parked")
+
+	out, err = runCmd(t, path, options{}, "redrive", "all")
+	require.NoError(t, err)
+	require.Contains(t, out, "re-driven 1 parked entries")
+	out, err = runCmd(t, path, options{asJSON: true}, "pending")
+	require.NoError(t, err)
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 3)
+	require.NoError(t, json.Unmarshal([]byte(lines[2]), &e))
+	require.Equal(t, int64(2), e.Seq, "a re-driven entry keeps its sequence number")
+	require.Greater(t, e.ID, uint64(3), "and goes to the end of the journal")
+
+	out, err = runCmd(t, path, options{}, "compact")
+	require.NoError(t, err)
+	require.Contains(t, out, "compacted")
+}
+
+func TestDrop(t *testing.T) {
+	path := newJournal(t)
+	out, err := runCmd(t, path, options{yes: true}, "drop", "2")
+	require.NoError(t, err)
+	require.Contains(t, out, "dropped 1")
+	out, err = runCmd(t, path, options{asJSON: true}, "stats")
+	require.NoError(t, err)
+	var st statsOut
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Zero(t, st.Parked)
+	require.Equal(t, 2, st.Pending)
+}
+
+func TestRefusals(t *testing.T) {
+	path := newJournal(t)
+	_, err := runCmd(t, path, options{}, "")
+	require.ErrorContains(t, err, "no command")
+	_, err = runCmd(t, path, options{}, "delete")
+	require.ErrorContains(t, err, "unknown command")
+
+	// A journal in use by a publisher: locked.
+	j, err := journal.Open(path, journal.Options{Source: "orders-api-1"})
+	require.NoError(t, err)
+	_, err = runCmd(t, path, options{}, "stats")
+	require.ErrorIs(t, err, journal.ErrLocked)
+	require.ErrorContains(t, err, "stop the publisher")
+	require.NoError(t, j.Close())
+
+	// Never creates a journal.
+	missing := filepath.Join(t.TempDir(), "typo.db")
+	_, err = runCmd(t, missing, options{}, "stats")
+	require.True(t, errors.Is(err, fs.ErrNotExist), "%v", err)
+	_, statErr := os.Stat(missing)
+	require.True(t, errors.Is(statErr, fs.ErrNotExist), "rkjournal created %s", missing)
+}
