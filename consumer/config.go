@@ -52,10 +52,11 @@ type Config struct {
 	URLs  []string
 	Queue string // the queue to consume
 	// TLS configures the amqps:// URLs: root CAs, client certificates for mutual TLS, minimum
-	// version. It is cloned for every connection, and ServerName defaults to each URL's host. Nil:
-	// the URLs' own cacertfile, certfile, keyfile and server_name_indication parameters over the
-	// system roots. With TLS set, New refuses plain amqp:// URLs. For certificate login add
-	// ?auth_mechanism=external to the URL (RabbitMQ's rabbitmq_auth_mechanism_ssl plugin).
+	// version. It is cloned for every connection; an empty ServerName takes the URL's
+	// server_name_indication parameter, else its host. Nil: the URLs' own cacertfile, certfile,
+	// keyfile and server_name_indication parameters over the system roots. With TLS set, New
+	// refuses plain amqp:// URLs and URLs naming certificate files (they would be ignored). For
+	// certificate login add ?auth_mechanism=external to the URL (rabbitmq_auth_mechanism_ssl).
 	TLS *tls.Config
 	// Topology is declared on every (re)connect, before consuming. Include the consumed queue so
 	// that a deleted queue comes back; the parking queue is added unless it is already there.

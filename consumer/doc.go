@@ -26,9 +26,9 @@
 // properties and headers plus rk-park-reason and friends, and only then acked. Two properties move
 // into headers instead: expiration (rk-park-expiration), so that a parked message waits for an
 // operator rather than expiring unseen, and user-id (rk-park-user-id), which RabbitMQ refuses from
-// any connection but the original publisher's user. A parked message always fits one frame: an
-// over-long reason is cut, and original headers that would not fit are left out
-// (rk-park-headers-dropped says so).
+// any connection but the original publisher's user. The copy is kept within one frame: an
+// over-long reason is cut, and original headers that would not fit are left out except the rk-
+// stamp (rk-park-headers-dropped says so).
 //
 // # Guarantees
 //

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
 	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
+	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
 // Headers added to a parked message (besides all of its original headers).
@@ -169,8 +170,8 @@ var errParkNotConfirmed = errors.New("consumer: parking publish nacked or connec
 func parkHeaders(d *amqp.Delivery, queue, reason string, attempts, frameMax int) amqp.Table {
 	if len(reason) > maxParkReason {
 		cut := maxParkReason
-		for cut > 0 && !utf8.RuneStart(reason[cut]) {
-			cut--
+		for i := 0; i < utf8.UTFMax-1 && !utf8.RuneStart(reason[cut]); i++ {
+			cut-- // back to the start of a valid rune; invalid UTF-8 is cut where it is
 		}
 		reason = reason[:cut] + "…"
 	}
@@ -191,8 +192,19 @@ func parkHeaders(d *amqp.Delivery, queue, reason string, attempts, frameMax int)
 	if frameMax <= 0 {
 		frameMax = amqpwire.DefaultFrameMax
 	}
-	// Properties the copy carries: at most 7 short strings, delivery mode, priority, timestamp.
-	room := frameMax - amqpwire.HeaderFrameFixed - 7*(1+amqpwire.MaxShortString) - 10
+	// The properties the copy carries (absent ones take no room), then the headers.
+	room := frameMax - amqpwire.HeaderFrameFixed - 1 /* delivery mode */
+	for _, p := range [...]string{d.ContentType, d.ContentEncoding, d.CorrelationId, d.ReplyTo, d.MessageId, d.Type, d.AppId} {
+		if p != "" {
+			room -= 1 + len(p)
+		}
+	}
+	if d.Priority != 0 {
+		room--
+	}
+	if !d.Timestamp.IsZero() {
+		room -= 8
+	}
 	parkSize, _ := amqpwire.TableSize(park) // rk-park- keys are short; values are bounded
 	origSize, err := amqpwire.TableSize(d.Headers)
 	if err == nil {
@@ -200,10 +212,21 @@ func parkHeaders(d *amqp.Delivery, queue, reason string, attempts, frameMax int)
 	}
 	if err != nil || parkSize+origSize-4 > room {
 		// Cannot happen for headers RabbitMQ delivered within its own frame, unless they were
-		// close to the limit: keep the message, say what was left out.
+		// close to the limit: keep the message and its rk- stamp, say what was left out.
 		park[HeaderParkHeadersDropped] = int64(origSize)
 		if err != nil {
 			park[HeaderParkReason] = reason + " (original headers dropped: " + err.Error() + ")"
+		}
+		stamp := amqp.Table{}
+		for _, k := range [...]string{protocol.HeaderSource, protocol.HeaderEpoch, protocol.HeaderStream, protocol.HeaderSeq} {
+			if v, ok := d.Headers[k]; ok {
+				stamp[k] = v
+			}
+		}
+		if ss, err := amqpwire.TableSize(stamp); err == nil && parkSize+64+ss-4 <= room {
+			for k, v := range stamp {
+				park[k] = v // the message's identity, for the operator and for a later re-drive
+			}
 		}
 		return park
 	}

@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ import (
 //   - user-id set by its publisher ("guest"), while the consumer connects as another user: the
 //     copy carries it in rk-park-user-id, since RabbitMQ refuses (406) a user-id other than the
 //     connection's. Before, parking failed on every attempt and the message was never parked.
-//   - an expiration of 3 s: the copy carries it in rk-park-expiration and does not expire.
+//   - an expiration of 4 s: the copy carries it in rk-park-expiration and does not expire.
 //   - a 20 KB handler error: rk-park-reason is cut to 1 KiB.
 //   - headers close to one frame: the original headers are left out (rk-park-headers-dropped)
 //     rather than make the copy too large for a frame, which costs the connection every time.
@@ -27,15 +28,18 @@ func TestParkedCopyIsAlwaysParkable(t *testing.T) {
 	url := testbroker.SharedURL(t)
 	f := newFixture(t, url)
 	ch := f.channel()
+	other := testbroker.AddUser(t, url) // before publishing: rabbitmqctl takes seconds
 	userID := stamped("src", "s", 1, 1, "user-id")
 	userID.UserId = "guest"
+	const ttl = 4 * time.Second
 	expiring := stamped("src", "s", 1, 2, "expiring")
-	expiring.Expiration = "3000"
+	expiring.Expiration = strconv.Itoa(int(ttl / time.Millisecond))
 	bigHeaders := stamped("src", "s", 1, 3, "big headers")
 	bigHeaders.Headers["big"] = strings.Repeat("h", 130_000)
+	published := time.Now()
 	f.publish(ch, userID, expiring, bigHeaders)
 
-	cfg := f.config(testbroker.AddUser(t, url))
+	cfg := f.config(other)
 	cfg.MaxAttempts = 1
 	c, err := consumer.New(cfg)
 	require.NoError(t, err)
@@ -44,7 +48,7 @@ func TestParkedCopyIsAlwaysParkable(t *testing.T) {
 	}, nil)
 	eventually(t, 20*time.Second, "3 parked", func() bool { return f.mem.Get(consumer.MetricParked) == 3 })
 	run.stop(t)
-	time.Sleep(3500 * time.Millisecond) // past the expiration
+	time.Sleep(time.Until(published.Add(ttl + 500*time.Millisecond))) // past the expiration
 
 	got := map[string]amqp.Delivery{}
 	for range 3 {
@@ -62,10 +66,12 @@ func TestParkedCopyIsAlwaysParkable(t *testing.T) {
 
 	d = got["expiring"]
 	require.Empty(t, d.Expiration)
-	require.Equal(t, "3000", d.Headers[consumer.HeaderParkExpiration])
+	require.Equal(t, expiring.Expiration, d.Headers[consumer.HeaderParkExpiration])
 
 	d = got["big headers"]
 	require.NotContains(t, d.Headers, "big")
 	require.Greater(t, d.Headers[consumer.HeaderParkHeadersDropped], int64(130_000))
 	require.Equal(t, f.queue, d.Headers[consumer.HeaderParkQueue])
+	require.Equal(t, int64(3), d.Headers["rk-seq"], "the stamp stays when other headers are left out")
+	require.Equal(t, "src", d.Headers["rk-source"])
 }

@@ -45,6 +45,10 @@ type Stamp struct {
 // MaxMessageID is the longest message-id AMQP can carry (a short string).
 const MaxMessageID = 255
 
+// MaxCutMessageID is the length of a message-id that MessageID had to cut: 200 bytes at most, "~"
+// and 32 hex digits.
+const MaxCutMessageID = 200 + 1 + 32
+
 // MessageID returns "<source>/<epoch>/<stream>/<seq>", the AMQP message-id rabbitkit sets when the
 // caller did not set one. It is informational: consumers identify messages by the headers. When
 // that string is longer than MaxMessageID bytes, it is cut to its first 200 bytes (at a UTF-8
@@ -57,8 +61,8 @@ func (s Stamp) MessageID() string {
 	}
 	sum := sha256.Sum256([]byte(id))
 	cut := 200
-	for cut > 0 && !utf8.RuneStart(id[cut]) {
-		cut--
+	for i := 0; i < utf8.UTFMax-1 && !utf8.RuneStart(id[cut]); i++ {
+		cut-- // back to the start of a valid rune; invalid UTF-8 is cut where it is
 	}
 	return id[:cut] + "~" + hex.EncodeToString(sum[:16])
 }

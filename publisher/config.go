@@ -36,10 +36,11 @@ type Config struct {
 	// amqp://user:pass@host:5672/vhost, or amqps:// for TLS. New refuses a URL that does not parse.
 	URLs []string
 	// TLS configures the amqps:// URLs: root CAs, client certificates for mutual TLS, minimum
-	// version. It is cloned for every connection, and ServerName defaults to each URL's host. Nil:
-	// the URLs' own cacertfile, certfile, keyfile and server_name_indication parameters over the
-	// system roots. With TLS set, New refuses plain amqp:// URLs. For certificate login add
-	// ?auth_mechanism=external to the URL (RabbitMQ's rabbitmq_auth_mechanism_ssl plugin).
+	// version. It is cloned for every connection; an empty ServerName takes the URL's
+	// server_name_indication parameter, else its host. Nil: the URLs' own cacertfile, certfile,
+	// keyfile and server_name_indication parameters over the system roots. With TLS set, New
+	// refuses plain amqp:// URLs and URLs naming certificate files (they would be ignored). For
+	// certificate login add ?auth_mechanism=external to the URL (rabbitmq_auth_mechanism_ssl).
 	TLS *tls.Config
 	// Source is the stable name of this publishing instance (rk-source). Required with JournalPath;
 	// with Journal it defaults to Journal.Source() and must match it.
@@ -62,9 +63,10 @@ type Config struct {
 	MaxInFlight int
 	// MaxAttempts is how many sends of one entry may end in a basic.nack or an attributed channel
 	// error (404, 403, ...) before it is parked. Default DefaultMaxAttempts. Connection losses
-	// never count. A 406 PRECONDITION_FAILED parks at once: on basic.publish it is always about the
+	// never count. A 406 PRECONDITION_FAILED parks at once: on basic.publish it is about the
 	// message itself (a user-id other than the connection's user, a body over the broker's
-	// max_message_size) and never passes on a retry.
+	// max_message_size), and a retry cannot pass until an operator changes something; re-drive
+	// the parked message then.
 	MaxAttempts int
 	// MissingExchangeGrace: once publishes to an exchange have failed with 404 (the exchange does
 	// not exist) or 403 (this user may not write to it) for this long, each further message to it

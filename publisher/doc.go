@@ -32,16 +32,18 @@
 //     channel or connection is "unknown", never a failure: the entry stays and is resent (so the
 //     consumer sees duplicates, which the stamp lets it drop).
 //   - Outcomes (Receipt.Err): nil = confirmed; *ParkedError = parked, with errors.Is(err,
-//     ErrUnroutable) when the broker returned the mandatory message (no queue bound), else after
-//     MaxAttempts nacks or channel errors attributed to it. Parked entries stay in the journal's
+//     ErrUnroutable) when the broker returned the mandatory message (no queue bound), with
+//     errors.Is(err, ErrInvalidMessage) when it was found unsendable and parked unsent, else after
+//     the nacks or channel errors attributed to it (the rules below). Parked entries stay in the journal's
 //     parked set (journal.Parked, Redrive, DropParked); nothing is dropped silently.
 //   - Channel errors: 403, 404, 405, 406 (and 311, 312, 313) close only the channel; the publisher
 //     reopens it on the same connection after RetryBackoff, re-declaring the topology (which may
 //     create a missing exchange). When exactly one message was in flight it is the culprit and an
 //     attempt is recorded against it; otherwise the next channel sends one message at a time, so the
 //     next error names its culprit. A culprit is parked at MaxAttempts, at its first 406 (on
-//     basic.publish always about the message itself: a user-id other than the connection's user,
-//     a body over max_message_size), or at its first 404 or 403 once its exchange has been missing
+//     basic.publish it is about the message itself: a user-id other than the connection's user, a
+//     body over max_message_size; a retry cannot pass until an operator changes something, and
+//     then the parked message can be re-driven), or at its first 404 or 403 once its exchange has been missing
 //     or forbidden for MissingExchangeGrace (then the channel reopens at once: such an exchange costs
 //     one channel reopen per message sent there, not MaxAttempts backoffs while everything behind
 //     it waits); everything else is retried forever. Every other code, and network errors, count

@@ -16,8 +16,9 @@ var (
 	ErrInvalidConfig = errors.New("publisher: invalid config")
 	// ErrInvalidMessage is returned for a message that can never be published: bad header types, an
 	// exchange, routing key, string property or header key over AMQP's 255 bytes, headers too large
-	// for one frame, an expiration or delivery mode RabbitMQ refuses. Nothing was journaled. A
-	// *ParkedError wraps it too, for such an entry found in the journal and parked unsent.
+	// for one frame, an expiration or delivery mode RabbitMQ refuses, an int header beyond 32 bits.
+	// Returned by Publish, it means nothing was journaled. A *ParkedError wraps it too, for such
+	// an entry found in the journal and parked unsent.
 	ErrInvalidMessage = errors.New("publisher: invalid message")
 	// ErrAcceptUnknown means the message may or may not be journaled: it is wrapped together with
 	// the context's error when the caller's context ended while the journal was already writing the

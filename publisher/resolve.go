@@ -82,7 +82,7 @@ func (s *sender) settle(ctx context.Context, f flight) {
 	switch {
 	case f.state == flightAcked && f.ret == nil:
 		if len(s.missing) > 0 {
-			delete(s.missing, f.e.Exchange) // it exists
+			s.endSpells(f.e) // the exchange exists and takes this key
 		}
 		s.deletes = append(s.deletes, f.e.ID)
 		s.m.Add(MetricConfirmed, 1)
@@ -95,7 +95,7 @@ func (s *sender) settle(ctx context.Context, f flight) {
 		}
 	case f.state == flightAcked: // returned as unroutable, then acked
 		if len(s.missing) > 0 {
-			delete(s.missing, f.e.Exchange) // it exists, only the route is missing
+			s.endSpells(f.e) // the exchange exists and takes this key; only the route is missing
 		}
 		if !s.park(ctx, f.e, &ParkedError{Returned: true, ReplyCode: f.ret.ReplyCode, ReplyText: f.ret.ReplyText, Attempts: f.e.Attempts + 1}) {
 			// Still pending: hold the receipts' frontier below it and send it again once the
@@ -189,15 +189,16 @@ func (s *sender) charge(ctx context.Context, e *journal.Entry, ae *amqp.Error) {
 	attempts := e.Attempts + 1
 	park := int(attempts) >= s.cfg.MaxAttempts
 	if ae.Code == amqp.PreconditionFailed {
-		// basic.publish's 406s are about the message itself and never pass: a user-id other than
-		// the connection's user, a message over max_message_size, a property RabbitMQ refuses.
-		// Retrying would hold everything behind it for MaxAttempts backoffs.
+		// basic.publish's 406s are about the message itself: a user-id other than the connection's
+		// user, a message over max_message_size, a property RabbitMQ refuses. A retry cannot pass
+		// until an operator changes something (then the parked entry is re-driven); retrying
+		// would hold everything behind it for MaxAttempts backoffs.
 		park = true
 	}
 	// basic.publish's 404: the exchange does not exist; its 403: this user may not write to it.
 	// Both are about the exchange, not the message, and end when an operator fixes it.
 	if ae.Code == amqp.NotFound || ae.Code == amqp.AccessRefused {
-		spell := s.missingFor(e.Exchange, time.Now())
+		spell := s.missingFor(spellKey(ae.Code, e), time.Now())
 		if g := s.cfg.MissingExchangeGrace; g >= 0 && spell >= g {
 			park = true
 		}
@@ -229,8 +230,25 @@ type missingSpell struct{ since, last time.Time }
 
 const spellGap = 5 * time.Minute
 
-// missingFor records a 404 or 403 for exchange at now and returns how long its spell has lasted.
-func (s *sender) missingFor(exchange string, now time.Time) time.Duration {
+// spellKey names what a 404 or 403 is about. A 404 is about the exchange. A 403 is about the
+// exchange and, under topic authorisation, the routing key: a message with an allowed key to the
+// same exchange must not end the spell of a refused one.
+func spellKey(code int, e *journal.Entry) string {
+	if code == amqp.AccessRefused {
+		return e.Exchange + "\x00" + e.RoutingKey
+	}
+	return e.Exchange
+}
+
+// endSpells ends the spells that a message to e's exchange and key, confirmed or returned, proves
+// over.
+func (s *sender) endSpells(e *journal.Entry) {
+	delete(s.missing, e.Exchange)
+	delete(s.missing, e.Exchange+"\x00"+e.RoutingKey)
+}
+
+// missingFor records a 404 or 403 for key (spellKey) at now and returns how long its spell has lasted.
+func (s *sender) missingFor(key string, now time.Time) time.Duration {
 	gap := max(s.cfg.MissingExchangeGrace, spellGap)
 	if s.missing == nil {
 		s.missing = make(map[string]missingSpell)
@@ -242,12 +260,12 @@ func (s *sender) missingFor(exchange string, now time.Time) time.Duration {
 			}
 		}
 	}
-	sp, ok := s.missing[exchange]
+	sp, ok := s.missing[key]
 	if !ok || now.Sub(sp.last) > gap {
 		sp.since = now
 	}
 	sp.last = now
-	s.missing[exchange] = sp
+	s.missing[key] = sp
 	return now.Sub(sp.since)
 }
 

@@ -44,7 +44,8 @@ type sender struct {
 	failing    bool        // retryBO has advanced since the last positive confirm
 	sessionMax uint64      // highest ID sent on the current channel
 
-	// missing: exchanges whose publishes failed with 404, since when (see Config.MissingExchangeGrace).
+	// missing: exchanges whose publishes failed with 404 (and exchange+key pairs with 403), since
+	// when (spellKey; see Config.MissingExchangeGrace).
 	missing map[string]missingSpell
 	// culpritParked: the last channel error's culprit was parked, so the cause is gone and the
 	// channel reopens without a backoff.

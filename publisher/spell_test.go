@@ -4,6 +4,10 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/journal"
 )
 
 // TestMissingSpell: how long an exchange counts as missing, the input of MissingExchangeGrace.
@@ -48,6 +52,25 @@ func TestMissingSpell(t *testing.T) {
 		s.missingFor("new", t0.Add(spellGap+time.Second))
 		if len(s.missing) != 1 {
 			t.Fatalf("%d spells kept, want only the new one", len(s.missing))
+		}
+	})
+	t.Run("a 403 is about the exchange and key, a 404 about the exchange", func(t *testing.T) {
+		s := &sender{cfg: Config{MissingExchangeGrace: time.Minute}}
+		refused := &journal.Entry{Exchange: "x", RoutingKey: "secret"}
+		allowed := &journal.Entry{Exchange: "x", RoutingKey: "public"}
+		s.missingFor(spellKey(amqp.AccessRefused, refused), t0)
+		s.endSpells(allowed) // topic authorisation: another key of x is confirmed
+		if got := s.missingFor(spellKey(amqp.AccessRefused, refused), t0.Add(time.Minute)); got != time.Minute {
+			t.Fatalf("403 spell %v after a confirm with another key, want it to go on (1m)", got)
+		}
+		s.endSpells(refused)
+		if got := s.missingFor(spellKey(amqp.AccessRefused, refused), t0.Add(2*time.Minute)); got != 0 {
+			t.Fatalf("403 spell %v after a confirm with its own key, want a new spell", got)
+		}
+		s.missingFor(spellKey(amqp.NotFound, refused), t0)
+		s.endSpells(allowed) // any message confirmed to x proves that x exists
+		if got := s.missingFor(spellKey(amqp.NotFound, refused), t0.Add(time.Minute)); got != 0 {
+			t.Fatalf("404 spell %v after a confirm to the exchange, want a new spell", got)
 		}
 	})
 }

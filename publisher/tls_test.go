@@ -97,6 +97,25 @@ func TestTLS(t *testing.T) {
 		check(t, node.URL, s.queue, pr.l, checkOpts{})
 	})
 
+	t.Run("server-name-from-url", func(t *testing.T) {
+		s := newSetup(t, node.URL, "classic", nil)
+		tc := tl.Client.Clone()
+		var name atomic.Value
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			name.Store(cs.ServerName)
+			return nil
+		}
+		cfg := s.config(t, tl.URL+"?server_name_indication=localhost", t.TempDir())
+		cfg.TLS = tc
+		p := mustNew(t, cfg)
+		pr := startPublishing(p, s, 10, 0)
+		pr.wait(t)
+		flush(t, p, 30*time.Second)
+		if got, _ := name.Load().(string); got != "localhost" {
+			t.Fatalf("TLS server name %q, want the URL's server_name_indication", got)
+		}
+	})
+
 	t.Run("certificate-login", func(t *testing.T) {
 		s := newSetup(t, node.URL, "classic", nil)
 		cfg := s.config(t, "amqps://"+tl.Addr+"/?auth_mechanism=external", t.TempDir())

@@ -240,3 +240,89 @@ func BenchmarkCheckWire(b *testing.B) {
 		})
 	}
 }
+
+// TestWireSizeExact pins checkWire's frame arithmetic to the broker. checkWire follows the AMQP
+// spec, where frame_max counts the whole frame (7-byte header and frame-end included); RabbitMQ
+// 3.10 enforces frame_max on the payload alone, 8 bytes more. So: the largest headers checkWire
+// accepts are delivered; sent raw with amqp091-go, the same message 8 bytes larger still passes
+// and 9 bytes larger is refused by RabbitMQ (501 frame_too_large). The check refuses nothing
+// beyond those 8 bytes and lets through nothing the broker refuses.
+func TestWireSizeExact(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	s := newSetup(t, url, "classic", nil)
+	p := mustNew(t, s.config(t, url, t.TempDir()))
+	msg := func(n int) Message {
+		return Message{Exchange: s.exchange, RoutingKey: s.key, Stream: "s", MessageID: "m", ContentType: "text/plain",
+			Headers: amqp.Table{"big": strings.Repeat("v", n), "n": int32(7), "list": []any{"a", int64(1)}}, Body: []byte("x")}
+	}
+	// The largest n checkWire accepts: start from the size it reports for a small n.
+	size := func(n int) int {
+		m := msg(n)
+		e, err := p.entry(&m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkWire(e, "m", p.cfg.Source, 1<<30); err != nil {
+			t.Fatal(err)
+		}
+		over := *e
+		if err := checkWire(&over, "m", p.cfg.Source, 1); err == nil {
+			t.Fatal("no size reported")
+		} else if _, err := fmt.Sscanf(err.Error()[strings.Index(err.Error(), "take ")+5:], "%d", &n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	n := 1000 + amqpwire.DefaultFrameMax - size(1000)
+	if _, err := p.Publish(context.Background(), msg(n+1)); !errors.Is(err, ErrInvalidMessage) {
+		t.Fatalf("one byte over the frame: %v, want ErrInvalidMessage", err)
+	}
+	r, err := p.Publish(context.Background(), msg(n))
+	if err != nil {
+		t.Fatalf("at the frame limit: %v", err)
+	}
+	l := newLedger()
+	l.add(r.Stamp())
+	flush(t, p, 20*time.Second)
+	check(t, url, s.queue, l, checkOpts{})
+
+	// What the sender sends, raw, 8 and 9 bytes larger: the broker takes the first, not the second.
+	raw := func(extra int) *amqp.Error {
+		conn, err := amqp.Dial(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ch.Confirm(false); err != nil {
+			t.Fatal(err)
+		}
+		st := r.Stamp()
+		st.Seq += int64(extra)
+		m := msg(n + extra)
+		dc, err := ch.PublishWithDeferredConfirm(s.exchange, s.key, true, false, amqp.Publishing{Headers: st.Apply(m.Headers),
+			MessageId: "m", ContentType: "text/plain", DeliveryMode: amqp.Persistent, Body: m.Body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case e := <-closed:
+			return e
+		case <-dc.Done():
+			return nil
+		case <-time.After(10 * time.Second):
+			t.Fatal("no confirm and no close")
+		}
+		return nil
+	}
+	if e := raw(8); e != nil {
+		t.Fatalf("8 bytes over checkWire's limit, the broker refused: %v (checkWire under-counts)", e)
+	}
+	if e := raw(9); e == nil || e.Code != amqp.FrameError || !strings.Contains(e.Reason, "frame_too_large") {
+		t.Fatalf("9 bytes over checkWire's limit: %v, want 501 frame_too_large (checkWire over-counts)", e)
+	}
+}

@@ -35,8 +35,10 @@ type Dialer struct {
 	BatchWrites bool
 	// TLS configures amqps:// URLs (server verification, client certificates). It is cloned for
 	// every dial, so amqp091-go's filling in ServerName from one URL's host never leaks into the
-	// next URL's handshake. Nil: the URL's own parameters (cacertfile, certfile, keyfile,
-	// server_name_indication) over the system roots. CheckURLs refuses plain amqp:// URLs with it.
+	// next URL's handshake; an empty ServerName takes the URL's server_name_indication, else its
+	// host. Nil: the URL's own parameters (cacertfile, certfile, keyfile, server_name_indication)
+	// over the system roots. CheckURLs refuses plain amqp:// URLs with it, and URLs that name
+	// certificate files (they would be ignored).
 	TLS *tls.Config
 
 	next int // index of the URL to try first; only touched by the owning goroutine
@@ -126,6 +128,9 @@ func (d *Dialer) dialOnce(ctx context.Context, url string) (*amqp.Connection, ne
 	var tlsCfg *tls.Config
 	if d.TLS != nil {
 		tlsCfg = d.TLS.Clone()
+		if uri, err := amqp.ParseURI(url); err == nil && tlsCfg.ServerName == "" {
+			tlsCfg.ServerName = uri.ServerName // the URL's server_name_indication, if any
+		}
 	}
 	cfg := amqp.Config{
 		TLSClientConfig: tlsCfg,
@@ -183,6 +188,11 @@ func CheckURLs(urls []string, tlsConfig *tls.Config) error {
 		}
 		if tlsConfig != nil && uri.Scheme != "amqps" {
 			return fmt.Errorf("%w: %s: a TLS config is set but the URL is plain amqp://; use amqps://", ErrBadURL, redact(u))
+		}
+		if tlsConfig != nil && (uri.CACertFile != "" || uri.CertFile != "" || uri.KeyFile != "") {
+			// amqp091-go reads these only when it builds the TLS config itself: with ours they
+			// would be ignored without a word.
+			return fmt.Errorf("%w: %s: cacertfile, certfile and keyfile are ignored when a TLS config is set; put them in the TLS config, or drop it", ErrBadURL, redact(u))
 		}
 	}
 	return nil

@@ -83,6 +83,8 @@ func TestCheckURLs(t *testing.T) {
 		{"amqps with TLS", []string{"amqps://u:secret@a:5671/"}, true, ""},
 		{"amqps with URL parameters", []string{"amqps://a:5671/?cacertfile=/ca.pem&auth_mechanism=external"}, false, ""},
 		{"plain with TLS", []string{"amqps://a/", "amqp://u:secret@b:5672/"}, true, "use amqps://"},
+		{"certificate files with TLS", []string{"amqps://u:secret@a/?cacertfile=/ca.pem"}, true, "ignored when a TLS config is set"},
+		{"server name with TLS", []string{"amqps://a/?server_name_indication=broker.example.com&auth_mechanism=external"}, true, ""},
 		{"bad port", []string{"amqp://u:secret@a:port/"}, false, "invalid port"},
 		{"wrong scheme", []string{"http://a/"}, false, "scheme"},
 		{"empty", []string{""}, false, "scheme"},

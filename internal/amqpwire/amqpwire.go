@@ -5,6 +5,7 @@ package amqpwire
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -27,15 +28,18 @@ const (
 	HeaderFrameFixed = 8 + 14
 )
 
-// CheckExpiration accepts what RabbitMQ accepts: empty, or an optional '+' and ASCII digits whose
-// value is at most MaxExpiration milliseconds.
+// CheckExpiration accepts what RabbitMQ accepts: empty, or an optional sign and ASCII digits whose
+// value is between 0 and MaxExpiration milliseconds ("+5" and "-0" pass, "-1" does not).
 func CheckExpiration(x string) error {
 	if x == "" {
 		return nil
 	}
-	d := x
-	if d[0] == '+' {
+	d, neg := x, false
+	switch d[0] {
+	case '+':
 		d = d[1:]
+	case '-':
+		d, neg = d[1:], true
 	}
 	bad := d == ""
 	for i := 0; i < len(d) && !bad; i++ {
@@ -44,15 +48,21 @@ func CheckExpiration(x string) error {
 	if bad {
 		return fmt.Errorf("expiration %q: RabbitMQ wants a TTL in milliseconds, a decimal integer such as \"60000\"", x)
 	}
-	if n, err := strconv.ParseUint(d, 10, 64); err != nil || n > MaxExpiration {
+	n, err := strconv.ParseUint(d, 10, 64)
+	if neg && n != 0 {
+		return fmt.Errorf("expiration %q: a TTL cannot be negative", x)
+	}
+	if err != nil || n > MaxExpiration {
 		return fmt.Errorf("expiration %q: RabbitMQ allows at most %d ms (10 years)", x, int64(MaxExpiration))
 	}
 	return nil
 }
 
-// TableSize is the encoded size of an AMQP field table holding t, its 4-byte length included. t
-// may hold journal header types or amqp.Table values (nested amqp.Table too). It fails for a key
-// longer than a short string.
+// TableSize is the size amqp091-go (v1.16) encodes a field table holding t to, its 4-byte length
+// included. t may hold journal header types or amqp.Table values (nested amqp.Table too). It fails
+// where amqp091-go would fail or silently change the value: a key longer than a short string, a
+// type it cannot encode, an int outside the 32-bit range (amqp091-go writes int as a 32-bit 'I'
+// and would truncate it).
 func TableSize(t map[string]any) (int, error) { return tableSize(t, 0) }
 
 func tableSize(t map[string]any, depth int) (int, error) {
@@ -83,6 +93,15 @@ func valueSize(v any, depth int) (int, error) {
 		return 2, nil
 	case int32, uint32, float32:
 		return 4, nil
+	case int:
+		if x < math.MinInt32 || x > math.MaxInt32 {
+			return 0, fmt.Errorf("header value %d: amqp091-go sends a Go int as a 32-bit integer and would truncate it; use int64", x)
+		}
+		return 4, nil
+	case int64, float64, time.Time:
+		return 8, nil
+	case amqp.Decimal:
+		return 5, nil
 	case string:
 		return 4 + len(x), nil
 	case []byte:
@@ -101,9 +120,7 @@ func valueSize(v any, depth int) (int, error) {
 			n += 1 + s
 		}
 		return n, nil
-	case time.Time:
-		return 8, nil
-	default: // int, int64, float64, and anything wider
-		return 8, nil
+	default:
+		return 0, fmt.Errorf("header value of type %T cannot be sent in an AMQP field table", v)
 	}
 }

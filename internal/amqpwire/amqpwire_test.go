@@ -15,6 +15,7 @@ func TestCheckExpiration(t *testing.T) {
 		"": true, "0": true, "60000": true, "+5": true, "007": true, "315360000000": true,
 		"315360000001": false, "99999999999999999999": false, "abc": false, "-1": false, "1.5": false,
 		" 5": false, "5 ": false, "+": false, "0x10": false, "1e3": false, "٣": false,
+		"-0": true, "-000": true, "-": false, "+-1": false, "--0": false,
 	} {
 		if err := CheckExpiration(x); (err == nil) != ok {
 			t.Errorf("CheckExpiration(%q) = %v, want ok=%v", x, err, ok)
@@ -38,6 +39,9 @@ func TestTableSize(t *testing.T) {
 		{"time", map[string]any{"t": time.Unix(1, 0)}, 4 + 3 + 8, false},
 		{"nested amqp.Table", map[string]any{"n": amqp.Table{"k": "v"}}, 4 + 3 + (4 + 3 + 4 + 1), false},
 		{"array", map[string]any{"a": []any{"v", int32(1)}}, 4 + 3 + (4 + (1 + 4 + 1) + (1 + 4)), false},
+		{"int and decimal", map[string]any{"i": 7, "d": amqp.Decimal{Scale: 2, Value: 1}}, 4 + 3 + 4 + 3 + 5, false},
+		{"int beyond 32 bits", map[string]any{"i": 1 << 40}, 0, true},
+		{"unsupported type", map[string]any{"u": uint64(1)}, 0, true},
 		{"long key", map[string]any{strings.Repeat("k", 256): 1}, 0, true},
 		{"long nested key", map[string]any{"a": []any{amqp.Table{strings.Repeat("k", 256): 1}}}, 0, true},
 	}
