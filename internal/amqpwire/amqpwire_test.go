@@ -1,6 +1,8 @@
 package amqpwire
 
 import (
+	"math/big"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -59,4 +61,24 @@ func TestTableSize(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzCheckExpiration compares CheckExpiration with a reference written from RabbitMQ's rule
+// (rabbit_basic:parse_expiration, string:to_integer on the whole string, 0 <= n <= 10 years).
+func FuzzCheckExpiration(f *testing.F) {
+	for _, s := range []string{"", "0", "60000", "+5", "-0", "-1", "315360000000", "315360000001", "1.5", " 5", "99999999999999999999999"} {
+		f.Add(s)
+	}
+	digits := regexp.MustCompile(`^[+-]?[0-9]+$`)
+	max := big.NewInt(MaxExpiration)
+	f.Fuzz(func(t *testing.T, x string) {
+		want := x == ""
+		if digits.MatchString(x) {
+			n, _ := new(big.Int).SetString(strings.TrimPrefix(x, "+"), 10)
+			want = n.Sign() >= 0 && n.Cmp(max) <= 0
+		}
+		if err := CheckExpiration(x); (err == nil) != want {
+			t.Fatalf("CheckExpiration(%q) = %v, want ok=%v", x, err, want)
+		}
+	})
 }
