@@ -2,9 +2,13 @@ package publisher_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -65,4 +69,52 @@ func deleteQueue(name string) {
 	if ch, err := c.Channel(); err == nil {
 		_, _ = ch.QueueDelete(name, false, false, false)
 	}
+}
+
+// A message AMQP cannot carry is refused before it is journaled, with the reason.
+func ExamplePublisher_Publish_invalid() {
+	dir, _ := os.MkdirTemp("", "rk-example")
+	defer os.RemoveAll(dir)
+	p, err := publisher.New(publisher.Config{
+		URLs: []string{brokerURL()}, Source: "example", JournalPath: filepath.Join(dir, "outbox.db"),
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	defer p.Close(ctx)
+
+	_, err = p.Publish(ctx, publisher.Message{RoutingKey: strings.Repeat("k", 300), Body: []byte("x")})
+	fmt.Println(errors.Is(err, publisher.ErrInvalidMessage), err)
+	_, err = p.Publish(ctx, publisher.Message{RoutingKey: "orders", Expiration: "1.5", Body: []byte("x")})
+	fmt.Println(errors.Is(err, publisher.ErrInvalidMessage), err)
+	// Output:
+	// true publisher: invalid message: routing key is 300 bytes; AMQP allows 255
+	// true publisher: invalid message: expiration "1.5": RabbitMQ wants a TTL in milliseconds, a decimal integer such as "60000"
+}
+
+// TLS with a private CA and a client certificate (mutual TLS). The same Config.TLS field exists on
+// consumer.Config.
+func ExampleConfig_tls() {
+	ca, err := os.ReadFile("/etc/rabbitkit/ca.pem")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca)
+	cert, err := tls.LoadX509KeyPair("/etc/rabbitkit/client.pem", "/etc/rabbitkit/client.key")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	_, err = publisher.New(publisher.Config{
+		URLs:        []string{"amqps://orders:secret@rabbit-1.internal:5671/", "amqps://orders:secret@rabbit-2.internal:5671/"},
+		TLS:         &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		Source:      "orders-api-1",
+		JournalPath: "/var/lib/orders-api/outbox.db",
+	})
+	fmt.Println(err)
 }
