@@ -21,6 +21,9 @@ import (
 type fakeConnector struct {
 	conns chan *fakeConn
 	down  atomic.Bool // connect waits (like a dial retrying) while set
+	// blockedAtOpen: new connections start with connection.blocked pending, as RabbitMQ sends it
+	// right after connection.open-ok while an alarm is in effect.
+	blockedAtOpen atomic.Bool
 	// misuse counts violations of the hold/release contract on every connection: a publish
 	// outside a hold, a hold while held, a release while not held.
 	misuse atomic.Int64
@@ -37,6 +40,9 @@ func (f *fakeConnector) connect(ctx context.Context) (conn, string, error) {
 		}
 	}
 	c := &fakeConn{blocks: make(chan amqp.Blocking, 16), closes: make(chan *amqp.Error, 1), chans: make(chan *fakeChan, 16), f: f}
+	if f.blockedAtOpen.Load() {
+		c.blocks <- amqp.Blocking{Active: true, Reason: "low on memory"} // as RabbitMQ under an alarm
+	}
 	f.conns <- c
 	return c, "amqp://guest:secret@fake:5672/", nil
 }

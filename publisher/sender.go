@@ -254,6 +254,21 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 	if fm, ok := c.(interface{ frameMax() int }); ok && fm.frameMax() > 0 {
 		s.frameMax = fm.frameMax()
 	}
+	// Under an alarm RabbitMQ sends connection.blocked right after connection.open-ok; it has
+	// arrived by now (opening the channel took round trips). Take it before the first write,
+	// which would otherwise block in the socket instead of waiting here, visibly blocked.
+	for pending := true; pending; {
+		select {
+		case b, ok := <-c.blocked():
+			if ok {
+				s.setBlocked(b.Active)
+			} else {
+				pending = false
+			}
+		default:
+			pending = false
+		}
+	}
 	for {
 		end, done := s.fill(ctx, ch)
 		s.releaseWrites()

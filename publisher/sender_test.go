@@ -272,6 +272,33 @@ func TestFakeBlocked(t *testing.T) {
 	}
 }
 
+// TestFakeBlockedAtOpen: a connection opened during a broker alarm carries connection.blocked from
+// the start; the sender must not write a single publish (which would block in the socket, not
+// visibly blocked) until connection.unblocked.
+func TestFakeBlockedAtOpen(t *testing.T) {
+	p, f, _ := fakePublisher(t, func(c *Config) {
+		c.dial.(*fakeConnector).down.Store(true) // no connection yet
+		c.dial.(*fakeConnector).blockedAtOpen.Store(true)
+	})
+	rs := batch(t, p, 3) // journaled first: the session has them to send at once
+	f.down.Store(false)
+	c := nextConn(t, f)
+	ch := nextChan(t, c)
+	eventually(t, time.Second, "blocked", p.Blocked)
+	noPub(t, ch, 200*time.Millisecond)
+	if n := c.holds.Load(); n != 0 {
+		t.Errorf("%d holds of the socket's writes while blocked", n)
+	}
+	c.blocks <- amqp.Blocking{Active: false}
+	for range 3 {
+		pb := recvPub(t, ch, time.Second)
+		ch.confirm(pb.tag, false, true, 0)
+	}
+	if err := waitErr(t, rs[2]); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestFakeCloseLeavesUnconfirmedJournaled(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "j.db")
