@@ -287,7 +287,7 @@ func TestRedriveMissingExchange(t *testing.T) {
 }
 
 // withCh runs fn on a channel of a fresh connection to url.
-func withCh(t *testing.T, url string, fn func(ch *amqp.Channel)) {
+func withCh(t testing.TB, url string, fn func(ch *amqp.Channel)) {
 	t.Helper()
 	c, err := amqp.Dial(url)
 	if err != nil {

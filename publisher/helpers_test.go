@@ -292,35 +292,21 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 // declare declares the setup's topology on url from the test.
 func declare(t *testing.T, url string, s setup) {
 	t.Helper()
-	c, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ch, err := c.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.topo.Declare(ch); err != nil {
-		t.Fatal(err)
-	}
+	withCh(t, url, func(ch *amqp.Channel) {
+		if err := s.topo.Declare(ch); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // purge empties queues (benchmarks: every phase starts from the same broker state).
 func purge(t testing.TB, url string, queues ...string) {
 	t.Helper()
-	c, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ch, err := c.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range queues {
-		if _, err := ch.QueuePurge(q, false); err != nil {
-			t.Fatal(err)
+	withCh(t, url, func(ch *amqp.Channel) {
+		for _, q := range queues {
+			if _, err := ch.QueuePurge(q, false); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
+	})
 }

@@ -255,14 +255,7 @@ func TestFakeBlocked(t *testing.T) {
 	if st := p.Stats(); st.State != StateBlocked || m.Get(MetricBlocked) != 1 {
 		t.Fatalf("stats %+v", st)
 	}
-	c.blocks <- amqp.Blocking{Active: false}
-	for range 3 {
-		pb := recvPub(t, ch, time.Second)
-		ch.confirm(pb.tag, false, true, 0)
-	}
-	if err := waitErr(t, rs[2]); err != nil {
-		t.Fatal(err)
-	}
+	unblockAndConfirm(t, c, ch, rs)
 	if p.Blocked() || p.State() != StateReady {
 		t.Errorf("after unblock: blocked %v state %v", p.Blocked(), p.State())
 	}
@@ -289,12 +282,18 @@ func TestFakeBlockedAtOpen(t *testing.T) {
 	if n := c.holds.Load(); n != 0 {
 		t.Errorf("%d holds of the socket's writes while blocked", n)
 	}
+	unblockAndConfirm(t, c, ch, rs)
+}
+
+// unblockAndConfirm sends connection.unblocked, then expects and confirms one publish per receipt.
+func unblockAndConfirm(t *testing.T, c *fakeConn, ch *fakeChan, rs []*Receipt) {
+	t.Helper()
 	c.blocks <- amqp.Blocking{Active: false}
-	for range 3 {
+	for range rs {
 		pb := recvPub(t, ch, time.Second)
 		ch.confirm(pb.tag, false, true, 0)
 	}
-	if err := waitErr(t, rs[2]); err != nil {
+	if err := waitErr(t, rs[len(rs)-1]); err != nil {
 		t.Fatal(err)
 	}
 }
