@@ -7,6 +7,7 @@
 //	rkjournal -journal FILE [-json] stats
 //	rkjournal -journal FILE [-json] [-limit N] pending
 //	rkjournal -journal FILE [-json] parked
+//	rkjournal -journal FILE [-json] show ID
 //	rkjournal -journal FILE redrive ID... | all
 //	rkjournal -journal FILE -yes drop ID... | all
 //	rkjournal -journal FILE compact
@@ -31,6 +32,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
 	"github.com/rabbitkit/rabbitkit/journal"
@@ -49,6 +52,7 @@ const usage = `Usage:
   rkjournal -journal FILE [-json] stats            counts, sizes, oldest pending, next seq per stream
   rkjournal -journal FILE [-json] [-limit N] pending   pending entries, oldest first
   rkjournal -journal FILE [-json] parked           parked entries with the reason
+  rkjournal -journal FILE [-json] show ID          one entry, pending or parked, with its headers and body
   rkjournal -journal FILE redrive ID... | all      move parked entries back to pending
   rkjournal -journal FILE -yes drop ID... | all    delete parked entries for good
   rkjournal -journal FILE compact                  rewrite the file without its free pages
@@ -75,11 +79,11 @@ func run(ctx context.Context, w io.Writer, o options) error {
 		return errors.New("-journal is required")
 	}
 	switch o.command {
-	case "stats", "pending", "parked", "redrive", "drop", "compact":
+	case "stats", "pending", "parked", "show", "redrive", "drop", "compact":
 	case "":
-		return errors.New("no command: stats, pending, parked, redrive, drop or compact (-h for help)")
+		return errors.New("no command: stats, pending, parked, show, redrive, drop or compact (-h for help)")
 	default:
-		return fmt.Errorf("unknown command %q: stats, pending, parked, redrive, drop or compact", o.command)
+		return fmt.Errorf("unknown command %q: stats, pending, parked, show, redrive, drop or compact", o.command)
 	}
 	j, err := open(o.path)
 	if err != nil {
@@ -93,6 +97,8 @@ func run(ctx context.Context, w io.Writer, o options) error {
 		return pending(ctx, w, j, o.limit, o.asJSON)
 	case "parked":
 		return parked(ctx, w, j, o.asJSON)
+	case "show":
+		return show(ctx, w, j, o.args, o.asJSON)
 	case "redrive":
 		return act(ctx, w, j, o.args, "re-driven", j.Redrive)
 	case "drop":
@@ -329,3 +335,107 @@ func countDone(ids []uint64, id uint64) int {
 	}
 	return 0
 }
+
+// shown is one entry in full, for show.
+type shown struct {
+	entryOut
+	Properties journal.Properties `json:"properties"`
+	Headers    map[string]any     `json:"headers,omitempty"`
+	Body       []byte             `json:"body"` // base64 in JSON
+}
+
+// show prints one entry, pending or parked, with its properties, headers and body. The text form
+// prints the body as is when it is printable UTF-8 text, else as a quoted Go string.
+func show(ctx context.Context, w io.Writer, j *journal.Journal, args []string, asJSON bool) error {
+	if len(args) != 1 {
+		return errors.New("show takes one entry ID")
+	}
+	id, err := strconv.ParseUint(args[0], 10, 64)
+	if err != nil || id == 0 {
+		return fmt.Errorf("%q is not an entry ID (a positive integer)", args[0])
+	}
+	var found *shown
+	page, err := j.Read(ctx, id-1, 1)
+	if err != nil {
+		return err
+	}
+	if len(page) == 1 && page[0].ID == id {
+		e := page[0]
+		found = &shown{entryOut: toOut(e), Properties: e.Properties, Headers: e.Headers, Body: e.Body}
+	} else {
+		err = j.Parked(ctx, func(pe journal.ParkedEntry) error {
+			if pe.ID == id {
+				e := toOut(&pe.Entry)
+				e.Reason, e.ParkedAt = pe.Reason, &pe.ParkedAt
+				found = &shown{entryOut: e, Properties: pe.Properties, Headers: pe.Headers, Body: pe.Body}
+				return errStop
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errStop) {
+			return err
+		}
+	}
+	if found == nil {
+		return fmt.Errorf("entry %d: %w (neither pending nor parked: confirmed and deleted, dropped, or never journaled)", id, journal.ErrNotFound)
+	}
+	if asJSON {
+		return json.NewEncoder(w).Encode(found)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	state := "pending"
+	if found.ParkedAt != nil {
+		state = "parked " + found.ParkedAt.UTC().Format(time.RFC3339) + ": " + oneLine(found.Reason)
+	}
+	fmt.Fprintf(tw, "id\t%d (%s)\n", found.ID, state)
+	fmt.Fprintf(tw, "stream, seq\t%s %d\n", found.Stream, found.Seq)
+	fmt.Fprintf(tw, "exchange, key\t%q %q\n", found.Exchange, found.RoutingKey)
+	fmt.Fprintf(tw, "created\t%s\n", found.Created.UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(tw, "attempts\t%d (last: %s)\n", found.Attempts, oneLine(found.LastOutcome+" "+found.LastError))
+	pr := found.Properties
+	for _, f := range [...]struct{ name, v string }{
+		{"content-type", pr.ContentType}, {"content-encoding", pr.ContentEncoding},
+		{"delivery-mode", strconv.Itoa(int(pr.DeliveryMode))}, {"priority", strconv.Itoa(int(pr.Priority))},
+		{"correlation-id", pr.CorrelationID}, {"reply-to", pr.ReplyTo}, {"expiration", pr.Expiration},
+		{"message-id", pr.MessageID}, {"type", pr.Type}, {"user-id", pr.UserID}, {"app-id", pr.AppID},
+	} {
+		if f.v != "" && f.v != "0" {
+			fmt.Fprintf(tw, "%s\t%s\n", f.name, f.v)
+		}
+	}
+	if !pr.Timestamp.IsZero() {
+		fmt.Fprintf(tw, "timestamp\t%s\n", pr.Timestamp.UTC().Format(time.RFC3339))
+	}
+	keys := make([]string, 0, len(found.Headers))
+	for k := range found.Headers {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "header\t%s = %v\n", k, found.Headers[k])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if text(found.Body) {
+		_, err = fmt.Fprintf(w, "body (%d bytes):\n%s\n", len(found.Body), found.Body)
+	} else {
+		_, err = fmt.Fprintf(w, "body (%d bytes, not text):\n%q\n", len(found.Body), found.Body)
+	}
+	return err
+}
+
+// text reports whether b is UTF-8 made of printable characters and line breaks and tabs.
+func text(b []byte) bool {
+	if !utf8.Valid(b) {
+		return false
+	}
+	for _, r := range string(b) {
+		if !unicode.IsPrint(r) && r != '\n' && r != '\r' && r != '\t' {
+			return false
+		}
+	}
+	return true
+}
+
+var errStop = errors.New("stop")

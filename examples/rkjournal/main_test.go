@@ -75,6 +75,20 @@ func TestCommands(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out, `unroutable: basic.return 312 NO_ROUTE (exchange "orders")`, "the reason on one line")
 
+	out, err = runCmd(t, path, options{}, "show", "3")
+	require.NoError(t, err)
+	require.Contains(t, out, "(pending)")
+	require.Contains(t, out, "body (1 bytes, not text):\n\"\\x02\"")
+	out, err = runCmd(t, path, options{asJSON: true}, "show", "2")
+	require.NoError(t, err)
+	var sh shown
+	require.NoError(t, json.Unmarshal([]byte(out), &sh))
+	require.Equal(t, []byte{1}, sh.Body)
+	require.NotNil(t, sh.ParkedAt)
+	require.Contains(t, sh.Reason, "NO_ROUTE")
+	_, err = runCmd(t, path, options{}, "show", "99")
+	require.ErrorIs(t, err, journal.ErrNotFound)
+
 	_, err = runCmd(t, path, options{}, "drop", "2")
 	require.ErrorContains(t, err, "-yes")
 	_, err = runCmd(t, path, options{}, "redrive", "x")
@@ -132,4 +146,10 @@ func TestRefusals(t *testing.T) {
 	require.True(t, errors.Is(err, fs.ErrNotExist), "%v", err)
 	_, statErr := os.Stat(missing)
 	require.True(t, errors.Is(statErr, fs.ErrNotExist), "rkjournal created %s", missing)
+}
+
+func TestText(t *testing.T) {
+	for b, want := range map[string]bool{`{"order": 7}`: true, "two\nlines\ttab": true, "é ü": true, "\x00": false, "\xff\xfe": false, "": true} {
+		require.Equal(t, want, text([]byte(b)), "%q", b)
+	}
 }
