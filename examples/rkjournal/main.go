@@ -26,8 +26,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -166,12 +167,7 @@ func stats(w io.Writer, j *journal.Journal, asJSON bool) error {
 	}
 	fmt.Fprintf(tw, "parked\t%d (%d bytes)\n", out.Parked, out.ParkedBytes)
 	fmt.Fprintf(tw, "file\t%d bytes, %d free\n", out.FileSize, out.FreeBytes)
-	streams := make([]string, 0, len(out.NextSeq))
-	for s := range out.NextSeq {
-		streams = append(streams, s)
-	}
-	sort.Strings(streams)
-	for _, s := range streams {
+	for _, s := range slices.Sorted(maps.Keys(out.NextSeq)) {
 		fmt.Fprintf(tw, "next seq\t%s\t%d\n", s, out.NextSeq[s])
 	}
 	return tw.Flush()
@@ -317,23 +313,13 @@ func act(ctx context.Context, w io.Writer, j *journal.Journal, args []string, do
 			ids = append(ids, id)
 		}
 	}
-	for _, id := range ids {
+	for i, id := range ids {
 		if err := fn(ctx, id); err != nil {
-			return fmt.Errorf("entry %d: %w (%d of %d %s before it)", id, err, countDone(ids, id), len(ids), done)
+			return fmt.Errorf("entry %d: %w (%d of %d %s before it)", id, err, i, len(ids), done)
 		}
 	}
 	_, err := fmt.Fprintf(w, "%s %d parked entries\n", done, len(ids))
 	return err
-}
-
-// countDone is how many IDs precede id in ids (those were processed).
-func countDone(ids []uint64, id uint64) int {
-	for i, x := range ids {
-		if x == id {
-			return i
-		}
-	}
-	return 0
 }
 
 // shown is one entry in full, for show.
@@ -406,12 +392,7 @@ func show(ctx context.Context, w io.Writer, j *journal.Journal, args []string, a
 	if !pr.Timestamp.IsZero() {
 		fmt.Fprintf(tw, "timestamp\t%s\n", pr.Timestamp.UTC().Format(time.RFC3339))
 	}
-	keys := make([]string, 0, len(found.Headers))
-	for k := range found.Headers {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(found.Headers)) {
 		fmt.Fprintf(tw, "header\t%s = %v\n", k, found.Headers[k])
 	}
 	if err := tw.Flush(); err != nil {
