@@ -68,6 +68,28 @@ func TestPrivateNode(t *testing.T) {
 			t.Logf("metrics: reconnects %v, resent %v, unknown %v, blocked %v", m.Get(MetricReconnects), m.Get(MetricResent), m.Get(MetricUnknown), m.Get(MetricBlocked))
 		})
 	}
+
+	// A publisher that connects while the alarm is already raised: RabbitMQ blocks the connection
+	// from the start; the publisher says so, sends nothing, and delivers its backlog once the alarm
+	// clears. (That it takes the notification before its first write is pinned by
+	// TestFakeBlockedAtOpen: against a broker a small first write lands in socket buffers either way.)
+	t.Run("opened-under-alarm", func(t *testing.T) {
+		s := newSetup(t, node.URL, "classic", nil)
+		declare(t, node.URL, s) // declaring works under an alarm; only publishing is blocked
+		node.SetMemoryHighWatermark(t, 0.0000001)
+		t.Cleanup(func() { node.SetMemoryHighWatermark(t, 0.4) })
+		cfg := s.config(t, node.URL, t.TempDir())
+		p := mustNew(t, cfg)
+		pr := startPublishing(p, s, 50, 0)
+		pr.wait(t)
+		eventually(t, 20*time.Second, "publisher blocked from the start", p.Blocked)
+		if st := p.Stats(); st.State != StateBlocked || st.Confirmed != 0 {
+			t.Fatalf("stats under the alarm: %+v", st)
+		}
+		node.SetMemoryHighWatermark(t, 0.4)
+		flush(t, p, 60*time.Second)
+		check(t, node.URL, s.queue, pr.l, checkOpts{})
+	})
 }
 
 // TestRejectPublish: a queue with x-overflow reject-publish at its limit nacks; nacks are retried
