@@ -94,7 +94,7 @@ func fill(b *testing.B, conn *amqp.Connection, q string, n, size int) {
 	var window []*amqp.DeferredConfirmation
 	for i := range n {
 		s := protocol.Stamp{Source: "bench", Epoch: 1, Stream: fmt.Sprint("s", i%16), Seq: int64(i/16 + 1)}
-		dc, err := ch.PublishWithDeferredConfirm("", q, false, false, amqp.Publishing{Headers: s.Apply(nil), DeliveryMode: amqp.Persistent, Body: body})
+		dc, err := ch.PublishWithDeferredConfirm("", q, false, false, amqp.Publishing{MessageId: s.String(), DeliveryMode: amqp.Persistent, Body: body})
 		if err != nil {
 			b.Fatal(err)
 		}

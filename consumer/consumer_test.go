@@ -16,6 +16,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
 // Duplicates in the queue (a publisher resending after a lost confirm, shuffled as requeues
@@ -113,10 +114,9 @@ func TestPoisonMessageParked(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, "poison", string(d.Body))
-	require.Equal(t, int64(2), d.Headers["rk-seq"])
 	require.Contains(t, d.Headers[consumer.HeaderParkReason], "handler failed 3 times")
 	require.Equal(t, f.queue, d.Headers[consumer.HeaderParkQueue])
-	require.Equal(t, "src/1/s/2", d.MessageId)
+	require.Equal(t, "rk2:src:1:s:2", d.MessageId, "the parked copy keeps its stamp")
 }
 
 // Every kind of bad input is handled without crashing, blocking or poisoning the state; each
@@ -131,6 +131,12 @@ func TestBadInputs(t *testing.T) {
 	withHeaders := func(h amqp.Table, body string) amqp.Publishing {
 		return amqp.Publishing{Headers: h, Body: []byte(body)}
 	}
+	withMsgID := func(id, body string) amqp.Publishing { return amqp.Publishing{MessageId: id, Body: []byte(body)} }
+	withBoth := func(v2, v1 amqp.Publishing) amqp.Publishing { v2.Headers = v1.Headers; return v2 }
+	withID := func(id string, m amqp.Publishing) amqp.Publishing { // the caller's message-id: the stamp moves to rk-stamp
+		m.Headers, m.MessageId = amqp.Table{protocol.HeaderStamp: m.MessageId}, id
+		return m
+	}
 	tests := []struct {
 		name      string
 		policy    consumer.NoStampPolicy
@@ -143,7 +149,7 @@ func TestBadInputs(t *testing.T) {
 			want{effects: []string{"unstamped/x", key("s", "a", 1, 1)}}, 0},
 		{"no headers, strict", consumer.NoStampPark,
 			[]amqp.Publishing{plain("x"), stamped("s", "a", 1, 1, "b")},
-			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "no rk- headers"}, 0},
+			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "no rabbitkit stamp"}, 0},
 		{"ill-typed seq", consumer.NoStampPassThrough,
 			[]amqp.Publishing{withHeaders(amqp.Table{"rk-source": "s", "rk-stream": "a", "rk-epoch": int64(1), "rk-seq": "one"}, "x"), stamped("s", "a", 1, 1, "b")},
 			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "rk-seq has type string"}, 0},
@@ -156,6 +162,39 @@ func TestBadInputs(t *testing.T) {
 		{"2^62 jump then real messages", consumer.NoStampPassThrough,
 			[]amqp.Publishing{stamped("s", "a", 1, 1, "b"), stamped("s", "a", 1, 1<<62, "evil"), stamped("s", "a", 1, 2, "b"), stamped("s", "a", 1, 3, "b")},
 			want{effects: seqKeys("s", "a", 1, 1, 3), parked: 1, reason: "suspicious"}, 0},
+		{"v1 and v2 stamps of one message are one message", consumer.NoStampPassThrough,
+			[]amqp.Publishing{stampedV1("s", "a", 1, 1, "b"), stamped("s", "a", 1, 1, "b"), stamped("s", "a", 1, 2, "b"), stampedV1("s", "a", 1, 2, "b")},
+			want{effects: seqKeys("s", "a", 1, 1, 2)}, 0},
+		{"v1 and v2 disagree", consumer.NoStampPassThrough,
+			[]amqp.Publishing{withBoth(stamped("s", "a", 1, 7, "x"), stampedV1("s", "a", 1, 1, "x")), stamped("s", "a", 1, 1, "b")},
+			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "disagree"}, 0},
+		{"caller's message-id, stamp in rk-stamp", consumer.NoStampPassThrough,
+			[]amqp.Publishing{withID("order-1", stamped("s", "a", 1, 1, "b")), withID("order-1", stamped("s", "a", 1, 1, "b")), stamped("s", "a", 1, 2, "b")},
+			want{effects: seqKeys("s", "a", 1, 1, 2)}, 0},
+		{"v2 2^62 jump", consumer.NoStampPassThrough,
+			[]amqp.Publishing{stamped("s", "a", 1, 1, "b"), withMsgID("rk2:s:1:a:4611686018427387904", "evil"), stamped("s", "a", 1, 2, "b")},
+			want{effects: seqKeys("s", "a", 1, 1, 2), parked: 1, reason: "suspicious"}, 0},
+		{"v2 unknown version", consumer.NoStampPassThrough,
+			[]amqp.Publishing{withMsgID("rk3:s:1:a:1", "x"), stamped("s", "a", 1, 1, "b")},
+			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "rk3 is not supported"}, 0},
+		{"v2 signed seq", consumer.NoStampPassThrough,
+			[]amqp.Publishing{withMsgID("rk2:s:1:a:-1", "x"), stamped("s", "a", 1, 1, "b")},
+			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "not a decimal number"}, 0},
+		{"v2 leading zero", consumer.NoStampPassThrough,
+			[]amqp.Publishing{withMsgID("rk2:s:1:a:01", "x"), stamped("s", "a", 1, 1, "b")},
+			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "leading zero"}, 0},
+		{"v2 overflow", consumer.NoStampPassThrough,
+			[]amqp.Publishing{withMsgID("rk2:s:1:a:9223372036854775808", "x"), stamped("s", "a", 1, 1, "b")},
+			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "overflows"}, 0},
+		{"v2 bad escape", consumer.NoStampPassThrough,
+			[]amqp.Publishing{withMsgID("rk2:s:1:a%zz:1", "x"), stamped("s", "a", 1, 1, "b")},
+			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "bad escape"}, 0},
+		{"v2 trailing bytes", consumer.NoStampPassThrough,
+			[]amqp.Publishing{withMsgID("rk2:s:1:a:1:2", "x"), stamped("s", "a", 1, 1, "b")},
+			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "not a decimal number"}, 0},
+		{"rk-stamp that is not a stamp", consumer.NoStampPassThrough,
+			[]amqp.Publishing{withHeaders(amqp.Table{protocol.HeaderStamp: "s/1/a/1"}, "x"), stamped("s", "a", 1, 1, "b")},
+			want{effects: []string{key("s", "a", 1, 1)}, parked: 1, reason: "does not start with"}, 0},
 		{"same stamp, different body", consumer.NoStampPassThrough,
 			[]amqp.Publishing{stamped("s", "a", 1, 1, "first"), stamped("s", "a", 1, 2, "b"), stamped("s", "a", 1, 1, "second")},
 			want{effects: seqKeys("s", "a", 1, 1, 2)}, 1},

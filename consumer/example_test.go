@@ -44,7 +44,7 @@ func ExampleConsumer_RunTx() {
 	_, _ = ch.QueueDeclare(queue, true, false, false, false, nil)
 	for _, seq := range []int64{1, 2, 2, 3} {
 		s := protocol.Stamp{Source: "shop", Epoch: 1, Stream: "orders", Seq: seq}
-		_ = ch.Publish("", queue, false, false, amqp.Publishing{Headers: s.Apply(nil), Body: fmt.Appendf(nil, "order %d", seq)})
+		_ = ch.Publish("", queue, false, false, amqp.Publishing{MessageId: s.String(), Body: fmt.Appendf(nil, "order %d", seq)})
 	}
 
 	c, err := consumer.New(consumer.Config{
@@ -75,8 +75,8 @@ func ExampleConsumer_RunTx() {
 	})
 	fmt.Println("run:", err)
 	// Output:
-	// applying shop/1/orders/1: order 1
-	// applying shop/1/orders/2: order 2
-	// applying shop/1/orders/3: order 3
+	// applying rk2:shop:1:orders:1: order 1
+	// applying rk2:shop:1:orders:2: order 2
+	// applying rk2:shop:1:orders:3: order 3
 	// run: <nil>
 }

@@ -102,9 +102,16 @@ func (f *fixture) publish(ch *amqp.Channel, msgs ...amqp.Publishing) {
 	}
 }
 
+// stamped is a message as a rabbitkit publisher sends it: the v2 stamp as message-id.
 func stamped(source, stream string, epoch, seq int64, body string) amqp.Publishing {
 	s := protocol.Stamp{Source: source, Epoch: epoch, Stream: stream, Seq: seq}
-	return amqp.Publishing{Headers: s.Apply(nil), MessageId: s.MessageID(), Body: []byte(body)}
+	return amqp.Publishing{MessageId: s.String(), Body: []byte(body)}
+}
+
+// stampedV1 is a message stamped in the legacy v1 form (four rk- headers).
+func stampedV1(source, stream string, epoch, seq int64, body string) amqp.Publishing {
+	s := protocol.Stamp{Source: source, Epoch: epoch, Stream: stream, Seq: seq}
+	return amqp.Publishing{Headers: s.ApplyV1(nil), Body: []byte(body)}
 }
 
 // messages returns the ready message count of a queue, -1 when it does not exist. ch only names

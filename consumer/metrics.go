@@ -19,8 +19,11 @@ const (
 	MetricParked = "rabbitkit_consumer_parked_total"
 	// MetricConflicts counts duplicates whose body differs from the one handled.
 	MetricConflicts = "rabbitkit_consumer_conflicts_total"
-	// MetricUnstamped counts messages without rk- headers (passed through or parked per policy).
+	// MetricUnstamped counts messages without a stamp (passed through or parked per policy).
 	MetricUnstamped = "rabbitkit_consumer_unstamped_total"
+	// MetricLegacyStamps counts deliveries stamped only in the legacy v1 form (four rk- headers,
+	// docs/PROTOCOL.md 1.3): publishers still to be upgraded.
+	MetricLegacyStamps = "rabbitkit_consumer_v1_stamps_total"
 	// MetricRedeliveries counts deliveries the broker flagged as redelivered.
 	MetricRedeliveries = "rabbitkit_consumer_redeliveries_total"
 	// MetricHandlerErrors counts failed handler attempts (errors and panics).

@@ -218,7 +218,7 @@ func parkHeaders(d *amqp.Delivery, queue, reason string, attempts, frameMax int)
 			park[HeaderParkReason] = reason + " (original headers dropped: " + err.Error() + ")"
 		}
 		stamp := amqp.Table{}
-		for _, k := range [...]string{protocol.HeaderSource, protocol.HeaderEpoch, protocol.HeaderStream, protocol.HeaderSeq} {
+		for _, k := range [...]string{protocol.HeaderStamp, protocol.HeaderSource, protocol.HeaderEpoch, protocol.HeaderStream, protocol.HeaderSeq} {
 			if v, ok := d.Headers[k]; ok {
 				stamp[k] = v
 			}

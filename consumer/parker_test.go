@@ -13,6 +13,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
 // TestParkedCopyIsAlwaysParkable: poison messages whose copy RabbitMQ would refuse or drop are
@@ -34,10 +35,14 @@ func TestParkedCopyIsAlwaysParkable(t *testing.T) {
 	const ttl = 4 * time.Second
 	expiring := stamped("src", "s", 1, 2, "expiring")
 	expiring.Expiration = strconv.Itoa(int(ttl / time.Millisecond))
-	bigHeaders := stamped("src", "s", 1, 3, "big headers")
+	bigHeaders := stampedV1("src", "s", 1, 3, "big headers")
 	bigHeaders.Headers["big"] = strings.Repeat("h", 130_000)
+	// The caller's message-id and the v2 stamp in rk-stamp.
+	bigHeadersV2 := stamped("src", "s", 1, 4, "big headers v2")
+	bigHeadersV2.Headers = amqp.Table{protocol.HeaderStamp: bigHeadersV2.MessageId, "big": strings.Repeat("h", 130_000)}
+	bigHeadersV2.MessageId = "order-4"
 	published := time.Now()
-	f.publish(ch, userID, expiring, bigHeaders)
+	f.publish(ch, userID, expiring, bigHeaders, bigHeadersV2)
 
 	cfg := f.config(other)
 	cfg.MaxAttempts = 1
@@ -46,12 +51,12 @@ func TestParkedCopyIsAlwaysParkable(t *testing.T) {
 	run := start(t, c, func(context.Context, *consumer.Message) error {
 		return errors.New(strings.Repeat("e", 20_000))
 	}, nil)
-	eventually(t, 20*time.Second, "3 parked", func() bool { return f.mem.Get(consumer.MetricParked) == 3 })
+	eventually(t, 20*time.Second, "4 parked", func() bool { return f.mem.Get(consumer.MetricParked) == 4 })
 	run.stop(t)
 	time.Sleep(time.Until(published.Add(ttl + 500*time.Millisecond))) // past the expiration
 
 	got := map[string]amqp.Delivery{}
-	for range 3 {
+	for range 4 {
 		d, ok, err := ch.Get(f.parked, true)
 		require.NoError(t, err)
 		require.True(t, ok, "a parked message is missing (expired?)")
@@ -74,4 +79,12 @@ func TestParkedCopyIsAlwaysParkable(t *testing.T) {
 	require.Equal(t, f.queue, d.Headers[consumer.HeaderParkQueue])
 	require.Equal(t, int64(3), d.Headers["rk-seq"], "the stamp stays when other headers are left out")
 	require.Equal(t, "src", d.Headers["rk-source"])
+
+	d = got["big headers v2"]
+	require.NotContains(t, d.Headers, "big")
+	require.Equal(t, "order-4", d.MessageId)
+	require.Equal(t, "rk2:src:1:s:4", d.Headers[protocol.HeaderStamp], "the stamp stays when other headers are left out")
+	st, _, err := protocol.Decode(d.MessageId, d.Headers)
+	require.NoError(t, err)
+	require.Equal(t, int64(4), st.Seq)
 }

@@ -215,7 +215,11 @@ func (r *run) dispatch(gen uint64, d amqp.Delivery) {
 	if d.Redelivered {
 		r.cfg.Metrics.Add(MetricRedeliveries, 1)
 	}
-	it.stamp, it.stampErr = protocol.Decode(d.Headers)
+	var version protocol.Version
+	it.stamp, version, it.stampErr = protocol.Decode(d.MessageId, d.Headers)
+	if version == protocol.V1 {
+		r.cfg.Metrics.Add(MetricLegacyStamps, 1)
+	}
 	if it.stampErr == nil {
 		it.key = dedup.KeyOf(it.stamp)
 	} else {

@@ -125,7 +125,7 @@ func (w *worker) processOnce(items []*item) []*item {
 				r.cfg.Metrics.Add(MetricUnstamped, 1)
 			}
 			if r.cfg.NoStamp == NoStampPark {
-				ok = w.park(&e, "no rk- headers (NoStampPark policy)", false)
+				ok = w.park(&e, "no rabbitkit stamp (NoStampPark policy)", false)
 			} else {
 				ok = w.handle(b, &e, false)
 			}

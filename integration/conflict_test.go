@@ -55,7 +55,7 @@ func TestReusedSeqIsCaught(t *testing.T) {
 	defer cancel()
 	for _, m := range sends {
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", c.queue, true, false, amqp.Publishing{
-			Headers: m.stamp.Apply(nil), DeliveryMode: amqp.Persistent, MessageId: m.stamp.MessageID(), Body: []byte(m.body),
+			DeliveryMode: amqp.Persistent, MessageId: m.stamp.String(), Body: []byte(m.body),
 		})
 		if err != nil {
 			t.Fatalf("publish %s: %v", m.stamp, err)

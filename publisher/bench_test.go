@@ -2,10 +2,13 @@ package publisher
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -48,12 +51,19 @@ func benchQueue(b *testing.B, url, qtype string) string {
 
 // Stamp variants of rawPipelined: what the raw baseline puts in each message.
 const (
-	stampNone     = "plain"    // a short message-id, no headers
-	stampMsgID    = "msgid"    // the contract's message-id only
-	stampHeaders  = "headers"  // the four rk- headers only
-	stampOne      = "onehdr"   // one header holding the same information
-	stampContract = "contract" // headers and message-id: the bytes rabbitkit sends ("stamped raw")
+	stampNone     = "plain"  // a short message-id, no headers
+	stampUUID     = "uuid"   // a 36-byte UUID message-id: what a careful user who deduplicates sends
+	stampV2       = "v2"     // the v2 stamp as message-id: the bytes rabbitkit sends ("stamped raw")
+	stampV2Long   = "v2long" // a v2 stamp of 80-byte source and 130-byte stream: does length cost?
+	stampV2Header = "v2hdr"  // a UUID message-id and the stamp in rk-stamp: the caller set a message-id
+	stampV1       = "v1"     // contract v1: the four rk- headers and the old message-id
 )
+
+// uuidLike returns a 36-byte message-id shaped like a random UUID, unique per i.
+func uuidLike(prefix [8]byte, i int) string {
+	return fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", binary.BigEndian.Uint32(prefix[:4]), binary.BigEndian.Uint16(prefix[4:6]),
+		binary.BigEndian.Uint16(prefix[6:])&0xfff, i>>48&0xfff, i&(1<<48-1))
+}
 
 // rawPipelined publishes n persistent messages to queue with at most window unconfirmed, waiting for
 // every confirm; it returns the rate in msg/s. stamp is one of the stamp variants.
@@ -73,6 +83,10 @@ func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int, s
 	}
 	ctx := context.Background()
 	pending := make([]*amqp.DeferredConfirmation, 0, window)
+	var prefix [8]byte
+	_, _ = rand.Read(prefix[:])
+	long := strings.Repeat("s", protocol.MaxSourceLen)
+	longStream := strings.Repeat("t", protocol.MaxStreamLen)
 	start := time.Now()
 	for i := range n {
 		if len(pending) == window {
@@ -84,14 +98,18 @@ func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int, s
 		msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body, MessageId: fmt.Sprint(i)}
 		st := protocol.Stamp{Source: "bench-raw", Epoch: 1234567890123, Stream: "/" + queue, Seq: int64(i + 1)}
 		switch stamp {
-		case stampMsgID:
-			msg.MessageId = st.MessageID()
-		case stampHeaders:
-			msg.Headers = st.Apply(nil)
-		case stampOne:
-			msg.Headers = amqp.Table{"rk": st.MessageID()}
-		case stampContract:
-			msg.Headers, msg.MessageId = st.Apply(nil), st.MessageID()
+		case stampUUID:
+			msg.MessageId = uuidLike(prefix, i)
+		case stampV2:
+			msg.MessageId = st.String()
+		case stampV2Long:
+			st.Source, st.Stream = long, longStream
+			msg.MessageId = st.String()
+		case stampV2Header:
+			msg.MessageId = uuidLike(prefix, i)
+			msg.Headers = amqp.Table{protocol.HeaderStamp: st.String()}
+		case stampV1:
+			msg.Headers, msg.MessageId = st.ApplyV1(nil), st.Source+"/"+fmt.Sprint(st.Epoch)+"/"+st.Stream+"/"+fmt.Sprint(st.Seq)
 		}
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, msg)
 		if err != nil {
@@ -180,8 +198,9 @@ func rkAsync(b *testing.B, p *Publisher, queue string, body []byte, n int) float
 
 var benchRounds = flag.Int("rk.rounds", 2, "BenchmarkPublish: rounds of raw / stamped raw / rabbitkit, in rotating order")
 
-// BenchmarkPublish: raw amqp091-go pipelined confirms (window 512), the same with the rk- stamp
-// ("stamped raw": the same wire bytes rabbitkit sends) and rabbitkit: Publish from 512 goroutines
+// BenchmarkPublish: raw amqp091-go pipelined confirms (window 512) of messages with a UUID
+// message-id (the baseline), the same with the v2 stamp as message-id ("stamped raw": the same wire
+// bytes rabbitkit sends) and rabbitkit: Publish from 512 goroutines
 // ("many": one message each in flight, like the raw window) or PublishAsync from one goroutine
 // ("async"), same window, same run. Each round runs the three in a rotating order, each into a
 // purged queue of its own. Beside msg/s it reports CPU µs per message of this process (client) and of
@@ -204,11 +223,11 @@ func BenchmarkPublish(b *testing.B) {
 					phases := []func(){
 						func() {
 							purge(b, url, qRaw)
-							raw.add(meter.measure(n, func() { rawPipelined(b, url, qRaw, body, n, benchWindow, stampNone) }))
+							raw.add(meter.measure(n, func() { rawPipelined(b, url, qRaw, body, n, benchWindow, stampUUID) }))
 						},
 						func() {
 							purge(b, url, qStamped)
-							stamped.add(meter.measure(n, func() { rawPipelined(b, url, qStamped, body, n, benchWindow, stampContract) }))
+							stamped.add(meter.measure(n, func() { rawPipelined(b, url, qStamped, body, n, benchWindow, stampV2) }))
 						},
 						func() {
 							purge(b, url, qRK)
@@ -294,8 +313,8 @@ func BenchmarkJournaledLatency(b *testing.B) {
 }
 
 // BenchmarkDrain: a backlog journaled while the broker was unreachable drains when a Publisher on the
-// same journal reaches the broker; compared with raw pipelined confirms of the same count (plain, and
-// with the rk- stamp headers) in the same run. No proxy on either path.
+// same journal reaches the broker; compared with raw pipelined confirms of the same count (a UUID
+// message-id, and the v2 stamp) in the same run. No proxy on either path.
 func BenchmarkDrain(b *testing.B) {
 	url := testbroker.SharedURL(b)
 	q := benchQueue(b, url, topology.Classic)
@@ -333,8 +352,8 @@ func BenchmarkDrain(b *testing.B) {
 		b.Fatal(err)
 	}
 	drain := float64(n) / time.Since(start).Seconds()
-	raw := rawPipelined(b, url, qRaw, body, n, benchWindow, stampNone)
-	rawStamped := rawPipelined(b, url, qRaw, body, n, benchWindow, stampContract)
+	raw := rawPipelined(b, url, qRaw, body, n, benchWindow, stampUUID)
+	rawStamped := rawPipelined(b, url, qRaw, body, n, benchWindow, stampV2)
 	b.StopTimer()
 	b.ReportMetric(drain, "drain_msg/s")
 	b.ReportMetric(raw, "raw_msg/s")
@@ -344,14 +363,14 @@ func BenchmarkDrain(b *testing.B) {
 }
 
 // BenchmarkStampCost: what the wire contract costs the broker, with no rabbitkit code involved. Raw
-// pipelined confirms (window 512, 256 B) of plain messages, with the contract's message-id only, with
-// the four rk- headers only, with one header of the same information, and with both headers and
-// message-id (the contract), in rotating order into a purged queue, reporting msg/s and broker CPU µs
-// per message. It is the evidence for why rabbitkit is compared with "stamped raw".
+// pipelined confirms (window 512, 256 B) of each stamp variant (a short message-id, a UUID, the v2
+// stamp as message-id, a 235-byte v2 stamp, a UUID with the stamp in rk-stamp, and contract v1's
+// four headers), in rotating order into a purged queue, reporting msg/s and broker CPU µs per
+// message.
 func BenchmarkStampCost(b *testing.B) {
 	url := testbroker.SharedURL(b)
 	meter := newCPUMeter()
-	variants := []string{stampNone, stampMsgID, stampHeaders, stampOne, stampContract}
+	variants := []string{stampNone, stampUUID, stampV2, stampV2Long, stampV2Header, stampV1}
 	for _, qtype := range []string{topology.Classic, topology.Quorum} {
 		b.Run(qtype, func(b *testing.B) {
 			q := benchQueue(b, url, qtype)

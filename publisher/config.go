@@ -11,6 +11,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
+	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
 
@@ -146,6 +147,9 @@ func (c Config) validate() (Config, error) {
 		if c.Source == "" {
 			return c, fmt.Errorf("%w: Source is required", ErrInvalidConfig)
 		}
+	}
+	if err := protocol.CheckSource(c.Source); err != nil {
+		return c, fmt.Errorf("%w: Source: %w", ErrInvalidConfig, err)
 	}
 	if err := c.Topology.Validate(); err != nil {
 		return c, fmt.Errorf("%w: %w", ErrInvalidConfig, err)

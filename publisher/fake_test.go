@@ -141,7 +141,7 @@ func (ch *fakeChan) publish(_ context.Context, exchange, key string, mandatory b
 	}
 	ch.tag++
 	msg.Headers = maps.Clone(msg.Headers) // on the wire at once, like amqp091-go: the sender reuses its table
-	st, _ := protocol.Decode(msg.Headers)
+	st, _, _ := protocol.Decode(msg.MessageId, msg.Headers)
 	ch.pubs <- fakePub{tag: ch.tag, exchange: exchange, key: key, mandatory: mandatory, msg: msg, stamp: st}
 	return nil
 }

@@ -179,12 +179,15 @@ func check(t *testing.T, url, queue string, l *ledger, o checkOpts) checkResult 
 				t.Fatalf("check: consumer channel closed with %d messages missing", missing)
 			}
 			res.arrivals++
-			st, err := protocol.Decode(d.Headers)
+			st, v, err := protocol.Decode(d.MessageId, d.Headers)
 			if err != nil {
 				t.Fatalf("check: delivery without a valid stamp: %v", err)
 			}
-			if d.MessageId == "" {
-				t.Errorf("check: delivery %s without message-id", st)
+			if v != protocol.V2 {
+				t.Errorf("check: delivery %s stamped in version %d", st, v)
+			}
+			if _, inHeader := d.Headers[protocol.HeaderStamp]; inHeader == protocol.LooksLikeStamp(d.MessageId) {
+				t.Errorf("check: delivery %s: the stamp must be in exactly one of message-id (%q) and rk-stamp", st, d.MessageId)
 			}
 			if !want[st.Stream][st.Seq] && !o.skip[st.Stream][st.Seq] && !o.allowExtra {
 				t.Errorf("check: %s arrived but was never accepted", st)
@@ -232,7 +235,7 @@ func check(t *testing.T, url, queue string, l *ledger, o checkOpts) checkResult 
 		select {
 		case d := <-deliveries:
 			res.arrivals++
-			st, err := protocol.Decode(d.Headers)
+			st, _, err := protocol.Decode(d.MessageId, d.Headers)
 			if err != nil || (!want[st.Stream][st.Seq] && !o.skip[st.Stream][st.Seq] && !o.allowExtra) {
 				t.Errorf("check: unexpected delivery %v after all arrived (%v)", st, err)
 			}

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"strings"
+	"math"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -173,11 +173,6 @@ func (p *Publisher) entry(msg *Message) (*journal.Entry, error) {
 			return nil, fmt.Errorf("%w: headers: %w", ErrInvalidMessage, err)
 		}
 		headers = fromTable(msg.Headers)
-		for k := range headers {
-			if strings.HasPrefix(k, "rk-") {
-				delete(headers, k) // the stamp is applied when sending
-			}
-		}
 	}
 	dm := msg.DeliveryMode
 	if dm == 0 {
@@ -194,7 +189,8 @@ func (p *Publisher) entry(msg *Message) (*journal.Entry, error) {
 		Headers: headers,
 		Body:    msg.Body,
 	}
-	if err := checkWire(e, msg.MessageID, p.cfg.Source, amqpwire.DefaultFrameMax); err != nil {
+	bound := protocol.Stamp{Source: p.cfg.Source, Epoch: p.j.Epoch(), Stream: stream, Seq: math.MaxInt64}
+	if err := checkWire(e, bound.EncodedLen(), amqpwire.DefaultFrameMax); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}
 	return e, nil

@@ -38,11 +38,11 @@ func (s *sender) takeReturns(ch channel) {
 	}
 }
 
-// onReturn matches a basic.return to its flight by the rk- headers (returns carry no delivery tag).
+// onReturn matches a basic.return to its flight by the stamp (returns carry no delivery tag).
 func (s *sender) onReturn(r amqp.Return) {
 	s.m.Add(MetricReturned, 1)
 	s.p.c.returned.Add(1)
-	st, err := protocol.Decode(r.Headers)
+	st, _, err := protocol.Decode(r.MessageId, r.Headers)
 	if err != nil || st.Source != s.cfg.Source || st.Epoch != s.j.Epoch() || !s.win.markReturned(st.Stream, st.Seq, &r) {
 		s.log.Error("publisher: basic.return matches no message in flight", "exchange", r.Exchange,
 			"key", r.RoutingKey, "message_id", r.MessageId, "reply_code", r.ReplyCode, "reply_text", r.ReplyText, "err", err)

@@ -58,7 +58,8 @@ type sender struct {
 	frameMax int // the session's negotiated frame size (checkWire)
 
 	// hdr is the headers table of every publish, reused: amqp091-go encodes it before Publish returns.
-	hdr amqp.Table
+	hdr   amqp.Table
+	idBuf []byte // the stamp's encoding, reused
 
 	blocked   bool
 	state     State
@@ -357,7 +358,8 @@ func (s *sender) fill(ctx context.Context, ch channel) (sessionEnd, bool) {
 		if e == nil {
 			return sessionEnd{}, false
 		}
-		if err := checkWire(e, e.Properties.MessageID, s.cfg.Source, s.frameMax); err != nil {
+		stamp := s.stamp(e)
+		if err := checkWire(e, len(stamp), s.frameMax); err != nil {
 			// Never sendable (journaled by an older version or through the journal API): sending
 			// it would cost the connection on every attempt and hold everything behind it.
 			if !s.park(ctx, e, &ParkedError{Invalid: true, ReplyText: err.Error()}) {
@@ -380,7 +382,7 @@ func (s *sender) fill(ctx context.Context, ch channel) (sessionEnd, bool) {
 		if s.win.len() >= limit {
 			return sessionEnd{}, false
 		}
-		msg := s.publishing(e)
+		msg := s.publishing(e, stamp)
 		if !s.holding {
 			// The pass's publishes leave in one write, when the pass ends (or before it reads
 			// the journal). Only a pass that publishes takes the socket's write path.
@@ -455,24 +457,38 @@ func (s *sender) restartPass(after uint64) {
 	s.page, s.pageIdx, s.cursor, s.changed = s.page[:0], 0, after, nil
 }
 
-// publishing builds the AMQP message of an entry: the caller's properties and headers, the rk- stamp,
-// and the default message-id. The message is valid until the next call (its headers table is reused).
-func (s *sender) publishing(e *journal.Entry) amqp.Publishing {
+// stamp returns the v2 form of e's stamp (docs/PROTOCOL.md, section 1.1).
+func (s *sender) stamp(e *journal.Entry) string {
 	st := protocol.Stamp{Source: s.cfg.Source, Epoch: s.j.Epoch(), Stream: e.Stream, Seq: e.Seq}
+	s.idBuf = st.AppendEncoded(s.idBuf[:0])
+	return string(s.idBuf)
+}
+
+// publishing builds the AMQP message of an entry: the caller's properties and headers, and the
+// stamp as message-id, or as the rk-stamp header when the caller set a message-id. Without caller
+// headers the message has no headers table. The message is valid until the next call (its headers
+// table is reused).
+func (s *sender) publishing(e *journal.Entry, stamp string) amqp.Publishing {
 	pr := e.Properties
 	msgID := pr.MessageID
+	var h amqp.Table
+	if len(e.Headers) > 0 || msgID != "" {
+		if s.hdr == nil {
+			s.hdr = make(amqp.Table, 8)
+		}
+		clear(s.hdr)
+		for k, v := range e.Headers {
+			s.hdr[k] = toValue(v)
+		}
+		h = s.hdr
+	}
 	if msgID == "" {
-		msgID = st.MessageID()
-	}
-	if s.hdr == nil {
-		s.hdr = make(amqp.Table, 8)
-	}
-	clear(s.hdr)
-	for k, v := range e.Headers {
-		s.hdr[k] = toValue(v)
+		msgID = stamp
+	} else {
+		h[protocol.HeaderStamp] = stamp
 	}
 	return amqp.Publishing{
-		Headers:         st.Apply(s.hdr),
+		Headers:         h,
 		ContentType:     pr.ContentType,
 		ContentEncoding: pr.ContentEncoding,
 		DeliveryMode:    pr.DeliveryMode,

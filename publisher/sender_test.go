@@ -61,7 +61,7 @@ func TestFakeWindowAndMultipleAcks(t *testing.T) {
 	ch := nextChan(t, nextConn(t, f))
 	for i := range 8 {
 		pb := recvPub(t, ch, time.Second)
-		if pb.tag != uint64(i+1) || pb.stamp.Seq != int64(i+1) || !pb.mandatory || pb.msg.MessageId != pb.stamp.MessageID() ||
+		if pb.tag != uint64(i+1) || pb.stamp.Seq != int64(i+1) || !pb.mandatory || pb.msg.MessageId != pb.stamp.String() || pb.msg.Headers != nil ||
 			pb.msg.DeliveryMode != amqp.Persistent || pb.stamp.Source != "unit" || pb.stamp.Stream != "x/k" {
 			t.Fatalf("publish %d: %+v", i, pb)
 		}

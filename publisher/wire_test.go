@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -29,7 +30,15 @@ func TestCheckWire(t *testing.T) {
 		bad   string // "" when valid; else part of the error
 	}{
 		{"plain", journal.Entry{Exchange: "x", RoutingKey: "k", Stream: "s"}, "", ""},
-		{"255-byte names", journal.Entry{Exchange: ok255, RoutingKey: ok255, Stream: long + long}, ok255, ""},
+		{"255-byte names", journal.Entry{Exchange: ok255, RoutingKey: ok255, Stream: strings.Repeat("s", protocol.MaxStreamLen)}, ok255, ""},
+		{"stream over the stamp's limit", journal.Entry{Stream: strings.Repeat("s", protocol.MaxStreamLen+1)}, "", "protocol.MaxStreamLen"},
+		{"stream over the limit once escaped", journal.Entry{Stream: strings.Repeat(":", 44)}, "", "132 bytes escaped"},
+		{"empty stream", journal.Entry{}, "", "stream is empty"},
+		{"message-id like a stamp", journal.Entry{}, "rk2:a:1:b:1", "starts like a rabbitkit stamp"},
+		{"message-id like a future stamp", journal.Entry{}, "rk12:x", "starts like a rabbitkit stamp"},
+		{"message-id that only starts with rk", journal.Entry{}, "rk-order-17", ""},
+		{"rk- header", journal.Entry{Headers: map[string]any{"rk-seq": int64(1)}}, "", `header "rk-seq"`},
+		{"rk-stamp header", journal.Entry{Headers: map[string]any{protocol.HeaderStamp: "rk2:a:1:b:1"}}, "", "reserved"},
 		{"exchange", journal.Entry{Exchange: long}, "", "exchange name is 256 bytes"},
 		{"routing key", journal.Entry{RoutingKey: long}, "", "routing key is 256 bytes"},
 		{"message id", journal.Entry{}, long, "MessageID is 256 bytes"},
@@ -40,7 +49,9 @@ func TestCheckWire(t *testing.T) {
 		{"headers near one frame", journal.Entry{Headers: map[string]any{"a": strings.Repeat("v", 120_000)}}, "", ""},
 		{"headers over one frame", journal.Entry{Headers: map[string]any{"a": strings.Repeat("v", 131_000)}}, "", "one AMQP frame"},
 		{"headers over a small frame", journal.Entry{Headers: map[string]any{"a": strings.Repeat("v", 5000)}}, "", "frame of 4096"},
-		{"long stream and source count", journal.Entry{Stream: strings.Repeat("s", 131_000)}, "", "one AMQP frame"},
+		{"the stamp counts, in rk-stamp", journal.Entry{Headers: map[string]any{"a": strings.Repeat("v", amqpwire.DefaultFrameMax-70)}}, "m", "one AMQP frame"},
+		{"the stamp counts, as message-id", journal.Entry{Headers: map[string]any{"a": strings.Repeat("v", amqpwire.DefaultFrameMax-70)}}, "", "one AMQP frame"},
+		{"without the stamp it would fit", journal.Entry{Headers: map[string]any{"a": strings.Repeat("v", amqpwire.DefaultFrameMax-70-250)}}, "", ""},
 		{"delivery mode 7", journal.Entry{Properties: journal.Properties{DeliveryMode: 7}}, "", "DeliveryMode 7"},
 	}
 	for _, tc := range tests {
@@ -49,7 +60,11 @@ func TestCheckWire(t *testing.T) {
 			if strings.Contains(tc.name, "small frame") {
 				frame = 4096
 			}
-			err := checkWire(&tc.e, tc.msgID, "src", frame)
+			if tc.e.Stream == "" && tc.name != "empty stream" {
+				tc.e.Stream = "s"
+			}
+			tc.e.Properties.MessageID = tc.msgID
+			err := checkWire(&tc.e, 240, frame)
 			if tc.bad == "" {
 				if err != nil {
 					t.Fatalf("checkWire: %v", err)
@@ -64,8 +79,8 @@ func TestCheckWire(t *testing.T) {
 }
 
 // TestInvalidMessages: Publish refuses what can never be sent and journals nothing; messages at
-// the limits are accepted and delivered (a stream name that makes the default message-id too
-// long, 255-byte routing keys, headers close to one frame, the largest expiration).
+// the limits are accepted and delivered (the longest stream, 255-byte routing keys with a stream
+// of their own, headers close to one frame, the largest expiration, a message-id of the caller's).
 func TestInvalidMessages(t *testing.T) {
 	url := testbroker.SharedURL(t)
 	s := newSetup(t, url, "classic", nil)
@@ -84,6 +99,10 @@ func TestInvalidMessages(t *testing.T) {
 		"expiration":     {Expiration: "1.5"},
 		"expiration max": {Expiration: "315360000001"},
 		"delivery mode":  {DeliveryMode: 3},
+		"stream":         {Stream: strings.Repeat("s", protocol.MaxStreamLen+1)},
+		"default stream": {RoutingKey: longKey}, // exchange + "/" + 255 bytes: over MaxStreamLen
+		"rk- header":     {Headers: amqp.Table{"rk-seq": int64(1)}},
+		"stamp-like id":  {MessageID: "rk2:x:1:y:1"},
 	} {
 		if m.Exchange == "" {
 			m.Exchange = s.exchange
@@ -103,8 +122,9 @@ func TestInvalidMessages(t *testing.T) {
 
 	l := newLedger()
 	for name, m := range map[string]Message{
-		"long stream":            {RoutingKey: s.key, Stream: strings.Repeat("s", 400)},
-		"255-byte key":           {RoutingKey: longKey},
+		"longest stream":         {RoutingKey: s.key, Stream: strings.Repeat("s", protocol.MaxStreamLen)},
+		"255-byte key":           {RoutingKey: longKey, Stream: "long-keys"},
+		"caller's message-id":    {RoutingKey: s.key, MessageID: "order-17", Headers: amqp.Table{"tenant": "acme"}},
 		"headers near one frame": {RoutingKey: s.key, Headers: amqp.Table{"big": strings.Repeat("v", 120_000)}},
 		"largest expiration":     {RoutingKey: s.key, Expiration: "315360000000"},
 	} {
@@ -233,7 +253,7 @@ func BenchmarkCheckWire(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			for b.Loop() {
-				if err := checkWire(&bc.e, "", "orders-api-1", amqpwire.DefaultFrameMax); err != nil {
+				if err := checkWire(&bc.e, 60, amqpwire.DefaultFrameMax); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -255,6 +275,8 @@ func TestWireSizeExact(t *testing.T) {
 		return Message{Exchange: s.exchange, RoutingKey: s.key, Stream: "s", MessageID: "m", ContentType: "text/plain",
 			Headers: amqp.Table{"big": strings.Repeat("v", n), "n": int32(7), "list": []any{"a", int64(1)}}, Body: []byte("x")}
 	}
+	// Publish counts the stamp (in rk-stamp, as the caller set a message-id) with a 19-digit seq.
+	bound := protocol.Stamp{Source: p.cfg.Source, Epoch: p.j.Epoch(), Stream: "s", Seq: math.MaxInt64}
 	// The largest n checkWire accepts: start from the size it reports for a small n.
 	size := func(n int) int {
 		m := msg(n)
@@ -262,11 +284,11 @@ func TestWireSizeExact(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := checkWire(e, "m", p.cfg.Source, 1<<30); err != nil {
+		if err := checkWire(e, bound.EncodedLen(), 1<<30); err != nil {
 			t.Fatal(err)
 		}
 		over := *e
-		if err := checkWire(&over, "m", p.cfg.Source, 1); err == nil {
+		if err := checkWire(&over, bound.EncodedLen(), 1); err == nil {
 			t.Fatal("no size reported")
 		} else if _, err := fmt.Sscanf(err.Error()[strings.Index(err.Error(), "take ")+5:], "%d", &n); err != nil {
 			t.Fatal(err)
@@ -286,7 +308,8 @@ func TestWireSizeExact(t *testing.T) {
 	flush(t, p, 20*time.Second)
 	check(t, url, s.queue, l, checkOpts{})
 
-	// What the sender sends, raw, 8 and 9 bytes larger: the broker takes the first, not the second.
+	// What the sender sends for a 19-digit seq, raw, 8 and 9 bytes larger: the broker takes the
+	// first, not the second.
 	raw := func(extra int) *amqp.Error {
 		conn, err := amqp.Dial(url)
 		if err != nil {
@@ -302,9 +325,13 @@ func TestWireSizeExact(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := r.Stamp()
-		st.Seq += int64(extra)
+		st.Seq = math.MaxInt64 - int64(extra)
 		m := msg(n + extra)
-		dc, err := ch.PublishWithDeferredConfirm(s.exchange, s.key, true, false, amqp.Publishing{Headers: st.Apply(m.Headers),
+		m.Headers[protocol.HeaderStamp] = st.String()
+		if st.EncodedLen() != bound.EncodedLen() {
+			t.Fatalf("stamp of %d bytes, want %d", st.EncodedLen(), bound.EncodedLen())
+		}
+		dc, err := ch.PublishWithDeferredConfirm(s.exchange, s.key, true, false, amqp.Publishing{Headers: m.Headers,
 			MessageId: "m", ContentType: "text/plain", DeliveryMode: amqp.Persistent, Body: m.Body})
 		if err != nil {
 			t.Fatal(err)

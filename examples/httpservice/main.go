@@ -10,7 +10,7 @@
 //
 // Endpoints:
 //
-//	POST /messages   body = message body; 202 {"message_id":..., "source":..., "epoch":..., "stream":..., "seq":...}
+//	POST /messages   body = message body; 202 {"stamp":"rk2:...", "source":..., "epoch":..., "stream":..., "seq":...}
 //	                 503 when the journal is full (the broker has been away long enough to fill it)
 //	                 504 when the 5 s deadline hit while journaling: the message may or may not be journaled
 //	GET  /healthz    200 {"state":..., "blocked":..., "pending":..., "oldest_pending_seconds":...}
@@ -181,7 +181,7 @@ func (s *service) post(w http.ResponseWriter, r *http.Request) {
 	}
 	st := rc.Stamp()
 	writeJSON(w, http.StatusAccepted, map[string]any{
-		"message_id": st.MessageID(), "source": st.Source, "epoch": st.Epoch, "stream": st.Stream, "seq": st.Seq,
+		"stamp": st.String(), "source": st.Source, "epoch": st.Epoch, "stream": st.Stream, "seq": st.Seq,
 	})
 }
 
