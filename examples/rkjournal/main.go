@@ -38,6 +38,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
 	"github.com/rabbitkit/rabbitkit/journal"
+	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
 type options struct {
@@ -176,6 +177,7 @@ func stats(w io.Writer, j *journal.Journal, asJSON bool) error {
 // entryOut is one entry as printed: everything an operator needs to decide, not the body.
 type entryOut struct {
 	ID          uint64     `json:"id"`
+	Stamp       string     `json:"stamp"` // as it travels: the message-id, or rk-stamp with the caller's message-id
 	Stream      string     `json:"stream"`
 	Seq         int64      `json:"seq"`
 	Exchange    string     `json:"exchange"`
@@ -190,9 +192,10 @@ type entryOut struct {
 	ParkedAt    *time.Time `json:"parked_at,omitempty"`
 }
 
-func toOut(e *journal.Entry) entryOut {
+func toOut(j *journal.Journal, e *journal.Entry) entryOut {
+	st := protocol.Stamp{Source: j.Source(), Epoch: j.Epoch(), Stream: e.Stream, Seq: e.Seq}
 	return entryOut{
-		ID: e.ID, Stream: e.Stream, Seq: e.Seq, Exchange: e.Exchange, RoutingKey: e.RoutingKey,
+		ID: e.ID, Stamp: st.String(), Stream: e.Stream, Seq: e.Seq, Exchange: e.Exchange, RoutingKey: e.RoutingKey,
 		MessageID: e.Properties.MessageID, BodyBytes: len(e.Body), Created: e.Created, Attempts: e.Attempts,
 		LastOutcome: e.LastOutcome.String(), LastError: e.LastError,
 	}
@@ -261,7 +264,7 @@ func pending(ctx context.Context, w io.Writer, j *journal.Journal, limit int, as
 			if limit > 0 && n >= limit {
 				break
 			}
-			if err := p.print(toOut(e)); err != nil {
+			if err := p.print(toOut(j, e)); err != nil {
 				return err
 			}
 			n++
@@ -280,7 +283,7 @@ func pending(ctx context.Context, w io.Writer, j *journal.Journal, limit int, as
 func parked(ctx context.Context, w io.Writer, j *journal.Journal, asJSON bool) error {
 	p := newPrinter(w, asJSON, true)
 	err := j.Parked(ctx, func(pe journal.ParkedEntry) error {
-		e := toOut(&pe.Entry)
+		e := toOut(j, &pe.Entry)
 		e.Reason, e.ParkedAt = pe.Reason, &pe.ParkedAt
 		return p.print(e)
 	})
@@ -347,11 +350,11 @@ func show(ctx context.Context, w io.Writer, j *journal.Journal, args []string, a
 	}
 	if len(page) == 1 && page[0].ID == id {
 		e := page[0]
-		found = &shown{entryOut: toOut(e), Properties: e.Properties, Headers: e.Headers, Body: e.Body}
+		found = &shown{entryOut: toOut(j, e), Properties: e.Properties, Headers: e.Headers, Body: e.Body}
 	} else {
 		err = j.Parked(ctx, func(pe journal.ParkedEntry) error {
 			if pe.ID == id {
-				e := toOut(&pe.Entry)
+				e := toOut(j, &pe.Entry)
 				e.Reason, e.ParkedAt = pe.Reason, &pe.ParkedAt
 				found = &shown{entryOut: e, Properties: pe.Properties, Headers: pe.Headers, Body: pe.Body}
 				return errStop
@@ -374,6 +377,7 @@ func show(ctx context.Context, w io.Writer, j *journal.Journal, args []string, a
 		state = "parked " + found.ParkedAt.UTC().Format(time.RFC3339) + ": " + oneLine(found.Reason)
 	}
 	fmt.Fprintf(tw, "id\t%d (%s)\n", found.ID, state)
+	fmt.Fprintf(tw, "stamp\t%s\n", found.Stamp)
 	fmt.Fprintf(tw, "stream, seq\t%s %d\n", found.Stream, found.Seq)
 	fmt.Fprintf(tw, "exchange, key\t%q %q\n", found.Exchange, found.RoutingKey)
 	fmt.Fprintf(tw, "created\t%s\n", found.Created.UTC().Format(time.RFC3339Nano))

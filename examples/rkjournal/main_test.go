@@ -70,6 +70,7 @@ func TestCommands(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(lines[1]), &e))
 	require.Equal(t, uint64(3), e.ID)
 	require.Equal(t, int64(3), e.Seq)
+	require.Regexp(t, `^rk2:[^:]+:[1-9][0-9]*:[^:]+:3$`, e.Stamp, "the stamp as it travels")
 
 	out, err = runCmd(t, path, options{}, "parked")
 	require.NoError(t, err)
@@ -78,6 +79,7 @@ func TestCommands(t *testing.T) {
 	out, err = runCmd(t, path, options{}, "show", "3")
 	require.NoError(t, err)
 	require.Contains(t, out, "(pending)")
+	require.Regexp(t, `stamp +rk2:\S+:3\n`, out)
 	require.Contains(t, out, "body (1 bytes, not text):\n\"\\x02\"")
 	out, err = runCmd(t, path, options{asJSON: true}, "show", "2")
 	require.NoError(t, err)
