@@ -150,6 +150,7 @@ func TestStatsAndReadRaceClose(t *testing.T) {
 			wg.Go(func() {
 				for {
 					_ = j.Stats()
+					_ = j.Backlog()
 					_, rerr := j.Read(ctx, 0, 10)
 					aerr := j.Append(ctx, newEntry("s", "y"))
 					if errors.Is(rerr, ErrClosed) && errors.Is(aerr, ErrClosed) {
@@ -162,6 +163,25 @@ func TestStatsAndReadRaceClose(t *testing.T) {
 		require.NoError(t, j.Close())
 		wg.Wait()
 	}
+}
+
+// TestBacklogAgreesWithStats: Backlog is Stats without the per-stream copy.
+func TestBacklogAgreesWithStats(t *testing.T) {
+	ctx := context.Background()
+	j := openT(t, filepath.Join(t.TempDir(), "j.db"), Options{})
+	require.Zero(t, j.Backlog())
+	for i := range 5 {
+		require.NoError(t, j.Append(ctx, newEntry(fmt.Sprint("s", i), "x")))
+	}
+	es, err := j.Read(ctx, 0, 10)
+	require.NoError(t, err)
+	require.NoError(t, j.Park(ctx, es[1].ID, "test"))
+	require.NoError(t, j.Delete(ctx, es[0].ID))
+	st, b := j.Stats(), j.Backlog()
+	require.Equal(t, Backlog{Pending: st.Pending, PendingBytes: st.PendingBytes, Parked: st.Parked, ParkedBytes: st.ParkedBytes, OldestPending: st.OldestPending}, b)
+	require.Equal(t, 3, b.Pending)
+	require.Equal(t, 1, b.Parked)
+	require.Equal(t, es[2].Created, b.OldestPending)
 }
 
 // TestReadReturnsWhatWasAppended: every field survives the journal, from the

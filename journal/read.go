@@ -128,8 +128,34 @@ type Stats struct {
 	Commits       int64            // write transactions committed since Open (group commit: fewer than writes)
 }
 
-// Stats returns a snapshot as of the last commit. On a closed journal the
-// file fields and OldestPending are zero.
+// Backlog is the part of Stats that is cheap to take at any rate: counts and the oldest pending
+// entry, no per-stream copy and no file stat.
+type Backlog struct {
+	Pending       int       // pending entries
+	PendingBytes  int64     // their encoded size
+	Parked        int       // parked entries
+	ParkedBytes   int64     // their encoded size
+	OldestPending time.Time // Created of the lowest-ID pending entry; zero if none or closed
+}
+
+// Backlog returns the counts as of the last commit and the oldest pending entry's age (one read
+// transaction). Unlike Stats its cost does not grow with the number of streams.
+func (j *Journal) Backlog() Backlog {
+	j.statMu.Lock()
+	b := Backlog{Pending: int(j.pub.pendingN), PendingBytes: j.pub.pendingBytes, Parked: int(j.pub.parkedN), ParkedBytes: j.pub.parkedBytes}
+	j.statMu.Unlock()
+	_ = j.view(func(tx *bbolt.Tx) error {
+		if _, v := tx.Bucket(bucketPending).Cursor().First(); v != nil {
+			b.OldestPending, _ = entryCreated(v)
+		}
+		return nil
+	})
+	return b
+}
+
+// Stats returns a snapshot as of the last commit. It copies every stream's next sequence number:
+// take Backlog for what a gauge needs. On a closed journal the file fields and OldestPending are
+// zero.
 func (j *Journal) Stats() Stats {
 	j.statMu.Lock()
 	s := Stats{

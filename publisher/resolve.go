@@ -379,9 +379,9 @@ func (s *sender) setBlocked(b bool) {
 	s.m.Set(MetricBlocked, v)
 }
 
-// sample reports the journal gauges (once a second).
+// sample reports the journal gauges (once a second), from Backlog: Stats would copy every stream.
 func (s *sender) sample() {
-	js := s.j.Stats()
+	js := s.j.Backlog()
 	s.m.Set(MetricJournalPending, float64(js.Pending))
 	s.m.Set(MetricJournalParked, float64(js.Parked))
 	age := 0.0
