@@ -160,7 +160,7 @@ func versionOf(id string) (v, rest string, ok bool) {
 		return "", "", false
 	}
 	i := 2
-	for i < len(id) && i < 12 && id[i] >= '0' && id[i] <= '9' {
+	for i < len(id) && id[i] >= '0' && id[i] <= '9' {
 		i++
 	}
 	if i == 2 || i >= len(id) || id[i] != ':' {

@@ -62,6 +62,7 @@ invalid = [
  ("rk3:src:1:s:1", "unsupported version 3"),
  ("rk1:src:1:s:1", "unsupported version 1 (v1 is headers, never a message-id)"),
  ("rk02:src:1:s:1", "version with a leading zero is not version 2"),
+ ("rk12345678901:a:1:b:1", "a version of any number of digits is a stamp, unsupported"),
  ("rk2:" + "x" * 200 + ":1:" + "y" * 60 + ":1", "longer than 255 bytes"),
 ]
 not_stamps = ["", "order-17", "rk", "rk2", "rk:src:1:s:1", "rkx:1", "RK2:src:1:s:1", "billing-1/4087423915/payments/captured/17", "6f1c2a9e-1d3b-4c6a-9a53-0f6c2b5e8d41", " rk2:src:1:s:1"]
