@@ -32,7 +32,9 @@ func (j *Journal) compact(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	dst, err := openBolt(tmp, f, j.opts)
+	copt := j.opts
+	copt.PageSize = j.db.Info().PageSize // the copy keeps the file's page size
+	dst, err := openBolt(tmp, f, copt)
 	if err != nil {
 		_ = os.Remove(tmp)
 		return err

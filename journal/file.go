@@ -234,6 +234,7 @@ func openBolt(path string, f *os.File, opts Options) (db *bbolt.DB, err error) {
 		Timeout:        opts.LockTimeout,
 		NoFreelistSync: false,
 		FreelistType:   bbolt.FreelistMapType,
+		PageSize:       opts.PageSize, // used only when the file is created
 		MaxSize:        int(opts.MaxFileSize),
 		OpenFile: func(string, int, fs.FileMode) (*os.File, error) {
 			return f, nil

@@ -208,3 +208,29 @@ func TestReadReturnsWhatWasAppended(t *testing.T) {
 	assert.Equal(t, e, es[0])
 	assert.Equal(t, e2, es[1])
 }
+
+// TestPageSize: a new file gets Options.PageSize (default 16 KiB); an existing file keeps its own,
+// through reopening and compaction; a page size bbolt cannot use is refused.
+func TestPageSize(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	j := openT(t, filepath.Join(dir, "new.db"), Options{})
+	require.Equal(t, DefaultPageSize, j.db.Info().PageSize)
+
+	path := filepath.Join(dir, "old.db")
+	j = openT(t, path, Options{PageSize: 4096})
+	require.NoError(t, j.Append(ctx, newEntry("s", "x")))
+	require.NoError(t, j.Close())
+	j = openT(t, path, Options{})
+	require.Equal(t, 4096, j.db.Info().PageSize, "an existing file keeps its page size")
+	require.NoError(t, j.Compact(ctx))
+	require.Equal(t, 4096, j.db.Info().PageSize, "so does its compacted copy")
+	es, err := j.Read(ctx, 0, 10)
+	require.NoError(t, err)
+	require.Len(t, es, 1)
+
+	for _, ps := range []int{-1, 1024, 5000, 2 << 20} {
+		_, err := Open(filepath.Join(dir, "bad.db"), Options{Source: "s", PageSize: ps})
+		require.ErrorIs(t, err, ErrInvalidOptions, "page size %d", ps)
+	}
+}
