@@ -4,14 +4,14 @@ SHELL := /bin/bash
 GOENV = PATH="$$(bash scripts/ensure-go.sh)"
 GOTEST_FLAGS ?=
 
-.PHONY: demo test lint unit soak bench fuzz broker
+.PHONY: demo test lint unit soak bench fuzz broker node
 
 ## demo: the guarantee, live: publisher + consumer through a faulty proxy against a real broker.
 demo: broker
 	$(GOENV) go run ./examples/demo
 
 ## test: vet, staticcheck, gofmt and the whole race-enabled test suite, integration and chaos included.
-test: broker lint
+test: broker node lint
 	$(GOENV) go test -race -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
 
 ## lint: gofmt, go vet and staticcheck.
@@ -24,6 +24,10 @@ lint:
 ## broker: make sure the shared RabbitMQ answers on 127.0.0.1:5672 (install/start it if needed).
 broker:
 	@bash scripts/ensure-rabbitmq.sh
+
+## node: Node.js, npm and the interop publisher's npm package (integration/interop/node), for TestNodeInterop.
+node:
+	@bash scripts/ensure-node.sh
 
 ## soak: long fault-injection runs (one million messages, hundreds of faults); writes docs/RELIABILITY.md.
 soak: broker
