@@ -18,7 +18,8 @@ import (
 	"github.com/rabbitkit/rabbitkit/topology"
 )
 
-// NoStampPolicy says what happens to a message without any rk- header.
+// NoStampPolicy says what happens to a message that carries no stamp in any version (a
+// message-id that does not start with "rk<digits>:", no rk-stamp and no v1 rk- headers).
 type NoStampPolicy uint8
 
 const (

@@ -32,8 +32,10 @@ type Message struct {
 	Properties Properties
 	Exchange   string // the exchange it was published to
 	RoutingKey string
-	// Stamp is the decoded rk- headers. It is zero when Stamped is false (a message without rk-
-	// headers passed through by NoStampPassThrough: no dedup, no order guarantee).
+	// Stamp is the decoded stamp (docs/PROTOCOL.md: v2 in message-id or rk-stamp, or v1's rk-
+	// headers). It is zero when Stamped is false (a message without a stamp passed through by
+	// NoStampPassThrough: no dedup, no order guarantee). Properties.MessageID is as delivered:
+	// the stamp itself when the publisher had no message-id of its own.
 	Stamp   protocol.Stamp
 	Stamped bool
 	// Redelivered is the broker's flag: the message was delivered before (to this or another

@@ -262,6 +262,7 @@ func buildNodePlan() *nodePlan {
 			p.forged("rk-stamp and v1 disagree", "order-77", nodeMerge(map[string]nodeHeader{"rk-stamp": nodeS(id(b(2)))}, nodeV1Of(b(12))), "disagree")
 			p.forged("v1 and v2 disagree on the epoch", id(b(3)), nodeV1Of(protocol.Stamp{Source: nodeSrcB, Epoch: nodeEpochB + 1, Stream: legacy, Seq: 3}), "disagree")
 			p.forged("rk3: prefix", "rk3:"+nodeSrcA+":1:"+pay+":1", nil, "rk3")
+			p.forged("11-digit version", "rk12345678901:a:1:b:1", nil, "rk12345678901 is not supported")
 			p.forged("rk1: prefix", "rk1:"+nodeSrcA+":1:"+pay+":1", nil, "rk1")
 			p.forged("rk02: prefix", "rk02:"+nodeSrcA+":1:"+pay+":1", nil, "")
 		case 4:
