@@ -1,7 +1,7 @@
 # rabbitkit — every target does its own set-up: it installs/starts RabbitMQ and Go tooling as needed.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
-GOENV = PATH="$$(bash scripts/ensure-go.sh)"
+GOENV = PATH="$$(bash $(CURDIR)/scripts/ensure-go.sh)"
 GOTEST_FLAGS ?=
 
 .PHONY: demo test lint unit soak bench fuzz broker node
@@ -13,6 +13,7 @@ demo: broker
 ## test: vet, staticcheck, gofmt and the whole race-enabled test suite, integration and chaos included.
 test: broker node lint
 	$(GOENV) go test -race -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
+	cd interop/watermill && $(GOENV) go test -race -count=1 -timeout 5m $(GOTEST_FLAGS) ./...
 
 ## lint: gofmt, go vet and staticcheck.
 lint:
@@ -20,6 +21,7 @@ lint:
 	  if [ -n "$$unformatted" ]; then echo "not gofmt-clean:"; echo "$$unformatted"; exit 1; fi
 	$(GOENV) go vet ./...
 	$(GOENV) staticcheck ./...
+	cd interop/watermill && $(GOENV) go vet ./... && $(GOENV) staticcheck ./...
 
 ## broker: make sure the shared RabbitMQ answers on 127.0.0.1:5672 (install/start it if needed).
 broker:
