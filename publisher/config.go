@@ -108,6 +108,8 @@ type Config struct {
 	OnStateChange func(StateChange)
 
 	dial connector // tests: replaces the amqp091-go connector
+	// outbox, for tests: wraps the journal as the sender sees it (to inject failures).
+	outbox func(Outbox) Outbox
 }
 
 func defaultRetryBackoff() backoff.BackOff {

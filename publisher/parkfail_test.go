@@ -9,28 +9,18 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/rabbitkit/rabbitkit/journal"
 )
 
 // A message returned as unroutable (basic.return, then basic.ack) whose parking fails stays pending:
 // its receipt is not confirmed, the frontier (receipts, Flush) stays below it even though a later
 // message is acked, and it is sent again on the same channel. Once parking succeeds it is parked and
-// reported, and Flush returns. Not parallel: it replaces the package-level journalPark.
+// reported, and Flush returns.
 func TestFakeReturnedParkFailureHoldsFrontierAndResends(t *testing.T) {
 	var parkCalls atomic.Int32
-	orig := journalPark
-	journalPark = func(ctx context.Context, j *journal.Journal, id uint64, reason string) error {
-		if parkCalls.Add(1) == 1 {
-			return errors.New("injected: park failed")
-		}
-		return orig(ctx, j, id, reason)
-	}
-	t.Cleanup(func() { journalPark = orig }) // registered before mustNew's: runs after Close
-
 	var mu sync.Mutex
 	var parked []*ParkedError
 	p, f, m := fakePublisher(t, func(c *Config) {
+		c.outbox = func(o Outbox) Outbox { return &failingPark{Outbox: o, calls: &parkCalls} }
 		c.OnParked = func(pe *ParkedError) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -122,4 +112,17 @@ func TestFakeReturnedParkFailureHoldsFrontierAndResends(t *testing.T) {
 	if err := p.Close(closeCtx); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
+}
+
+// failingPark is an outbox whose first Park fails.
+type failingPark struct {
+	Outbox
+	calls *atomic.Int32
+}
+
+func (f *failingPark) Park(ctx context.Context, id uint64, reason string) error {
+	if f.calls.Add(1) == 1 {
+		return errors.New("injected: park failed")
+	}
+	return f.Outbox.Park(ctx, id, reason)
 }

@@ -198,8 +198,12 @@ func New(cfg Config) (*Publisher, error) {
 		p.fr.advance(last)
 	}
 
-	del := &deleter{j: p.j, in: make(chan delReq, 16), p: p}
-	s := &sender{p: p, cfg: p.cfg, j: p.j, log: p.log, m: p.m, win: newWindow(cfg.MaxInFlight), del: del,
+	var out Outbox = p.j
+	if cfg.outbox != nil {
+		out = cfg.outbox(out)
+	}
+	del := &deleter{j: out, in: make(chan delReq, 16), p: p}
+	s := &sender{p: p, cfg: p.cfg, j: out, log: p.log, m: p.m, win: newWindow(cfg.MaxInFlight), del: del,
 		stop: p.stopCtx.Done(), state: StateConnecting}
 	p.wg.Go(func() {
 		defer close(p.appendDone)

@@ -273,7 +273,7 @@ func (s *sender) missingFor(key string, now time.Time) time.Duration {
 // fails the entry stays pending and is sent again: never lost.
 func (s *sender) park(ctx context.Context, e *journal.Entry, pe *ParkedError) bool {
 	pe.ID, pe.Stream, pe.Seq, pe.Exchange, pe.RoutingKey = e.ID, e.Stream, e.Seq, e.Exchange, e.RoutingKey
-	if err := journalPark(ctx, s.j, e.ID, pe.reason()); err != nil {
+	if err := s.j.Park(ctx, e.ID, pe.reason()); err != nil {
 		s.log.Error("publisher: parking failed; the message stays pending", "stream", e.Stream, "seq", e.Seq, "err", err)
 		return false
 	}
@@ -286,11 +286,6 @@ func (s *sender) park(ctx context.Context, e *journal.Entry, pe *ParkedError) bo
 		s.cfg.OnParked(pe)
 	}
 	return true
-}
-
-// journalPark is j.Park; tests replace it to make parking fail.
-var journalPark = func(ctx context.Context, j *journal.Journal, id uint64, reason string) error {
-	return j.Park(ctx, id, reason)
 }
 
 // advance moves the receipts' frontier: every ID below the oldest unsettled one is settled.
@@ -393,7 +388,7 @@ func (s *sender) sample() {
 
 // deleter commits confirmed deletes off the sender goroutine, so the pipeline never waits for fsync.
 type deleter struct {
-	j  *journal.Journal
+	j  Outbox
 	in chan delReq
 	p  *Publisher
 }

@@ -19,7 +19,7 @@ import (
 type sender struct {
 	p   *Publisher
 	cfg Config
-	j   *journal.Journal
+	j   Outbox
 	log *slog.Logger
 	m   metrics.Recorder
 	win *window
