@@ -204,7 +204,7 @@ func New(cfg Config) (*Publisher, error) {
 	}
 	del := &deleter{j: out, in: make(chan delReq, 16), p: p}
 	s := &sender{p: p, cfg: p.cfg, j: out, log: p.log, m: p.m, win: newWindow(cfg.MaxInFlight), del: del,
-		stop: p.stopCtx.Done(), state: StateConnecting}
+		shutdown: shutdownState{signal: p.stopCtx.Done()}, state: StateConnecting, spells: spellTracker{grace: cfg.MissingExchangeGrace}}
 	p.wg.Go(func() {
 		defer close(p.appendDone)
 		p.appendLoop(p.hardCtx)

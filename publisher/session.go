@@ -1,0 +1,140 @@
+package publisher
+
+// One channel's session: the send loop, and how a session ends.
+
+import (
+	"context"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
+)
+
+// session runs one channel until it closes or the sender stops.
+func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
+	s.win.reset()
+	s.flushDeletes(ctx, true) // the pass re-reads the journal: confirmed entries must be gone first
+	s.restartPass(0)
+	s.link.maxSent = 0
+	confirms, returns := ch.confirms(), ch.returns()
+	s.link.conn = c
+	defer func() { s.link.conn = nil }()
+	s.link.frameMax = amqpwire.DefaultFrameMax
+	if fm, ok := c.(interface{ frameMax() int }); ok && fm.frameMax() > 0 {
+		s.link.frameMax = fm.frameMax()
+	}
+	// Under an alarm RabbitMQ sends connection.blocked right after connection.open-ok; it has
+	// arrived by now (opening the channel took round trips). Take it before the first write,
+	// which would otherwise block in the socket instead of waiting here, visibly blocked.
+	for pending := true; pending; {
+		select {
+		case b, ok := <-c.blocked():
+			if ok {
+				s.setBlocked(b.Active)
+			} else {
+				pending = false
+			}
+		default:
+			pending = false
+		}
+	}
+	for {
+		end, done := s.fill(ctx, ch)
+		s.releaseWrites()
+		if done {
+			return end
+		}
+		if s.shutdown.draining && s.win.len() == 0 {
+			return sessionEnd{stop: true}
+		}
+		var retryC <-chan time.Time
+		if s.fault.retry != nil {
+			retryC = s.fault.retry.C
+		}
+		stopC := s.shutdown.signal
+		if s.shutdown.draining {
+			stopC = nil // closed: would spin
+		}
+		select {
+		case cf, ok := <-confirms:
+			if !ok {
+				return s.channelClosed(ch, c)
+			}
+			if err := s.onConfirm(ch, cf); err != nil {
+				s.log.Error("publisher: dropping the channel", "err", err)
+				return sessionEnd{err: &amqp.Error{Code: amqp.InternalError, Reason: err.Error()}, connLost: true}
+			}
+			// Take every confirm already buffered before doing anything else.
+			for more := true; more; {
+				select {
+				case cf, ok := <-confirms:
+					if !ok {
+						return s.channelClosed(ch, c)
+					}
+					if err := s.onConfirm(ch, cf); err != nil {
+						s.log.Error("publisher: dropping the channel", "err", err)
+						return sessionEnd{err: &amqp.Error{Code: amqp.InternalError, Reason: err.Error()}, connLost: true}
+					}
+				default:
+					more = false
+				}
+			}
+		case r, ok := <-returns:
+			if ok {
+				s.onReturn(r)
+			} else {
+				returns = nil
+			}
+		case e := <-ch.closed():
+			return s.classify(e, c)
+		case e := <-c.closed():
+			return sessionEnd{err: e, connLost: true}
+		case b, ok := <-c.blocked():
+			if ok {
+				s.setBlocked(b.Active)
+			}
+		case <-s.pass.changed:
+			s.pass.changed = nil
+		case <-retryC:
+			s.fault.retry = nil
+		case <-stopC:
+			s.shutdown.draining = true
+		case <-ctx.Done():
+			return sessionEnd{stop: true}
+		case <-s.ticker.C:
+			s.sample()
+		}
+		if err := s.resolve(ctx); err != nil {
+			return sessionEnd{stop: true}
+		}
+	}
+}
+
+// publishFailed classifies a failed basic.publish write: the channel or connection is gone.
+func (s *sender) publishFailed(ch channel, err error) sessionEnd {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case e := <-ch.closed():
+		if e != nil {
+			return sessionEnd{err: e, connLost: !isChannelLevel(e)}
+		}
+	case <-t.C:
+	}
+	return sessionEnd{err: &amqp.Error{Code: amqp.ChannelError, Reason: err.Error()}, connLost: true}
+}
+
+// channelClosed is called when the confirm listener closed: the channel is gone; find out why.
+func (s *sender) channelClosed(ch channel, c conn) sessionEnd {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case e := <-ch.closed():
+		return s.classify(e, c)
+	case e := <-c.closed():
+		return sessionEnd{err: e, connLost: true}
+	case <-t.C:
+		return sessionEnd{connLost: true}
+	}
+}
