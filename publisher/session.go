@@ -58,23 +58,15 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 		}
 		select {
 		case cf, ok := <-confirms:
-			if !ok {
-				return s.channelClosed(ch, c)
-			}
-			if err := s.onConfirm(ch, cf); err != nil {
-				s.log.Error("publisher: dropping the channel", "err", err)
-				return sessionEnd{err: &amqp.Error{Code: amqp.InternalError, Reason: err.Error()}, connLost: true}
+			if end, over := s.confirmed(ch, c, cf, ok); over {
+				return end
 			}
 			// Take every confirm already buffered before doing anything else.
 			for more := true; more; {
 				select {
 				case cf, ok := <-confirms:
-					if !ok {
-						return s.channelClosed(ch, c)
-					}
-					if err := s.onConfirm(ch, cf); err != nil {
-						s.log.Error("publisher: dropping the channel", "err", err)
-						return sessionEnd{err: &amqp.Error{Code: amqp.InternalError, Reason: err.Error()}, connLost: true}
+					if end, over := s.confirmed(ch, c, cf, ok); over {
+						return end
 					}
 				default:
 					more = false
@@ -137,4 +129,17 @@ func (s *sender) channelClosed(ch channel, c conn) sessionEnd {
 	case <-t.C:
 		return sessionEnd{connLost: true}
 	}
+}
+
+// confirmed applies one confirm taken from the listener (ok false: the listener closed with the
+// channel). It reports whether the session is over, and why.
+func (s *sender) confirmed(ch channel, c conn, cf amqp.Confirmation, ok bool) (sessionEnd, bool) {
+	if !ok {
+		return s.channelClosed(ch, c), true
+	}
+	if err := s.onConfirm(ch, cf); err != nil {
+		s.log.Error("publisher: dropping the channel", "err", err)
+		return sessionEnd{err: &amqp.Error{Code: amqp.InternalError, Reason: err.Error()}, connLost: true}, true
+	}
+	return sessionEnd{}, false
 }
