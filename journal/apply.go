@@ -19,6 +19,7 @@ type batchState struct {
 	addedPending bool
 	freed        bool
 	keys         []byte // arena for bbolt keys; bbolt needs them until commit
+	rec          []byte // the sequence log record; bbolt needs it until commit
 }
 
 // key returns the bbolt key of id, valid until the next batch.
@@ -48,9 +49,12 @@ type cacheOp struct {
 // apply commits batch and answers its requests. It reports whether the
 // commit freed space.
 func (j *Journal) apply(batch []*request) (freed bool) {
-	savedNext, savedCounts := j.w.nextID, j.w.counts
+	savedNext, savedCounts, savedLog := j.w.nextID, j.w.counts, j.w.log
 	bs := &j.wb
+	j.seqMu.Lock()
 	bs.reset()
+	j.inTx = true
+	j.seqMu.Unlock()
 	err := j.update(func(tx *bbolt.Tx) error {
 		pending, parked := tx.Bucket(bucketPending), tx.Bucket(bucketParked)
 		// IDs only grow: appends land at the right edge, so pack pages
@@ -62,17 +66,16 @@ func (j *Journal) apply(batch []*request) (freed bool) {
 				return err
 			}
 		}
-		streams := tx.Bucket(bucketStreams)
-		for s := range bs.oldSeqs {
-			if err := streams.Put([]byte(s), u64(uint64(j.w.seqs[s]))); err != nil {
-				return err
-			}
+		if err := j.logSeqs(tx, bs); err != nil {
+			return err
 		}
 		return j.w.putMeta(tx.Bucket(bucketMeta))
 	})
+	j.seqMu.Lock()
+	j.inTx = false
 	if err != nil {
 		// Nothing was committed: restore the in-memory state.
-		j.w.nextID, j.w.counts = savedNext, savedCounts
+		j.w.nextID, j.w.counts, j.w.log = savedNext, savedCounts, savedLog
 		for s, old := range bs.oldSeqs {
 			if old < 0 {
 				delete(j.w.seqs, s)
@@ -80,6 +83,9 @@ func (j *Journal) apply(batch []*request) (freed bool) {
 				j.w.seqs[s] = old
 			}
 		}
+	}
+	j.seqMu.Unlock()
+	if err != nil {
 		for _, r := range batch {
 			if r.err == nil || errors.Is(r.err, errFullInternal) {
 				r.err = err
@@ -88,7 +94,7 @@ func (j *Journal) apply(batch []*request) (freed bool) {
 	} else {
 		j.commits.Add(1)
 		j.cache.apply(bs.cacheOps)
-		j.publish(bs.oldSeqs)
+		j.publish()
 		j.signal(bs.addedPending, bs.freed)
 	}
 	for _, r := range batch {
@@ -144,6 +150,8 @@ func (j *Journal) applyOne(tx *bbolt.Tx, pending, parked *bbolt.Bucket, r *reque
 			return nil
 		}
 		r.ids, r.seqs = r.ids[:0], r.seqs[:0]
+		j.seqMu.Lock() // nextSeq changes w.seqs, which Stats reads
+		defer j.seqMu.Unlock()
 		for i, enc := range r.encs {
 			id := w.nextID
 			w.nextID++
@@ -284,6 +292,7 @@ func (j *Journal) nextSeq(stream string, bs *batchState) int64 {
 	}
 	if !ok {
 		next = 1
+		j.w.log.nameBytes += int64(len(stream))
 	}
 	j.w.seqs[stream] = next + 1
 	return next

@@ -23,6 +23,7 @@ var (
 	bucketStreams = []byte("streams")
 	bucketPending = []byte("pending")
 	bucketParked  = []byte("parked")
+	bucketSeqLog  = []byte("seqlog")
 	keyFormat     = []byte("format")
 	keySource     = []byte("source")
 	keyEpoch      = []byte("epoch")
@@ -30,7 +31,12 @@ var (
 	keyCounts     = []byte("counts")
 )
 
-const fileFormat = 1
+// fileFormat is the format of the files this version writes. Format 1 (no sequence log) is
+// migrated to it at Open; see seqlog.go.
+const (
+	fileFormat      = 2
+	fileFormatNoLog = 1
+)
 
 // Journal is a durable local outbox stored in one bbolt file. All methods are
 // safe for concurrent use.
@@ -58,7 +64,14 @@ type Journal struct {
 	w  writerState // owned by the writer goroutine (and Open before it starts)
 	wb batchState  // the writer's per-batch scratch space
 
+	// seqMu guards the writer's w.seqs, wb.oldSeqs and inTx against Stats: the writer takes it
+	// to change them, Stats to read them. While inTx, w.seqs holds the uncommitted batch's
+	// values and wb.oldSeqs the committed ones of the streams it touched.
+	seqMu sync.Mutex
+	inTx  bool
+
 	lastCompactCheck time.Time // writer-owned
+	foldFailed       time.Time // writer-owned: when folding the sequence log last failed
 
 	statMu sync.Mutex // guards pub
 	pub    published
@@ -79,8 +92,7 @@ type counts struct {
 // published is the writer's state as of the last commit, for Stats.
 type published struct {
 	counts
-	nextSeq map[string]int64
-	lastID  uint64
+	lastID uint64
 }
 
 // Open opens or creates the journal at path. See Options for the checks made
@@ -147,7 +159,7 @@ func Open(path string, opts Options) (*Journal, error) {
 		return nil, err
 	}
 	j.cache.init(j.w.nextID, opts.TailCacheBytes)
-	j.publish(nil)
+	j.publish()
 	if err := j.maybeAutoCompact(); err != nil {
 		_ = j.db.Close()
 		return nil, err
@@ -160,6 +172,7 @@ func Open(path string, opts Options) (*Journal, error) {
 // writer's state, and reconciles them with the marker file.
 func (j *Journal) loadIdentity(mk *marker) error {
 	var found bool
+	var format uint64
 	err := j.view(func(tx *bbolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if m == nil {
@@ -171,10 +184,17 @@ func (j *Journal) loadIdentity(mk *marker) error {
 			return nil
 		}
 		found = true
-		return j.loadState(tx)
+		var err error
+		format, err = j.loadState(tx)
+		return err
 	})
 	if err != nil {
 		return err
+	}
+	if found && format == fileFormatNoLog {
+		if err := j.migrateSeqLog(); err != nil {
+			return err
+		}
 	}
 	if !found {
 		if mk != nil {
@@ -212,7 +232,7 @@ func (j *Journal) create() error {
 	j.source = j.opts.Source
 	j.w = writerState{nextID: 1, seqs: map[string]int64{}}
 	err := j.db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketStreams, bucketPending, bucketParked} {
+		for _, name := range [][]byte{bucketMeta, bucketStreams, bucketPending, bucketParked, bucketSeqLog} {
 			if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
 				return err
 			}
@@ -239,28 +259,34 @@ func (j *Journal) create() error {
 	return writeMarker(j.path, marker{Source: j.source, Epoch: j.epoch})
 }
 
-func (j *Journal) loadState(tx *bbolt.Tx) error {
+// loadState reads the writer's state and returns the file's format.
+func (j *Journal) loadState(tx *bbolt.Tx) (uint64, error) {
 	m := tx.Bucket(bucketMeta)
 	bad := func(what string) error {
 		return fmt.Errorf("%w: %s: meta %s missing or malformed", ErrCorrupt, j.path, what)
 	}
-	if v := m.Get(keyFormat); len(v) != 8 || binary.BigEndian.Uint64(v) != fileFormat {
-		return bad("format")
+	v := m.Get(keyFormat)
+	if len(v) != 8 {
+		return 0, bad("format")
+	}
+	format := binary.BigEndian.Uint64(v)
+	if format != fileFormat && format != fileFormatNoLog {
+		return 0, bad("format")
 	}
 	j.source = string(m.Get(keySource))
-	v := m.Get(keyEpoch)
+	v = m.Get(keyEpoch)
 	if len(v) != 8 {
-		return bad("epoch")
+		return 0, bad("epoch")
 	}
 	j.epoch = int64(binary.BigEndian.Uint64(v))
 	v = m.Get(keyNextID)
 	if len(v) != 8 {
-		return bad("next_id")
+		return 0, bad("next_id")
 	}
 	j.w.nextID = binary.BigEndian.Uint64(v)
 	v = m.Get(keyCounts)
 	if len(v) != 32 {
-		return bad("counts")
+		return 0, bad("counts")
 	}
 	j.w.counts = counts{
 		pendingN:     int64(binary.BigEndian.Uint64(v[0:])),
@@ -268,17 +294,45 @@ func (j *Journal) loadState(tx *bbolt.Tx) error {
 		parkedN:      int64(binary.BigEndian.Uint64(v[16:])),
 		parkedBytes:  int64(binary.BigEndian.Uint64(v[24:])),
 	}
-	if tx.Bucket(bucketStreams) == nil || tx.Bucket(bucketPending) == nil || tx.Bucket(bucketParked) == nil {
-		return bad("buckets")
+	if tx.Bucket(bucketStreams) == nil || tx.Bucket(bucketPending) == nil || tx.Bucket(bucketParked) == nil ||
+		(format == fileFormat) != (tx.Bucket(bucketSeqLog) != nil) {
+		return 0, bad("buckets")
 	}
 	j.w.seqs = map[string]int64{}
-	return tx.Bucket(bucketStreams).ForEach(func(k, v []byte) error {
+	err := tx.Bucket(bucketStreams).ForEach(func(k, v []byte) error {
 		if len(v) != 8 {
 			return bad("stream " + string(k))
 		}
 		j.w.seqs[string(k)] = int64(binary.BigEndian.Uint64(v))
 		return nil
 	})
+	if err != nil {
+		return 0, err
+	}
+	if format == fileFormatNoLog {
+		j.w.log = seqLogState{}
+		for s := range j.w.seqs {
+			j.w.log.nameBytes += int64(len(s))
+		}
+		return format, nil
+	}
+	return format, j.loadSeqLog(tx)
+}
+
+// migrateSeqLog turns a format 1 file into format 2: an empty sequence log beside the streams
+// bucket, which already holds every stream's next sequence number.
+func (j *Journal) migrateSeqLog() error {
+	err := j.db.Update(func(tx *bbolt.Tx) error {
+		if _, err := tx.CreateBucket(bucketSeqLog); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keyFormat, u64(fileFormat))
+	})
+	if err != nil {
+		return mapWriteErr(j.path, err)
+	}
+	j.log.Info("journal file format upgraded", "from", fileFormatNoLog, "to", fileFormat)
+	return nil
 }
 
 // view runs fn in a read transaction. A fault or panic inside bbolt (a

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"time"
 
@@ -163,13 +164,10 @@ func (j *Journal) Stats() Stats {
 		PendingBytes: j.pub.pendingBytes,
 		Parked:       int(j.pub.parkedN),
 		ParkedBytes:  j.pub.parkedBytes,
-		NextSeq:      make(map[string]int64, len(j.pub.nextSeq)),
 		Commits:      j.commits.Load(),
 	}
-	for k, v := range j.pub.nextSeq {
-		s.NextSeq[k] = v
-	}
 	j.statMu.Unlock()
+	s.NextSeq = j.nextSeqs()
 	err := j.view(func(tx *bbolt.Tx) error {
 		if _, v := tx.Bucket(bucketPending).Cursor().First(); v != nil {
 			s.OldestPending, _ = entryCreated(v)
@@ -184,4 +182,25 @@ func (j *Journal) Stats() Stats {
 		s.FileSize = fi.Size()
 	}
 	return s
+}
+
+// nextSeqs copies every stream's next sequence number as of the last commit: the writer's map,
+// with the committed values of the streams an uncommitted batch has touched put back.
+func (j *Journal) nextSeqs() map[string]int64 {
+	j.seqMu.Lock()
+	defer j.seqMu.Unlock()
+	m := maps.Clone(j.w.seqs)
+	if m == nil {
+		m = map[string]int64{}
+	}
+	if j.inTx {
+		for s, old := range j.wb.oldSeqs {
+			if old < 0 {
+				delete(m, s)
+			} else {
+				m[s] = old
+			}
+		}
+	}
+	return m
 }

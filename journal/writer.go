@@ -93,7 +93,8 @@ func putRequest(r *request) {
 type writerState struct {
 	nextID uint64
 	counts
-	seqs map[string]int64 // stream -> next seq
+	seqs map[string]int64 // stream -> next seq; changed under Journal.seqMu
+	log  seqLogState
 }
 
 func (w *writerState) putMeta(m *bbolt.Bucket) error {
@@ -221,6 +222,7 @@ func (j *Journal) writeLoop() {
 			if j.apply(batch) {
 				j.maybeCompactLive()
 			}
+			j.maybeFoldSeqs()
 		}
 		if compact != nil {
 			compact.err = j.compact(compact.ctx)
@@ -230,23 +232,13 @@ func (j *Journal) writeLoop() {
 	linger.Stop()
 }
 
-// publish copies the writer state for Stats; touched names the streams that
-// changed (nil: all).
-func (j *Journal) publish(touched map[string]int64) {
+// publish copies the writer's counts for Stats, Backlog and LastID. The
+// per-stream sequence numbers are not copied: Stats reads them under seqMu.
+func (j *Journal) publish() {
 	j.statMu.Lock()
 	defer j.statMu.Unlock()
 	j.pub.counts = j.w.counts
 	j.pub.lastID = j.w.nextID - 1
-	if touched == nil || j.pub.nextSeq == nil {
-		j.pub.nextSeq = make(map[string]int64, len(j.w.seqs))
-		for s, v := range j.w.seqs {
-			j.pub.nextSeq[s] = v
-		}
-		return
-	}
-	for s := range touched {
-		j.pub.nextSeq[s] = j.w.seqs[s]
-	}
 }
 
 // signal wakes Changed() and space waiters after a commit.

@@ -228,7 +228,9 @@ func (p *Publisher) Blocked() bool { return p.blocked.Load() }
 // State returns the current connection state.
 func (p *Publisher) State() State { return State(p.state.Load()) }
 
-// Stats returns a snapshot of counters, connection state and the journal's statistics.
+// Stats returns a snapshot of counters, connection state and the journal's statistics. Its cost
+// grows with the number of streams (it copies each one's next sequence number); to poll the
+// backlog, use Journal().Backlog().
 func (p *Publisher) Stats() Stats {
 	p.urlMu.Lock()
 	url := p.url

@@ -254,18 +254,19 @@ func printAccepted(receipts <-chan *publisher.Receipt) error {
 }
 
 // waitDrained polls the journal until nothing is pending or sig ends, logging progress every few
-// seconds.
+// seconds. It polls Journal().Backlog(), whose cost does not grow with the number of streams
+// (Stats copies every stream's next sequence number: 19 ms with 100,000 streams).
 func waitDrained(sig context.Context, p *publisher.Publisher, log *slog.Logger) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	lastLog := time.Now()
 	for {
-		st := p.Stats()
-		if st.Journal.Pending == 0 {
+		b := p.Journal().Backlog()
+		if b.Pending == 0 {
 			return
 		}
 		if time.Since(lastLog) > 5*time.Second {
-			log.Info("waiting for confirms", "pending", st.Journal.Pending, "state", st.State, "blocked", st.Blocked)
+			log.Info("waiting for confirms", "pending", b.Pending, "state", p.State(), "blocked", p.Blocked())
 			lastLog = time.Now()
 		}
 		select {
