@@ -169,11 +169,11 @@ func drainKit(b *testing.B, url, q string, n int) (float64, latency) {
 		b.Fatal(err)
 	}
 	defer store.Close()
-	c, err := consumer.New(consumer.Config{
-		URLs: []string{url}, Queue: q, Store: store, Prefetch: *benchKitPrefetch,
+	c, err := consumer.NewWithStore(consumer.Config{
+		URLs: []string{url}, Queue: q, Prefetch: *benchKitPrefetch,
 		Topology: topology.Topology{Queues: []topology.Queue{{Name: q}}},
 		Metrics:  rec, Logger: quietLogger(),
-	})
+	}, store)
 	if err != nil {
 		b.Fatal(err)
 	}

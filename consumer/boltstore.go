@@ -28,14 +28,17 @@ type BoltOptions struct {
 	Logger *slog.Logger
 }
 
+var _ Store[*bolt.Tx] = (*BoltStore)(nil)
+
 var (
 	bucketStreams = []byte("rabbitkit.consumer.streams") // dedup.AppendKey -> updated(8) + state
 )
 
-// BoltStore is the default Store: one bbolt file, one writer goroutine that groups concurrent
-// batches into one transaction and one fsync (like DB.Batch, without its fixed delay).
-// Transactional handlers (Consumer.RunTx) get the *bbolt.Tx of that transaction, so their writes
-// commit atomically with the dedup state that marks the message handled.
+// BoltStore is the default Store, a Store[*bbolt.Tx] of ScopeExclusive: one bbolt file, one writer
+// goroutine that groups concurrent batches into one transaction and one fsync (like DB.Batch,
+// without its fixed delay). Transactional handlers (Consumer.RunTx) get the *bbolt.Tx of that
+// transaction, so their writes commit atomically with the dedup state that marks the message
+// handled.
 type BoltStore struct {
 	db   *bolt.DB
 	opts BoltOptions
@@ -50,17 +53,38 @@ type BoltStore struct {
 	inUse      atomic.Bool // one Run at a time: the dedup window lives in that Run's memory
 }
 
-// claim reserves the store for one Run; release gives it back. Two Runs on one store would each
-// classify against their own in-memory window and apply each other's messages again.
-func (s *BoltStore) claim() (release func(), err error) {
+// Claim implements Store: it reserves the store for one Run, and release gives it back. Two Runs
+// on one store would each classify against their own in-memory window and apply each other's
+// messages again, so a second Claim while one is held returns ErrStoreInUse. (Other processes are
+// kept out by the file lock taken in OpenBoltStore.)
+func (s *BoltStore) Claim(ctx context.Context) (release func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if s.isClosed() {
+		return nil, ErrClosed
+	}
 	if !s.inUse.CompareAndSwap(false, true) {
 		return nil, ErrStoreInUse
 	}
-	return func() { s.inUse.Store(false) }, nil
+	var once sync.Once
+	return func() { once.Do(func() { s.inUse.Store(false) }) }, nil
+}
+
+// Scope implements Store: ScopeExclusive. The Run's in-memory dedup window is the authority.
+func (s *BoltStore) Scope() Scope { return ScopeExclusive }
+
+func (s *BoltStore) isClosed() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 type commitReq struct {
-	b    *Batch
+	b    *Batch[*bolt.Tx]
 	done chan error // buffered 1
 }
 
@@ -103,12 +127,21 @@ func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 	return s, nil
 }
 
-// DB returns the underlying database, for reading the effects of transactional handlers with
-// db.View. Do not write to it while the store is open except through RunTx handlers: bbolt has one
-// writer at a time and a long write stalls every commit.
+// DB returns the underlying database. Prefer View (or Consumer.View) to read the effects of
+// transactional handlers. Do not write to it while the store is open except through RunTx
+// handlers: bbolt has one writer at a time and a long write stalls every commit.
 func (s *BoltStore) DB() *bolt.DB { return s.db }
 
-func (s *BoltStore) boltDB() *bolt.DB { return s.db }
+// View implements Store: fn runs in a read-only bbolt transaction, concurrently with commits.
+func (s *BoltStore) View(ctx context.Context, fn func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.isClosed() {
+		return ErrClosed
+	}
+	return s.db.View(fn)
+}
 
 // Path returns the file's path.
 func (s *BoltStore) Path() string { return s.db.Path() }
@@ -117,6 +150,9 @@ func (s *BoltStore) Path() string { return s.db.Path() }
 func (s *BoltStore) Load(ctx context.Context) ([]StreamState, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if s.isClosed() {
+		return nil, ErrClosed
 	}
 	var out []StreamState
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -140,7 +176,7 @@ func (s *BoltStore) Load(ctx context.Context) ([]StreamState, error) {
 
 // Commit implements Store. It returns once the batch is durable (or failed). When ctx ends first,
 // Commit returns ctx's error and the batch may or may not be committed.
-func (s *BoltStore) Commit(ctx context.Context, b *Batch) error {
+func (s *BoltStore) Commit(ctx context.Context, b *Batch[*bolt.Tx]) error {
 	select {
 	case <-s.stop:
 		return ErrClosed
@@ -274,7 +310,7 @@ func (s *BoltStore) apply(group []*commitReq) error {
 
 // runEffects runs the effects of b's ops that are not excluded yet. On the first failure it sets
 // Err on the failed op and on every later op of the same stream and reports true.
-func runEffects(tx *bolt.Tx, b *Batch) (failed bool) {
+func runEffects[T any](tx T, b *Batch[T]) (failed bool) {
 	for i := range b.Ops {
 		op := &b.Ops[i]
 		if op.Err != nil || op.Effect == nil {
@@ -293,7 +329,7 @@ func runEffects(tx *bolt.Tx, b *Batch) (failed bool) {
 	return false
 }
 
-func callEffect(e Effect, tx *bolt.Tx) (err error) {
+func callEffect[T any](e func(T) error, tx T) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("%w: %v", ErrPanic, p)

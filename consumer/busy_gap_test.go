@@ -72,10 +72,10 @@ func TestSecondRunOnOneStoreIsRefused(t *testing.T) {
 	require.NoError(t, err)
 	defer st.Close()
 	cfg := f.config()
-	cfg.Store, cfg.StorePath = st, ""
-	c1, err := consumer.New(cfg)
+	cfg.StorePath = ""
+	c1, err := consumer.NewWithStore(cfg, st)
 	require.NoError(t, err)
-	c2, err := consumer.New(cfg)
+	c2, err := consumer.NewWithStore(cfg, st)
 	require.NoError(t, err)
 	var handled atomic.Int64
 	r := start(t, c1, func(context.Context, *consumer.Message) error { handled.Add(1); return nil }, nil)

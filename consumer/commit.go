@@ -10,7 +10,7 @@ import (
 
 // pendingCommit is a plain-handler batch being committed while the worker handles the next one.
 type pendingCommit struct {
-	b     *Batch
+	b     batch
 	ents  []entry
 	evs   []dedup.Event
 	start time.Time
@@ -21,7 +21,7 @@ type pendingCommit struct {
 // worker goes on with the next batch: the worker updates its dedup window itself, so the store's
 // goroutine never touches it. Results are published strictly in commit order (settle), and
 // nothing is published after a failed commit.
-func (w *worker) commitAsync(ents []entry, b *Batch) {
+func (w *worker) commitAsync(ents []entry, b batch) {
 	now := time.Now()
 	var evs []dedup.Event
 	for i := range ents {
@@ -32,7 +32,7 @@ func (w *worker) commitAsync(ents []entry, b *Batch) {
 	}
 	w.keys = w.tr.TakeDirty(w.keys[:0])
 	states := w.states(w.keys)
-	b.States = func([]bool) []StreamState { return states }
+	b.setStates(func([]bool) []StreamState { return states })
 	w.settle()
 	if w.broken {
 		return
@@ -40,7 +40,7 @@ func (w *worker) commitAsync(ents []entry, b *Batch) {
 	p := &pendingCommit{b: b, ents: ents, evs: evs, start: time.Now(), done: make(chan error, 1)}
 	w.inflight = p
 	ctx := context.WithoutCancel(w.r.ctx)
-	w.commits.Go(func() { p.done <- w.r.store.Commit(ctx, b) })
+	w.commits.Go(func() { p.done <- b.commit(ctx) })
 }
 
 // settle waits for the commit in flight, if any, and publishes its outcome.
@@ -61,7 +61,7 @@ func (w *worker) settle() {
 
 // finish publishes a committed batch: acks for what finished, metrics, events. It returns the
 // deliveries whose ops failed (transactional handlers) to run again.
-func (w *worker) finish(ents []entry, b *Batch, start time.Time) []*item {
+func (w *worker) finish(ents []entry, b batch, start time.Time) []*item {
 	r := w.r
 	now := time.Now()
 	r.cfg.Metrics.Observe(MetricCommitSeconds, now.Sub(start).Seconds())
@@ -70,7 +70,7 @@ func (w *worker) finish(ents []entry, b *Batch, start time.Time) []*item {
 	for i := range ents {
 		e := &ents[i]
 		if e.op >= 0 {
-			if err := b.Ops[e.op].Err; err != nil {
+			if err := b.err(e.op); err != nil {
 				if !errors.Is(err, ErrSkipped) {
 					w.handlerFailed(e.it, err)
 				}

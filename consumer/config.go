@@ -46,7 +46,7 @@ const (
 	DefaultMaxBatch = 500
 )
 
-// Config configures a Consumer. URLs and Queue are required, and either Store or StorePath.
+// Config configures a Consumer. URLs and Queue are required, and StorePath for New.
 type Config struct {
 	// URLs of the brokers, tried in turn on every (re)connect: amqp://user:pass@host:5672/vhost, or
 	// amqps:// for TLS. New refuses a URL that does not parse.
@@ -73,8 +73,8 @@ type Config struct {
 	// MaxBatch caps the deliveries a worker handles between two store commits. Default DefaultMaxBatch.
 	MaxBatch int
 
-	// Store keeps the dedup state. When nil, New opens a BoltStore at StorePath and Close closes it.
-	Store     Store
+	// StorePath is the bbolt file New opens as the Consumer's BoltStore (created if missing). Leave
+	// it empty with NewWithStore.
 	StorePath string
 	// Dedup bounds the dedup window: GapGrace (how long a missing range may stay open before it is
 	// reported), MaxAhead (the suspicious-jump bound), retention of epochs and idle streams.
@@ -142,9 +142,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Queue == "" {
 		return bad("no Queue")
-	}
-	if c.Store == nil && c.StorePath == "" {
-		return bad("neither Store nor StorePath")
 	}
 	if err := c.Topology.Validate(); err != nil {
 		return bad("%v", err)

@@ -22,21 +22,22 @@ import (
 // the redelivered message: make effects idempotent, or use a TxHandler.
 type Handler func(ctx context.Context, m *Message) error
 
-// TxHandler handles one message inside the bbolt transaction that records its dedup mark: its
-// writes through tx commit if and only if the message is marked handled, so a crash at any point
-// can neither lose nor repeat them. It runs on the store's writer goroutine, grouped with other
-// messages into one transaction, so it must be quick and must not block; it must not call
-// tx.Commit or tx.Rollback. An error (or a panic) rolls back its writes only; it is retried and
-// parked like a Handler's. It may be called more than once for one delivery (when another
-// handler of the same group fails, the group's transaction is rolled back and rerun without it);
-// only the writes of the call whose transaction commits take effect.
-type TxHandler func(ctx context.Context, tx *bolt.Tx, m *Message) error
+// TxHandler handles one message inside the store's transaction tx that records its dedup mark
+// (T is *bbolt.Tx for BoltStore): its writes through tx commit if and only if the message is
+// marked handled, so a crash at any point can neither lose nor repeat them. It runs on the store's
+// goroutine, grouped with other messages into one transaction, so it must be quick and must not
+// block; it must not commit or roll back tx. An error (or a panic) rolls back its writes only; it
+// is retried and parked like a Handler's. It may be called more than once for one delivery (when
+// another handler of the same group fails, the group's transaction is rolled back and rerun
+// without it); only the writes of the call whose transaction commits take effect.
+type TxHandler[T any] func(ctx context.Context, tx T, m *Message) error
 
-// Consumer consumes one queue with exactly-once effects. Create it with New, run it with Run or
-// RunTx, release it with Close.
-type Consumer struct {
+// Consumer consumes one queue with exactly-once effects, keeping its dedup state in a Store[T]
+// whose transactions are of type T. Create it with New (a BoltStore: T is *bbolt.Tx) or
+// NewWithStore, run it with Run or RunTx, release it with Close.
+type Consumer[T any] struct {
 	cfg       Config
-	store     Store
+	store     Store[T]
 	ownsStore bool
 	running   atomic.Bool
 
@@ -44,25 +45,50 @@ type Consumer struct {
 	closed  bool
 }
 
-// New validates cfg and opens the store (when cfg.Store is nil). It does not connect: Run does.
-func New(cfg Config) (*Consumer, error) {
+// New validates cfg and opens a BoltStore at cfg.StorePath, which Close closes. It does not
+// connect: Run does.
+func New(cfg Config) (*Consumer[*bolt.Tx], error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	c := &Consumer{cfg: cfg, store: cfg.Store}
-	if c.store == nil {
-		s, err := OpenBoltStore(cfg.StorePath, BoltOptions{Logger: cfg.Logger})
-		if err != nil {
-			return nil, err
-		}
-		c.store, c.ownsStore = s, true
+	if cfg.StorePath == "" {
+		return nil, fmt.Errorf("%w: no StorePath", ErrInvalidConfig)
 	}
-	return c, nil
+	s, err := OpenBoltStore(cfg.StorePath, BoltOptions{Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	return &Consumer[*bolt.Tx]{cfg: cfg, store: s, ownsStore: true}, nil
 }
 
-// Store returns the store in use (a *BoltStore unless Config.Store was set).
-func (c *Consumer) Store() Store { return c.store }
+// NewWithStore validates cfg (whose StorePath must be empty) and returns a Consumer keeping its
+// dedup state in store. Close leaves store open: the caller closes it after the Consumer.
+func NewWithStore[T any](cfg Config, store Store[T]) (*Consumer[T], error) {
+	if store == nil {
+		return nil, fmt.Errorf("%w: nil store", ErrInvalidConfig)
+	}
+	if cfg.StorePath != "" {
+		return nil, fmt.Errorf("%w: both a store and StorePath", ErrInvalidConfig)
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if sc := store.Scope(); sc != ScopeExclusive {
+		return nil, fmt.Errorf("%w: store of %s scope: only exclusive stores are supported yet", ErrInvalidConfig, sc)
+	}
+	return &Consumer[T]{cfg: cfg, store: store}, nil
+}
+
+// Store returns the store in use (a *BoltStore for a Consumer made by New).
+func (c *Consumer[T]) Store() Store[T] { return c.store }
+
+// View runs fn in a read-only transaction of the store, for reading what RunTx handlers wrote;
+// for a Consumer made by New, tx is a *bbolt.Tx. It may run while Run is active.
+func (c *Consumer[T]) View(ctx context.Context, fn func(tx T) error) error {
+	return c.store.View(ctx, fn)
+}
 
 // Run consumes until ctx ends, running h for every new message, then drains: it cancels the
 // consumer on the broker, lets the handlers already running finish (at most Config.DrainTimeout),
@@ -70,32 +96,27 @@ func (c *Consumer) Store() Store { return c.store }
 // unacked and are redelivered to the next consumer. Connection failures are retried with
 // Config.Reconnect (forever by default). Run returns an error wrapping ErrStore when the store fails
 // (nothing uncommitted was acked), ErrGaveUp when Config.Reconnect stopped retrying, ErrRunning when
-// another Run is active, ErrClosed after Close.
-func (c *Consumer) Run(ctx context.Context, h Handler) error {
+// another Run of this Consumer is active, ErrStoreInUse when another Consumer's Run holds the
+// store, ErrClosed after Close.
+func (c *Consumer[T]) Run(ctx context.Context, h Handler) error {
 	if h == nil {
 		return fmt.Errorf("%w: nil handler", ErrInvalidConfig)
 	}
-	return c.run(ctx, h, nil)
+	return c.run(ctx, h, &storeBackend[T]{store: c.store, rec: c.cfg.Metrics})
 }
 
-// RunTx is Run with a transactional handler. It needs the BoltStore, or a Store embedding one
-// (ErrNotTxStore otherwise).
-func (c *Consumer) RunTx(ctx context.Context, h TxHandler) error {
+// RunTx is Run with a transactional handler: h runs inside the store's transaction that marks the
+// message handled, so its writes through tx commit exactly once per message.
+func (c *Consumer[T]) RunTx(ctx context.Context, h TxHandler[T]) error {
 	if h == nil {
 		return fmt.Errorf("%w: nil handler", ErrInvalidConfig)
 	}
-	if _, ok := c.store.(boltBacked); !ok {
-		return ErrNotTxStore
-	}
-	return c.run(ctx, nil, h)
+	return c.run(ctx, nil, &storeBackend[T]{store: c.store, h: h, rec: c.cfg.Metrics})
 }
-
-// boltBacked is implemented by *BoltStore and by stores embedding it: their effects get a *bbolt.Tx.
-type boltBacked interface{ boltDB() *bolt.DB }
 
 // Close closes the store if New opened it. It does not stop a Run (end its context for that) and
 // is idempotent.
-func (c *Consumer) Close() error {
+func (c *Consumer[T]) Close() error {
 	c.closeMu.Lock()
 	defer c.closeMu.Unlock()
 	if c.closed {
@@ -108,7 +129,7 @@ func (c *Consumer) Close() error {
 	return nil
 }
 
-func (c *Consumer) run(ctx context.Context, h Handler, th TxHandler) error {
+func (c *Consumer[T]) run(ctx context.Context, h Handler, be backend) error {
 	c.closeMu.Lock()
 	closed := c.closed
 	c.closeMu.Unlock()
@@ -119,15 +140,13 @@ func (c *Consumer) run(ctx context.Context, h Handler, th TxHandler) error {
 		return ErrRunning
 	}
 	defer c.running.Store(false)
-	if cl, ok := c.store.(interface{ claim() (func(), error) }); ok {
-		release, err := cl.claim()
-		if err != nil {
-			return err
-		}
-		defer release()
+	release, err := be.claim(ctx)
+	if err != nil {
+		return err
 	}
+	defer release()
 
-	r, err := c.newRun(ctx, h, th)
+	r, err := newRun(ctx, &c.cfg, h, be)
 	if err != nil {
 		return err
 	}
@@ -137,7 +156,7 @@ func (c *Consumer) run(ctx context.Context, h Handler, th TxHandler) error {
 // run is the state of one Run call.
 type run struct {
 	cfg   *Config
-	store Store
+	store backend
 
 	ctx    context.Context // Run's ctx, also cancelled on a fatal error
 	cancel context.CancelCauseFunc
@@ -145,8 +164,7 @@ type run struct {
 	hctx    context.Context
 	hcancel context.CancelFunc
 
-	handler   Handler
-	txHandler TxHandler
+	handler Handler // nil for RunTx: store.transactional()
 
 	workers  []*worker
 	gen      atomic.Uint64 // current session; deliveries of older sessions are not handled
@@ -169,10 +187,9 @@ type run struct {
 	fatal   error
 }
 
-func (c *Consumer) newRun(ctx context.Context, h Handler, th TxHandler) (*run, error) {
-	cfg := &c.cfg
+func newRun(ctx context.Context, cfg *Config, h Handler, be backend) (*run, error) {
 	r := &run{
-		cfg: cfg, store: c.store, handler: h, txHandler: th,
+		cfg: cfg, store: be, handler: h,
 		stopCh: make(chan struct{}), auxStop: make(chan struct{}),
 		done: newQueue[doneTag](), events: newQueue[func()](),
 	}
@@ -185,7 +202,7 @@ func (c *Consumer) newRun(ctx context.Context, h Handler, th TxHandler) (*run, e
 		}
 		r.workers[i] = &worker{r: r, id: i, q: newQueue[*item](), tr: tr}
 	}
-	states, err := c.store.Load(ctx)
+	states, err := be.load(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -50,12 +50,11 @@ func TestDuplicatesInjected(t *testing.T) {
 			c, err := consumer.New(cfg)
 			require.NoError(t, err)
 			run := start(t, c, nil, func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error { return countEffect(tx, m) })
-			db := c.Store().(*consumer.BoltStore).DB()
-			eventually(t, 30*time.Second, "all effects", func() bool { return len(effects(t, db)) == len(want) })
+			eventually(t, 30*time.Second, "all effects", func() bool { return len(effectsOf(t, c)) == len(want) })
 			eventually(t, 10*time.Second, "duplicates counted", func() bool { return f.mem.Get(consumer.MetricDuplicates) == float64(len(want)) })
 			time.Sleep(400 * time.Millisecond) // two gap graces: reordering must not be reported
 			run.stop(t)
-			requireExactlyOnce(t, effects(t, db), want)
+			requireExactlyOnce(t, effectsOf(t, c), want)
 			require.Equal(t, float64(len(want)), f.mem.Get(consumer.MetricHandled))
 			require.Zero(t, f.messages(ch, f.queue), "every delivery acked")
 			gaps.Range(func(k, _ any) bool { t.Errorf("unexpected gap report %v", k); return true })
@@ -222,10 +221,9 @@ func TestBadInputs(t *testing.T) {
 				} else {
 					run = start(t, c, func(_ context.Context, m *consumer.Message) error { cnt.add(m); return nil }, nil)
 				}
-				db := c.Store().(*consumer.BoltStore).DB()
 				got := func() map[string]uint64 {
 					if tx {
-						return effects(t, db)
+						return effectsOf(t, c)
 					}
 					out := map[string]uint64{}
 					for k, v := range cnt.snapshot() {
@@ -284,12 +282,11 @@ func TestTxHandlerRetryKeepsStreamOrder(t *testing.T) {
 		}
 		return nil
 	})
-	db := c.Store().(*consumer.BoltStore).DB()
-	eventually(t, 20*time.Second, "all effects", func() bool { return len(effects(t, db)) == 40 })
+	eventually(t, 20*time.Second, "all effects", func() bool { return len(effectsOf(t, c)) == 40 })
 	run.stop(t)
 	want := append(seqKeys("s", "a", 1, 1, 20), seqKeys("s", "b", 1, 1, 20)...)
-	requireExactlyOnce(t, effects(t, db), want)
-	require.NoError(t, db.View(func(tx *bolt.Tx) error {
+	requireExactlyOnce(t, effectsOf(t, c), want)
+	require.NoError(t, c.View(context.Background(), func(tx *bolt.Tx) error {
 		return tx.Bucket([]byte("order")).ForEach(func(_, v []byte) error {
 			order = append(order, int64(beUint(v)))
 			return nil

@@ -41,7 +41,7 @@ type killingStore struct {
 	armed atomic.Bool
 }
 
-func (k *killingStore) Commit(ctx context.Context, b *consumer.Batch) error {
+func (k *killingStore) Commit(ctx context.Context, b *consumer.Batch[*bolt.Tx]) error {
 	err := k.BoltStore.Commit(ctx, b)
 	if err == nil && k.armed.Load() {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
@@ -61,11 +61,11 @@ func crashChild() int {
 	store := &killingStore{BoltStore: bs}
 	mem := &metrics.Memory{}
 	q := os.Getenv(childQueue)
-	c, err := consumer.New(consumer.Config{
-		URLs: []string{os.Getenv(childURL)}, Queue: q, Store: store, Metrics: mem, Logger: quietLogger(),
+	c, err := consumer.NewWithStore(consumer.Config{
+		URLs: []string{os.Getenv(childURL)}, Queue: q, Metrics: mem, Logger: quietLogger(),
 		Topology: topology.Topology{Queues: []topology.Queue{{Name: q}}},
 		MaxBatch: 16, // several commits, so that a kill lands between them
-	})
+	}, store)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "new:", err)
 		return 2
@@ -80,7 +80,7 @@ func crashChild() int {
 			for ctx.Err() == nil {
 				time.Sleep(100 * time.Millisecond)
 				var n int
-				_ = bs.DB().View(func(tx *bolt.Tx) error {
+				_ = c.View(ctx, func(tx *bolt.Tx) error {
 					if b := tx.Bucket(effectsBucket); b != nil {
 						n = b.Stats().KeyN
 					}

@@ -16,6 +16,13 @@
 //	err = c.RunTx(ctx, func(ctx context.Context, tx *bbolt.Tx, m *consumer.Message) error {
 //		return applyOrder(tx, m.Body) // commits together with the dedup mark
 //	})
+//	...
+//	err = c.View(ctx, func(tx *bbolt.Tx) error { return readOrders(tx) }) // what RunTx wrote
+//
+// The dedup state and the handlers' transactions belong to a Store[T], where T is the backend's
+// transaction type: New opens the default BoltStore (T is *bbolt.Tx); NewWithStore takes any other
+// Store, and RunTx's handler then gets that store's own transaction type. Package
+// consumer/storetest is the contract every Store passes.
 //
 // For every delivery the Consumer decodes the stamp and asks its dedup window (package
 // consumer/dedup) whether the stamp is new, a duplicate, suspicious (a sequence number absurdly far
@@ -32,8 +39,9 @@
 //
 // # Guarantees
 //
-//   - Exactly-once effects with RunTx: the handler's writes to the bbolt transaction, the dedup
-//     mark and the dedup state commit atomically and durably (fsync) before the ack. A crash at
+//   - Exactly-once effects with RunTx: the handler's writes to the store's transaction (the bbolt
+//     transaction of a BoltStore), the dedup mark and the dedup state commit atomically and
+//     durably (for BoltStore, fsync) before the ack. A crash at
 //     any point — before the commit, between commit and ack — either rolls all of it back (the
 //     message is redelivered and handled) or keeps all of it (the redelivery is dropped as a
 //     duplicate).
@@ -89,8 +97,10 @@
 //
 //   - One active Run per queue: the dedup window of a Run lives in its memory (loaded from the
 //     store at start), so two Runs — even sharing one Store — would each handle the other's
-//     redeliveries again. A BoltStore refuses a second concurrent Run (ErrStoreInUse) and locks its
-//     file against other processes. Scale with Config.Workers (per-stream order is kept), or
+//     redeliveries again. An exclusive store (ScopeExclusive, such as BoltStore) refuses a second
+//     concurrent Run through Store.Claim (ErrStoreInUse); a BoltStore also locks its file against
+//     other processes. Stores shared by competing consumers (ScopeShared) are specified in
+//     docs/DESIGN.md but not supported yet. Scale with Config.Workers (per-stream order is kept), or
 //     split streams across queues, each with its own consumer.
 //   - Messages without rk- headers under NoStampPassThrough get at-least-once handling only.
 //   - Parking is at-least-once: a crash or connection loss after the parking publish was confirmed

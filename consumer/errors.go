@@ -10,8 +10,6 @@ var (
 	ErrRunning = errors.New("consumer: already running")
 	// ErrInvalidConfig wraps every configuration problem New reports.
 	ErrInvalidConfig = errors.New("consumer: invalid config")
-	// ErrNotTxStore is returned by RunTx when the Consumer's store is not a *BoltStore.
-	ErrNotTxStore = errors.New("consumer: transactional handlers need the bbolt store")
 	// ErrLocked is returned by OpenBoltStore when another process holds the file.
 	ErrLocked = errors.New("consumer: store file is locked by another process")
 	// ErrSkipped is set on an Op that a Store did not apply because an earlier Op of the same
@@ -25,8 +23,8 @@ var (
 	// ErrGaveUp is returned by Run when Config.Reconnect stopped retrying (the default never does):
 	// the broker could not be reached. Messages not acked stay in the queue.
 	ErrGaveUp = errors.New("consumer: gave up reconnecting")
-	// ErrStoreInUse is returned by Run when another Run (of any Consumer) is using the same
-	// BoltStore: the dedup window lives in the running Run's memory, so two Runs on one store would
-	// apply each other's messages again.
+	// ErrStoreInUse is returned by Store.Claim, and so by Run, when another Run (of any Consumer)
+	// holds the same ScopeExclusive store (a BoltStore): the dedup window lives in the running
+	// Run's memory, so two Runs on one store would apply each other's messages again.
 	ErrStoreInUse = errors.New("consumer: store is in use by another Run")
 )

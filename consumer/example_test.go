@@ -19,7 +19,8 @@ import (
 
 // A transactional handler applies each order exactly once: its write to the "orders" bucket
 // commits in the same bbolt transaction as the dedup mark. The duplicate of order 2 (a publisher
-// resending after a lost confirm) is dropped.
+// resending after a lost confirm) is dropped. View then reads what the handler wrote, typed,
+// without reaching for the store.
 func ExampleConsumer_RunTx() {
 	url := os.Getenv("RABBITKIT_AMQP_URL")
 	if url == "" {
@@ -74,9 +75,22 @@ func ExampleConsumer_RunTx() {
 		return b.Put([]byte(m.Stamp.String()), m.Body)
 	})
 	fmt.Println("run:", err)
+
+	// Read back what the handler wrote, in a read transaction of the same store.
+	err = c.View(context.Background(), func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("orders")).ForEach(func(k, v []byte) error {
+			fmt.Printf("stored %s: %s\n", k, v)
+			return nil
+		})
+	})
+	fmt.Println("view:", err)
 	// Output:
 	// applying rk2:shop:1:orders:1: order 1
 	// applying rk2:shop:1:orders:2: order 2
 	// applying rk2:shop:1:orders:3: order 3
 	// run: <nil>
+	// stored rk2:shop:1:orders:1: order 1
+	// stored rk2:shop:1:orders:2: order 2
+	// stored rk2:shop:1:orders:3: order 3
+	// view: <nil>
 }

@@ -43,7 +43,7 @@ func TestGapLateEpochAndRestart(t *testing.T) {
 	f.publish(ch, stamped("src", "s", 1, 1, "x"), stamped("src", "s", 1, 2, "x"),
 		stamped("src", "s", 1, 5, "x"), stamped("src", "s", 1, 6, "x"))
 	var log eventLog
-	newConsumer := func() *consumer.Consumer {
+	newConsumer := func() *consumer.Consumer[*bolt.Tx] {
 		cfg := f.config()
 		cfg.Dedup.GapGrace = 200 * time.Millisecond
 		cfg.OnGap, cfg.OnLate, cfg.OnEpoch = log.add, log.add, log.add
@@ -131,7 +131,7 @@ type failingStore struct {
 	left atomic.Int32
 }
 
-func (s *failingStore) Commit(ctx context.Context, b *consumer.Batch) error {
+func (s *failingStore) Commit(ctx context.Context, b *consumer.Batch[*bolt.Tx]) error {
 	if s.left.Add(-1) < 0 {
 		return errors.New("disk full")
 	}
@@ -149,14 +149,14 @@ func TestStoreFailureStopsRun(t *testing.T) {
 	fs := &failingStore{BoltStore: bs}
 	fs.left.Store(3)
 	cfg := f.config()
-	cfg.Store, cfg.StorePath, cfg.MaxBatch = fs, "", 5
-	c, err := consumer.New(cfg)
+	cfg.StorePath, cfg.MaxBatch = "", 5
+	c, err := consumer.NewWithStore(cfg, fs)
 	require.NoError(t, err)
 	tx := func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error { return countEffect(tx, m) }
 	err = c.RunTx(context.Background(), tx)
 	require.ErrorIs(t, err, consumer.ErrStore)
 	require.ErrorContains(t, err, "disk full")
-	committed := len(effects(t, bs.DB()))
+	committed := len(effectsOf(t, c))
 	require.Positive(t, committed)
 	require.Less(t, committed, 100)
 	eventually(t, 10*time.Second, "uncommitted deliveries back in the queue", func() bool {
@@ -165,9 +165,9 @@ func TestStoreFailureStopsRun(t *testing.T) {
 
 	fs.left.Store(1 << 30) // the disk has room again
 	run := start(t, c, nil, tx)
-	eventually(t, 20*time.Second, "the rest", func() bool { return len(effects(t, bs.DB())) == 100 })
+	eventually(t, 20*time.Second, "the rest", func() bool { return len(effectsOf(t, c)) == 100 })
 	run.stop(t)
-	requireExactlyOnce(t, effects(t, bs.DB()), want)
+	requireExactlyOnce(t, effectsOf(t, c), want)
 	require.NoError(t, bs.Close())
 }
 

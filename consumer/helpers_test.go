@@ -151,7 +151,7 @@ func (r *running) stop(t *testing.T) {
 	}
 }
 
-func start(t *testing.T, c *consumer.Consumer, h consumer.Handler, th consumer.TxHandler) *running {
+func start(t *testing.T, c *consumer.Consumer[*bolt.Tx], h consumer.Handler, th consumer.TxHandler[*bolt.Tx]) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -176,12 +176,15 @@ func start(t *testing.T, c *consumer.Consumer, h consumer.Handler, th consumer.T
 var effectsBucket = []byte("effects")
 
 // countEffect is a TxHandler body: effects[messageKey]++ in the dedup transaction.
-func countEffect(tx *bolt.Tx, m *consumer.Message) error {
+func countEffect(tx *bolt.Tx, m *consumer.Message) error { return incrEffect(tx, effectKey(m)) }
+
+// incrEffect adds one to the effect count of key in tx.
+func incrEffect(tx *bolt.Tx, key string) error {
 	b, err := tx.CreateBucketIfNotExists(effectsBucket)
 	if err != nil {
 		return err
 	}
-	k := []byte(effectKey(m))
+	k := []byte(key)
 	var n uint64
 	if v := b.Get(k); v != nil {
 		n = binary.BigEndian.Uint64(v)
@@ -196,21 +199,39 @@ func effectKey(m *consumer.Message) string {
 	return "unstamped/" + string(m.Body)
 }
 
-// effects reads every effect count from the store's file.
+// effects reads every effect count from a bbolt file opened by the test.
 func effects(t *testing.T, db *bolt.DB) map[string]uint64 {
 	t.Helper()
-	out := map[string]uint64{}
-	require.NoError(t, db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(effectsBucket)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			out[string(k)] = binary.BigEndian.Uint64(v)
-			return nil
-		})
-	}))
+	var out map[string]uint64
+	require.NoError(t, db.View(func(tx *bolt.Tx) (err error) { out, err = readEffects(tx); return err }))
 	return out
+}
+
+// viewer is a Consumer[*bbolt.Tx] or a BoltStore: what a test reads effects through while the
+// store is open.
+type viewer interface {
+	View(ctx context.Context, fn func(tx *bolt.Tx) error) error
+}
+
+// effectsOf reads every effect count through the consumer's (or store's) View.
+func effectsOf(t *testing.T, v viewer) map[string]uint64 {
+	t.Helper()
+	var out map[string]uint64
+	require.NoError(t, v.View(context.Background(), func(tx *bolt.Tx) (err error) { out, err = readEffects(tx); return err }))
+	return out
+}
+
+func readEffects(tx *bolt.Tx) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	b := tx.Bucket(effectsBucket)
+	if b == nil {
+		return out, nil
+	}
+	err := b.ForEach(func(k, v []byte) error {
+		out[string(k)] = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return out, err
 }
 
 // counter counts plain-handler effects per message.

@@ -24,9 +24,14 @@ func openTestStore(t *testing.T) (*BoltStore, string) {
 	return s, path
 }
 
-func put(key string) Effect {
-	return func(tx any) error {
-		b, err := tx.(*bolt.Tx).CreateBucketIfNotExists([]byte("fx"))
+type (
+	boltBatch = Batch[*bolt.Tx]
+	boltOp    = Op[*bolt.Tx]
+)
+
+func put(key string) func(*bolt.Tx) error {
+	return func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("fx"))
 		if err != nil {
 			return err
 		}
@@ -53,13 +58,13 @@ func TestBoltStoreFailedEffectIsRolledBackAlone(t *testing.T) {
 	boom := errors.New("boom")
 	calls := 0
 	var applied []bool
-	batch := &Batch{
-		Ops: []Op{
+	batch := &boltBatch{
+		Ops: []boltOp{
 			{Key: a, Effect: put("a1")},
-			{Key: a, Effect: func(any) error { return boom }},
+			{Key: a, Effect: func(*bolt.Tx) error { return boom }},
 			{Key: a, Effect: put("a3")}, // after the failure in its stream: skipped
 			{Key: b, Effect: put("b1")},
-			{Key: b, Effect: func(any) error { panic("kaput") }},
+			{Key: b, Effect: func(*bolt.Tx) error { panic("kaput") }},
 			{Key: b}, // mark-only op after the panic: skipped too
 		},
 		States: func(ap []bool) []StreamState {
@@ -81,7 +86,7 @@ func TestBoltStoreFailedEffectIsRolledBackAlone(t *testing.T) {
 	require.Equal(t, []StreamState{{Key: a, State: []byte("state-a")}}, states)
 
 	// nil State deletes.
-	require.NoError(t, s.Commit(context.Background(), &Batch{States: func([]bool) []StreamState { return []StreamState{{Key: a}} }}))
+	require.NoError(t, s.Commit(context.Background(), &boltBatch{States: func([]bool) []StreamState { return []StreamState{{Key: a}} }}))
 	states, err = s.Load(context.Background())
 	require.NoError(t, err)
 	require.Empty(t, states)
@@ -94,8 +99,8 @@ func TestBoltStoreGroupsConcurrentCommits(t *testing.T) {
 	for i := range 50 {
 		wg.Go(func() {
 			k := dedup.Key{Source: "s", Stream: fmt.Sprint(i)}
-			errs <- s.Commit(context.Background(), &Batch{
-				Ops:    []Op{{Key: k, Effect: put(fmt.Sprint(i))}},
+			errs <- s.Commit(context.Background(), &boltBatch{
+				Ops:    []boltOp{{Key: k, Effect: put(fmt.Sprint(i))}},
 				States: func([]bool) []StreamState { return []StreamState{{Key: k, State: []byte{byte(i)}}} },
 			})
 		})
@@ -108,7 +113,7 @@ func TestBoltStoreGroupsConcurrentCommits(t *testing.T) {
 	require.Len(t, keysIn(t, s), 50)
 	require.NoError(t, s.Close())
 	require.NoError(t, s.Close(), "Close is idempotent")
-	require.ErrorIs(t, s.Commit(context.Background(), &Batch{}), ErrClosed)
+	require.ErrorIs(t, s.Commit(context.Background(), &boltBatch{}), ErrClosed)
 
 	s2, err := OpenBoltStore(path, BoltOptions{})
 	require.NoError(t, err)
@@ -172,7 +177,6 @@ func TestConfigValidation(t *testing.T) {
 	}{
 		{"no urls", func(c *Config) { c.URLs = nil }},
 		{"no queue", func(c *Config) { c.Queue = "" }},
-		{"no store", func(c *Config) { c.StorePath = "" }},
 		{"negative prefetch", func(c *Config) { c.Prefetch = -1 }},
 		{"prefetch above the AMQP limit", func(c *Config) { c.Prefetch = 65536 }},
 		{"parking is the queue", func(c *Config) { c.ParkingQueue = "q" }},
@@ -187,6 +191,10 @@ func TestConfigValidation(t *testing.T) {
 			require.ErrorIs(t, err, ErrInvalidConfig)
 		})
 	}
+	_, err := New(Config{URLs: ok.URLs, Queue: ok.Queue})
+	require.ErrorIs(t, err, ErrInvalidConfig, "New without StorePath")
+	_, err = NewWithStore[*bolt.Tx](ok, nil)
+	require.ErrorIs(t, err, ErrInvalidConfig, "NewWithStore without a store")
 	c, err := ok.withDefaults()
 	require.NoError(t, err)
 	require.Equal(t, "q.parked", c.ParkingQueue)

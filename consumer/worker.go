@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
@@ -105,7 +103,7 @@ func (w *worker) process(items []*item) {
 // that followed them.
 func (w *worker) processOnce(items []*item) []*item {
 	r := w.r
-	b := &Batch{Ops: make([]Op, 0, len(items))}
+	b := r.store.newBatch(r.hctx, len(items))
 	ents := make([]entry, 0, len(items))
 	var local map[protocol.Stamp]uint64 // stamps handled earlier in this batch
 	for _, it := range items {
@@ -150,8 +148,8 @@ func (w *worker) processOnce(items []*item) []*item {
 					w.conflict(it.stamp, v.StoredHash, e.hash)
 				}
 				e.kind, e.at = outDuplicate, time.Now()
-				e.op = len(b.Ops) // ordered with its stream: acked only if what precedes it commits
-				b.Ops = append(b.Ops, Op{Key: it.key})
+				// Ordered with its stream: acked only if what precedes it commits.
+				e.op = b.add(opSpec{key: it.key, stamp: it.stamp, verdict: v})
 			case dedup.KindSuspicious:
 				ok = w.park(&e, fmt.Sprintf("suspicious rk-seq %d: more than MaxAhead above the stream's watermark (or an invalid stamp)", it.stamp.Seq), false)
 			default: // dedup.KindStaleEpoch
@@ -169,12 +167,12 @@ func (w *worker) processOnce(items []*item) []*item {
 	if len(ents) == 0 {
 		return nil
 	}
-	if r.txHandler == nil {
+	if !r.store.transactional() {
 		w.commitAsync(ents, b)
 		return nil
 	}
 	w.settle()
-	b.States = func(applied []bool) []StreamState {
+	b.setStates(func(applied []bool) []StreamState {
 		now := time.Now()
 		for i := range ents {
 			e := &ents[i]
@@ -185,10 +183,10 @@ func (w *worker) processOnce(items []*item) []*item {
 		}
 		w.keys = w.tr.TakeDirty(w.keys[:0])
 		return w.states(w.keys)
-	}
+	})
 	start := time.Now()
 	// Not cancellable: the store's goroutine may be inside States, touching w.tr.
-	if err := r.store.Commit(context.WithoutCancel(r.ctx), b); err != nil {
+	if err := b.commit(context.WithoutCancel(r.ctx)); err != nil {
 		w.broken = true
 		r.fail(wrapStore(err))
 		return nil
@@ -198,24 +196,17 @@ func (w *worker) processOnce(items []*item) []*item {
 
 // handle runs the handler (plain) or queues its effect (transactional). It reports false when the
 // delivery must be left unacked (stopping, or its session ended).
-func (w *worker) handle(b *Batch, e *entry, stamped bool) bool {
+func (w *worker) handle(b batch, e *entry, stamped bool) bool {
 	r, it := w.r, e.it
-	if r.txHandler != nil {
+	if r.store.transactional() {
 		if it.attempt >= r.cfg.MaxAttempts {
 			return w.park(e, fmt.Sprintf("handler failed %d times: %v", it.attempt, it.lastErr), stamped)
 		}
-		msg := newMessage(&it.d, it.stamp, stamped, it.attempt+1)
-		h, hctx, rec := r.txHandler, r.hctx, r.cfg.Metrics
 		e.kind = outHandled
 		if !stamped {
 			e.kind = outPassed
 		}
-		e.op = len(b.Ops)
-		b.Ops = append(b.Ops, Op{Key: it.key, Effect: func(tx any) error {
-			start := time.Now()
-			defer func() { rec.Observe(MetricHandlerSeconds, time.Since(start).Seconds()) }()
-			return h(hctx, tx.(*bolt.Tx), msg)
-		}})
+		e.op = b.add(w.opOf(e, stamped, newMessage(&it.d, it.stamp, stamped, it.attempt+1)))
 		return true
 	}
 	for {
@@ -230,8 +221,7 @@ func (w *worker) handle(b *Batch, e *entry, stamped bool) bool {
 				e.kind = outPassed
 			}
 			if stamped {
-				e.op = len(b.Ops)
-				b.Ops = append(b.Ops, Op{Key: it.key})
+				e.op = b.add(w.opOf(e, true, nil))
 			}
 			return true
 		}
@@ -246,6 +236,16 @@ func (w *worker) handle(b *Batch, e *entry, stamped bool) bool {
 			return false
 		}
 	}
+}
+
+// opOf is the op of a delivery being handled: marked when stamped, running msg's transactional
+// handler when msg is not nil.
+func (w *worker) opOf(e *entry, stamped bool, msg *Message) opSpec {
+	o := opSpec{key: e.it.key, msg: msg}
+	if stamped {
+		o.stamp, o.mark, o.hash, o.verdict = e.it.stamp, true, e.hash, dedup.Verdict{Kind: dedup.KindNew}
+	}
+	return o
 }
 
 func (w *worker) handlerFailed(it *item, err error) {
@@ -295,16 +295,6 @@ func (w *worker) park(e *entry, reason string, accounted bool) bool {
 	return true
 }
 
-func (w *worker) conflict(s protocol.Stamp, first, dup uint64) {
-	r := w.r
-	r.cfg.Metrics.Add(MetricConflicts, 1)
-	r.cfg.Logger.Error("consumer: duplicate stamp with a different body; dropped, the first body's effect stands", "stamp", s.String())
-	if cb := r.cfg.OnConflict; cb != nil {
-		c := Conflict{Stamp: s, FirstHash: first, DupHash: dup}
-		r.events.push(func() { cb(c) })
-	}
-}
-
 // expire reports gaps past their grace and compacts idle streams, persisting what changed.
 func (w *worker) expire() {
 	w.settle()
@@ -315,8 +305,9 @@ func (w *worker) expire() {
 	w.keys = w.tr.TakeDirty(w.keys[:0])
 	if len(w.keys) > 0 {
 		states := w.states(w.keys)
-		b := &Batch{States: func([]bool) []StreamState { return states }}
-		if err := w.r.store.Commit(context.WithoutCancel(w.r.ctx), b); err != nil {
+		b := w.r.store.newBatch(w.r.hctx, 0)
+		b.setStates(func([]bool) []StreamState { return states })
+		if err := b.commit(context.WithoutCancel(w.r.ctx)); err != nil {
 			w.broken = true
 			w.r.fail(wrapStore(err))
 			return
@@ -336,46 +327,6 @@ func (w *worker) states(keys []dedup.Key) []StreamState {
 	}
 	w.streams.Store(int64(w.tr.Len()))
 	return out
-}
-
-// report logs, counts and queues the callbacks of the events of the last commit.
-func (w *worker) report() {
-	if len(w.evs) == 0 {
-		return
-	}
-	r := w.r
-	for _, ev := range w.evs {
-		var cb func(dedup.Event)
-		switch ev.Kind {
-		case dedup.EventGapDetected:
-			r.cfg.Metrics.Add(MetricGaps, 1)
-			r.cfg.Logger.Error("consumer: gap: messages missing", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch, "from", ev.From, "to", ev.To, "since", ev.Since)
-			cb = r.cfg.OnGap
-		case dedup.EventGapGivenUp:
-			r.cfg.Metrics.Add(MetricGapsGivenUp, 1)
-			r.cfg.Logger.Error("consumer: gap given up: no longer waiting for messages", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch, "from", ev.From, "to", ev.To, "since", ev.Since)
-			cb = r.cfg.OnGap
-		case dedup.EventLateArrival:
-			r.cfg.Metrics.Add(MetricLate, 1)
-			r.cfg.Logger.Warn("consumer: late arrival handled", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch, "seq", ev.From)
-			cb = r.cfg.OnLate
-		case dedup.EventEpochChanged:
-			r.cfg.Metrics.Add(MetricEpochChanges, 1)
-			r.cfg.Logger.Info("consumer: new epoch", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch, "old_epoch", ev.OldEpoch)
-			cb = r.cfg.OnEpoch
-		case dedup.EventEpochRetired:
-			cb = r.cfg.OnEpoch
-			r.cfg.Logger.Info("consumer: epoch retired", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch)
-		default:
-			r.cfg.Logger.Warn("consumer: dedup event", "event", ev.String())
-		}
-		if cb != nil {
-			ev := ev
-			r.events.push(func() { cb(ev) })
-		}
-	}
-	clear(w.evs)
-	w.evs = w.evs[:0]
 }
 
 // sleep waits d unless the run is stopping.

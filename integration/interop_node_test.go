@@ -479,7 +479,6 @@ func testNodePublish(t *testing.T, node string) {
 		t.Fatalf("consumer.New: %v", err)
 	}
 	defer c.Close()
-	db := c.Store().(*consumer.BoltStore).DB()
 	effectsB, orderB := []byte("effects"), []byte("order")
 	handler := func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error {
 		k := "unstamped/" + string(m.Body)
@@ -544,7 +543,7 @@ func testNodePublish(t *testing.T, node string) {
 
 	readEffects := func() map[string]uint64 {
 		out := map[string]uint64{}
-		if err := db.View(func(tx *bolt.Tx) error {
+		if err := c.View(context.Background(), func(tx *bolt.Tx) error {
 			b := tx.Bucket(effectsB)
 			if b == nil {
 				return nil
@@ -679,7 +678,7 @@ func testNodePublish(t *testing.T, node string) {
 		}
 	}
 	gotOrder := map[streamKey][]int64{}
-	if err := db.View(func(tx *bolt.Tx) error {
+	if err := c.View(context.Background(), func(tx *bolt.Tx) error {
 		b := tx.Bucket(orderB)
 		if b == nil {
 			return nil

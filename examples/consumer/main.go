@@ -231,9 +231,11 @@ func dump(w io.Writer, path string) error {
 	}
 	defer db.Close()
 	bw := bufio.NewWriter(w)
-	err = ledger.Dump(db, func(s protocol.Stamp, n int64) error {
-		_, err := bw.WriteString(history.FormatApplied(history.Applied{Stamp: s, Count: n}) + "\n")
-		return err
+	err = db.View(func(tx *bolt.Tx) error {
+		return ledger.Dump(tx, func(s protocol.Stamp, n int64) error {
+			_, err := bw.WriteString(history.FormatApplied(history.Applied{Stamp: s, Count: n}) + "\n")
+			return err
+		})
 	})
 	if err != nil {
 		return err

@@ -82,10 +82,6 @@ func (d *demo) run(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	defer con.Close()
-	store, ok := con.Store().(*consumer.BoltStore)
-	if !ok {
-		return false, errors.New("the consumer's store is not the bbolt store")
-	}
 
 	fmt.Printf("rabbitkit demo: publishing %.0f msg/s for %v through a proxy that breaks the connections every ~%v.\n",
 		d.o.rate, d.o.duration, d.o.faultEvery)
@@ -143,7 +139,7 @@ func (d *demo) run(ctx context.Context) (bool, error) {
 	if err := pub.Flush(settle); err != nil {
 		fmt.Fprintf(os.Stderr, "\ndemo: not everything was confirmed within %v: %v\n", d.o.settle, err)
 	}
-	d.waitApplied(settle, store.DB())
+	d.waitApplied(settle, con)
 	sleep(ctx, time.Second) // late duplicates, if any, land in the ledger too
 	stopConsumer()
 	stopProgress()
@@ -156,7 +152,7 @@ func (d *demo) run(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("consumer: %w", runErr)
 	}
 
-	res, err := d.check(store.DB())
+	res, err := d.check(con)
 	if err != nil {
 		return false, err
 	}
@@ -187,12 +183,13 @@ func (d *demo) publish(ctx context.Context, pub *publisher.Publisher) error {
 }
 
 // waitApplied polls the ledger until every accepted message was applied or ctx ends.
-func (d *demo) waitApplied(ctx context.Context, db *bolt.DB) {
+func (d *demo) waitApplied(ctx context.Context, con *consumer.Consumer[*bolt.Tx]) {
 	d.mu.Lock()
 	want := append([]protocol.Stamp(nil), d.accepted...)
 	d.mu.Unlock()
 	for i := 0; i < len(want); {
-		n, err := ledger.Read(db, want[i])
+		var n int64
+		err := con.View(ctx, func(tx *bolt.Tx) (err error) { n, err = ledger.Read(tx, want[i]); return err })
 		if err == nil && n > 0 {
 			i++
 			continue
@@ -204,11 +201,13 @@ func (d *demo) waitApplied(ctx context.Context, db *bolt.DB) {
 }
 
 // check runs the exactly-once checker on what was accepted and what the ledger holds.
-func (d *demo) check(db *bolt.DB) (history.Result, error) {
+func (d *demo) check(con *consumer.Consumer[*bolt.Tx]) (history.Result, error) {
 	var h history.History
-	err := ledger.Dump(db, func(s protocol.Stamp, n int64) error {
-		h.Ledger = append(h.Ledger, history.Applied{Stamp: s, Count: n})
-		return nil
+	err := con.View(context.Background(), func(tx *bolt.Tx) error {
+		return ledger.Dump(tx, func(s protocol.Stamp, n int64) error {
+			h.Ledger = append(h.Ledger, history.Applied{Stamp: s, Count: n})
+			return nil
+		})
 	})
 	if err != nil {
 		return history.Result{}, fmt.Errorf("read ledger: %w", err)

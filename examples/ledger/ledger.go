@@ -7,12 +7,13 @@
 // # Guarantees
 //
 // Increment adds one to the message's counter in the caller's transaction: it is durable exactly
-// when that transaction commits. Read and Dump see only committed counters.
+// when that transaction commits. Read and Dump, in a read transaction (bbolt's DB.View, or
+// consumer.Consumer.View while the consumer runs), see only committed counters.
 //
 // # Concurrency
 //
-// Increment runs in the caller's write transaction (bbolt allows one at a time); Read and Dump
-// open read transactions and may run beside it.
+// Increment runs in the caller's write transaction (bbolt allows one at a time); Read and Dump run
+// in the caller's read transaction, which may run beside it.
 //
 // # Caveats
 //
@@ -56,44 +57,37 @@ func Increment(tx *bolt.Tx, s protocol.Stamp) (int64, error) {
 	return n, nil
 }
 
-// Read returns the counter of s (0 when the message was never applied).
-func Read(db *bolt.DB, s protocol.Stamp) (int64, error) {
-	var n int64
-	err := db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(Bucket)
-		if b == nil {
-			return nil
-		}
-		v := b.Get(Key(s))
-		if v == nil {
-			return nil
+// Read returns the counter of s in tx (0 when the message was never applied).
+func Read(tx *bolt.Tx, s protocol.Stamp) (int64, error) {
+	b := tx.Bucket(Bucket)
+	if b == nil {
+		return 0, nil
+	}
+	v := b.Get(Key(s))
+	if v == nil {
+		return 0, nil
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: value of %s has %d bytes", ErrCorrupt, s, len(v))
+	}
+	return int64(binary.BigEndian.Uint64(v)), nil
+}
+
+// Dump calls fn for every counter in tx, ordered by key. An error from fn stops it and is returned.
+func Dump(tx *bolt.Tx, fn func(s protocol.Stamp, count int64) error) error {
+	b := tx.Bucket(Bucket)
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(k, v []byte) error {
+		s, err := ParseKey(k)
+		if err != nil {
+			return err
 		}
 		if len(v) != 8 {
 			return fmt.Errorf("%w: value of %s has %d bytes", ErrCorrupt, s, len(v))
 		}
-		n = int64(binary.BigEndian.Uint64(v))
-		return nil
-	})
-	return n, err
-}
-
-// Dump calls fn for every counter, ordered by key. An error from fn stops it and is returned.
-func Dump(db *bolt.DB, fn func(s protocol.Stamp, count int64) error) error {
-	return db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(Bucket)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			s, err := ParseKey(k)
-			if err != nil {
-				return err
-			}
-			if len(v) != 8 {
-				return fmt.Errorf("%w: value of %s has %d bytes", ErrCorrupt, s, len(v))
-			}
-			return fn(s, int64(binary.BigEndian.Uint64(v)))
-		})
+		return fn(s, int64(binary.BigEndian.Uint64(v)))
 	})
 }
 

@@ -37,18 +37,23 @@ func TestLedger(t *testing.T) {
 		return err
 	}))
 
-	n, err := Read(db, a)
-	require.NoError(t, err)
-	require.EqualValues(t, 2, n)
-	n, err = Read(db, b)
-	require.NoError(t, err)
-	require.EqualValues(t, 0, n)
+	require.NoError(t, db.View(func(tx *bolt.Tx) error {
+		n, err := Read(tx, a)
+		require.NoError(t, err)
+		require.EqualValues(t, 2, n)
+		n, err = Read(tx, b)
+		require.NoError(t, err)
+		require.EqualValues(t, 0, n)
+		return nil
+	}))
 
 	var got []protocol.Stamp
-	require.NoError(t, Dump(db, func(s protocol.Stamp, c int64) error {
-		got = append(got, s)
-		require.EqualValues(t, 2, c)
-		return nil
+	require.NoError(t, db.View(func(tx *bolt.Tx) error {
+		return Dump(tx, func(s protocol.Stamp, c int64) error {
+			got = append(got, s)
+			require.EqualValues(t, 2, c)
+			return nil
+		})
 	}))
 	require.Equal(t, []protocol.Stamp{a}, got)
 }
