@@ -20,6 +20,17 @@ var (
 	// ErrStore wraps a failure of the store. Run returns it: nothing uncommitted is acked, so every
 	// message not yet committed is redelivered to the next Run.
 	ErrStore = errors.New("consumer: store failed")
+	// ErrStoreUnavailable is wrapped by a ScopeShared store's errors that leave nothing to assume
+	// and are worth retrying: the database could not be reached, the connection was lost, a
+	// serialization failure or deadlock outlasted the store's own retries. The Run does not stop:
+	// it leaves the batch's deliveries unacked, backs off (Config.Reconnect's policy) and commits
+	// the same batch again in a fresh transaction, whose dedup check decides what had committed.
+	ErrStoreUnavailable = errors.New("consumer: store unavailable")
+	// ErrCommitUnknown is wrapped (together with ErrStoreUnavailable) when the connection was lost
+	// while COMMIT was in flight, or the server answered 40003: the batch may or may not have
+	// committed. It is counted (MetricCommitUnknown), never charged to a handler, and settled by
+	// committing the batch again: what had committed comes back as duplicates.
+	ErrCommitUnknown = errors.New("consumer: commit outcome unknown")
 	// ErrGaveUp is returned by Run when Config.Reconnect stopped retrying (the default never does):
 	// the broker could not be reached. Messages not acked stay in the queue.
 	ErrGaveUp = errors.New("consumer: gave up reconnecting")

@@ -115,3 +115,22 @@ type Store[T any] interface {
 	View(ctx context.Context, fn func(tx T) error) error
 	Close() error
 }
+
+// SharedStore is what a ScopeShared store adds to Store[T]; NewWithStore refuses a shared store
+// without it.
+//
+//   - DedupConfig is the dedup.Config the store classifies with inside its transactions. The Run's
+//     cache uses the same one, so Config.Dedup must be left zero with a shared store.
+//   - Peek returns the committed states of the streams keys names (a key without state is left
+//     out), read without locking anything. The Run refreshes its cache with it before it
+//     classifies a batch, so that a redelivery of what another replica committed is known for a
+//     duplicate before any handler runs, and a number far above a stale cache is not taken for a
+//     suspicious jump.
+//
+// Commit errors that are worth retrying (the database unreachable, the connection lost, an
+// unknown COMMIT outcome) wrap ErrStoreUnavailable, and ErrCommitUnknown when COMMIT was in
+// flight; any other error stops the Run, as for an exclusive store.
+type SharedStore interface {
+	DedupConfig() dedup.Config
+	Peek(ctx context.Context, keys []dedup.Key) ([]StreamState, error)
+}
