@@ -20,6 +20,10 @@ type backend interface {
 	transactional() bool
 	// newBatch starts an empty batch; the handlers it runs get hctx.
 	newBatch(hctx context.Context, n int) batch
+	// shared reports a ScopeShared store: the worker's window is a cache refreshed with peek, and
+	// the verdicts and events that count come back from commit.
+	shared() bool
+	peek(ctx context.Context, keys []dedup.Key) ([]StreamState, error)
 }
 
 // opSpec is an Op without its store's transaction type.
@@ -37,13 +41,32 @@ type batch interface {
 	add(o opSpec) int // returns the op's index
 	err(i int) error  // the op's Err after commit
 	setStates(func(applied []bool) []StreamState)
+	setExpire(now time.Time)
+	reset() // clears what a failed commit left (Err, Verdict, Events) to commit the batch again
 	commit(ctx context.Context) error
+	verdict(i int) dedup.Verdict // the op's Verdict after commit (a shared store's decision)
+	events() []dedup.Event       // a shared store's events of the commit
 }
 
 type storeBackend[T any] struct {
 	store Store[T]
+	sh    SharedStore  // nil for an exclusive store
 	h     TxHandler[T] // nil for Run
 	rec   metrics.Recorder
+}
+
+func newBackend[T any](store Store[T], h TxHandler[T], rec metrics.Recorder) *storeBackend[T] {
+	be := &storeBackend[T]{store: store, h: h, rec: rec}
+	if store.Scope() == ScopeShared {
+		be.sh, _ = store.(SharedStore) // NewWithStore checked it
+	}
+	return be
+}
+
+func (s *storeBackend[T]) shared() bool { return s.sh != nil }
+
+func (s *storeBackend[T]) peek(ctx context.Context, keys []dedup.Key) ([]StreamState, error) {
+	return s.sh.Peek(ctx, keys)
 }
 
 func (s *storeBackend[T]) claim(ctx context.Context) (func(), error) { return s.store.Claim(ctx) }
@@ -59,9 +82,10 @@ func (s *storeBackend[T]) newBatch(hctx context.Context, n int) batch {
 }
 
 type typedBatch[T any] struct {
-	be   *storeBackend[T]
-	hctx context.Context
-	b    Batch[T]
+	be       *storeBackend[T]
+	hctx     context.Context
+	b        Batch[T]
+	verdicts []dedup.Verdict // as added, for reset
 }
 
 func (b *typedBatch[T]) add(o opSpec) int {
@@ -75,6 +99,7 @@ func (b *typedBatch[T]) add(o opSpec) int {
 		}
 	}
 	b.b.Ops = append(b.b.Ops, op)
+	b.verdicts = append(b.verdicts, o.verdict)
 	return len(b.b.Ops) - 1
 }
 
@@ -82,4 +107,17 @@ func (b *typedBatch[T]) err(i int) error { return b.b.Ops[i].Err }
 
 func (b *typedBatch[T]) setStates(f func([]bool) []StreamState) { b.b.States = f }
 
+func (b *typedBatch[T]) setExpire(now time.Time) { b.b.Expire = now }
+
+func (b *typedBatch[T]) reset() {
+	for i := range b.b.Ops {
+		b.b.Ops[i].Err, b.b.Ops[i].Verdict = nil, b.verdicts[i]
+	}
+	b.b.Events = nil
+}
+
 func (b *typedBatch[T]) commit(ctx context.Context) error { return b.be.store.Commit(ctx, &b.b) }
+
+func (b *typedBatch[T]) verdict(i int) dedup.Verdict { return b.b.Ops[i].Verdict }
+
+func (b *typedBatch[T]) events() []dedup.Event { return b.b.Events }

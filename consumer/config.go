@@ -95,8 +95,13 @@ type Config struct {
 	// Reconnect is the backoff between connection attempts. Default: exponential 100ms..5s,
 	// forever (internal/amqpconn).
 	Reconnect func() backoff.BackOff
-	Heartbeat time.Duration // default 2s
-	Name      string        // connection name shown in the management UI; default "rabbitkit-consumer"
+	// StoreRetry is the backoff between attempts to reach a shared store (ScopeShared) that is
+	// unavailable: its batch's deliveries stay unacked meanwhile and no new ones are taken beyond
+	// Prefetch. Default: exponential 100ms..5s, forever. Not used with an exclusive store, whose
+	// failure ends Run.
+	StoreRetry func() backoff.BackOff
+	Heartbeat  time.Duration // default 2s
+	Name       string        // connection name shown in the management UI; default "rabbitkit-consumer"
 
 	Logger  *slog.Logger     // default slog.Default()
 	Metrics metrics.Recorder // default metrics.Nop

@@ -71,12 +71,23 @@ func NewWithStore[T any](cfg Config, store Store[T]) (*Consumer[T], error) {
 	if cfg.StorePath != "" {
 		return nil, fmt.Errorf("%w: both a store and StorePath", ErrInvalidConfig)
 	}
+	switch sc := store.Scope(); sc {
+	case ScopeExclusive:
+	case ScopeShared:
+		ss, ok := store.(SharedStore)
+		if !ok {
+			return nil, fmt.Errorf("%w: a store of shared scope must implement SharedStore", ErrInvalidConfig)
+		}
+		if cfg.Dedup != (dedup.Config{}) {
+			return nil, fmt.Errorf("%w: Config.Dedup is set, but a shared store classifies with its own dedup.Config: set it on the store", ErrInvalidConfig)
+		}
+		cfg.Dedup = ss.DedupConfig()
+	default:
+		return nil, fmt.Errorf("%w: store of unknown scope %v", ErrInvalidConfig, sc)
+	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
-	}
-	if sc := store.Scope(); sc != ScopeExclusive {
-		return nil, fmt.Errorf("%w: store of %s scope: only exclusive stores are supported yet", ErrInvalidConfig, sc)
 	}
 	return &Consumer[T]{cfg: cfg, store: store}, nil
 }
@@ -102,7 +113,7 @@ func (c *Consumer[T]) Run(ctx context.Context, h Handler) error {
 	if h == nil {
 		return fmt.Errorf("%w: nil handler", ErrInvalidConfig)
 	}
-	return c.run(ctx, h, &storeBackend[T]{store: c.store, rec: c.cfg.Metrics})
+	return c.run(ctx, h, newBackend[T](c.store, nil, c.cfg.Metrics))
 }
 
 // RunTx is Run with a transactional handler: h runs inside the store's transaction that marks the
@@ -111,7 +122,7 @@ func (c *Consumer[T]) RunTx(ctx context.Context, h TxHandler[T]) error {
 	if h == nil {
 		return fmt.Errorf("%w: nil handler", ErrInvalidConfig)
 	}
-	return c.run(ctx, nil, &storeBackend[T]{store: c.store, h: h, rec: c.cfg.Metrics})
+	return c.run(ctx, nil, newBackend(c.store, h, c.cfg.Metrics))
 }
 
 // Close closes the store if New opened it. It does not stop a Run (end its context for that) and
@@ -202,9 +213,14 @@ func newRun(ctx context.Context, cfg *Config, h Handler, be backend) (*run, erro
 		}
 		r.workers[i] = &worker{r: r, id: i, q: newQueue[*item](), tr: tr}
 	}
-	states, err := be.load(ctx)
-	if err != nil {
-		return nil, err
+	var states []StreamState
+	if !be.shared() {
+		// A shared store's state moves under other replicas: the workers' windows start empty and
+		// are refreshed with Peek before each batch.
+		var err error
+		if states, err = be.load(ctx); err != nil {
+			return nil, err
+		}
 	}
 	for _, st := range states {
 		w := r.workers[r.workerOf(st.Key)]

@@ -39,6 +39,19 @@ const (
 	MetricAckSeconds = "rabbitkit_consumer_ack_seconds"
 	// MetricCommitSeconds observes each store commit.
 	MetricCommitSeconds = "rabbitkit_consumer_commit_seconds"
+	// MetricStoreRetries counts batches a shared store could not commit for a reason worth
+	// retrying (ErrStoreUnavailable: database unreachable, connection lost); each is committed
+	// again after a backoff, its deliveries unacked meanwhile.
+	MetricStoreRetries = "rabbitkit_consumer_store_retries_total"
+	// MetricCommitUnknown counts commits whose outcome was unknown (the connection was lost while
+	// COMMIT was in flight: ErrCommitUnknown). Never charged to a handler; the batch is committed
+	// again and what had committed comes back as duplicates.
+	MetricCommitUnknown = "rabbitkit_consumer_commit_unknown_total"
+	// MetricRaced counts deliveries whose plain handler (Run) ran although, by the time its mark
+	// was committed, another replica had committed the same stamp: with a shared store a plain
+	// handler's effect is at-least-once when two replicas hold the same message at once (a
+	// redelivery racing the original). Transactional handlers (RunTx) never race.
+	MetricRaced = "rabbitkit_consumer_raced_total"
 	// MetricStreams is a gauge of the streams held in the dedup state.
 	MetricStreams = "rabbitkit_consumer_streams"
 )

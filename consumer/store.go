@@ -32,9 +32,8 @@ const (
 	// locked in dedup.Key order), records the marks there, sets Op.Verdict, and returns the dedup
 	// events its decisions caused in Batch.Events; it also does the time-driven expiry of Batch.Expire
 	// there, so that each gap is reported by the one Run whose transaction commits the report. The
-	// Run's window is then only a cache. The worker's side of this scope is not built yet
-	// (NewWithStore refuses such a store with ErrInvalidConfig); the contract is fixed here so that
-	// it can be.
+	// Run's window is then only a cache, refreshed with SharedStore.Peek before each batch. Such
+	// a store must implement SharedStore.
 	ScopeShared
 )
 

@@ -103,6 +103,9 @@ func (w *worker) process(items []*item) {
 // that followed them.
 func (w *worker) processOnce(items []*item) []*item {
 	r := w.r
+	if r.store.shared() && !w.refresh(items) {
+		return nil // stopping, or the run failed: the items stay unacked
+	}
 	b := r.store.newBatch(r.hctx, len(items))
 	ents := make([]entry, 0, len(items))
 	var local map[protocol.Stamp]uint64 // stamps handled earlier in this batch
@@ -166,6 +169,9 @@ func (w *worker) processOnce(items []*item) []*item {
 	}
 	if len(ents) == 0 {
 		return nil
+	}
+	if r.store.shared() {
+		return w.commitShared(ents, b)
 	}
 	if !r.store.transactional() {
 		w.commitAsync(ents, b)
@@ -299,6 +305,10 @@ func (w *worker) park(e *entry, reason string, accounted bool) bool {
 func (w *worker) expire() {
 	w.settle()
 	if w.broken {
+		return
+	}
+	if w.r.store.shared() {
+		w.expireShared()
 		return
 	}
 	w.evs = append(w.evs, w.tr.Expire(time.Now())...)
