@@ -37,6 +37,7 @@ type Node struct {
 // StartNode starts a private node and waits until it accepts AMQP connections (about 10 s). The node
 // is stopped and its folder removed when the test ends.
 func StartNode(t testing.TB, opts ...NodeOption) *Node {
+	SkipShort(t)
 	t.Helper()
 	var o nodeOptions
 	for _, opt := range opts {

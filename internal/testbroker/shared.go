@@ -21,9 +21,10 @@ const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
 
 // SharedURL returns the URL of the shared broker ($RABBITKIT_AMQP_URL or DefaultURL) and fails the
 // test when it does not answer: `make test` starts it, so a missing broker is a set-up error, not a
-// reason to skip.
+// reason to skip. Under -short (`make unit`) the test is skipped instead: unit runs need no broker.
 func SharedURL(t testing.TB) string {
 	t.Helper()
+	SkipShort(t)
 	url := os.Getenv("RABBITKIT_AMQP_URL")
 	if url == "" {
 		url = DefaultURL
@@ -34,6 +35,14 @@ func SharedURL(t testing.TB) string {
 	}
 	_ = c.Close()
 	return url
+}
+
+// SkipShort skips t under -short (`make unit`, which runs without a broker or a database).
+func SkipShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs a real broker or database: run `make test`")
+	}
 }
 
 // Name returns a unique name for a queue or exchange: "rk-<prefix>-<random>".
