@@ -32,7 +32,7 @@ func TestRunReturnsWhileParkingIsBlockedByAnAlarm(t *testing.T) {
 	cfg.DrainTimeout = 2 * time.Second
 	c, err := consumer.New(cfg)
 	require.NoError(t, err)
-	defer c.Close()
+	defer c.Close(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx, func(context.Context, *consumer.Message) error { return nil }) }()

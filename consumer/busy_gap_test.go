@@ -48,16 +48,16 @@ func TestGapReportedWhileWorkerIsBusy(t *testing.T) {
 	require.Less(t, handledAtGap.Load(), int64(n*3/4), "the gap was reported only when the backlog was almost gone")
 }
 
-// A Reconnect backoff that gives up must end Run with ErrGaveUp, never a clean nil.
+// A ReconnectBackoff that gives up must end Run with ErrGaveUp, never a clean nil.
 func TestRunReportsGivingUp(t *testing.T) {
 	f := newFixture(t, testbroker.SharedURL(t))
 	cfg := f.config("amqp://guest:guest@127.0.0.1:1/")
-	cfg.Reconnect = func() backoff.BackOff {
+	cfg.ReconnectBackoff = func() backoff.BackOff {
 		return backoff.WithMaxRetries(backoff.NewConstantBackOff(10*time.Millisecond), 3)
 	}
 	c, err := consumer.New(cfg)
 	require.NoError(t, err)
-	defer c.Close()
+	defer c.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err = c.Run(ctx, func(context.Context, *consumer.Message) error { return nil })

@@ -39,8 +39,17 @@ func (w *worker) commitAsync(ents []entry, b batch) {
 	}
 	p := &pendingCommit{b: b, ents: ents, evs: evs, start: time.Now(), done: make(chan error, 1)}
 	w.inflight = p
+	w.commitCh <- p
+}
+
+// committer is the worker's second goroutine: it waits in Store.Commit for the batch commitAsync
+// handed it while the worker handles the next one. The worker owns it: it starts it in loop and
+// stops it by closing commitCh after settling the last commit.
+func (w *worker) committer() {
 	ctx := context.WithoutCancel(w.r.ctx)
-	w.commits.Go(func() { p.done <- b.commit(ctx) })
+	for p := range w.commitCh {
+		p.done <- p.b.commit(ctx)
+	}
 }
 
 // settle waits for the commit in flight, if any, and publishes its outcome.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -85,23 +84,24 @@ type Config struct {
 	NoStamp NoStampPolicy
 	// MaxAttempts bounds handler attempts per delivery; then the message is parked. Default 5.
 	MaxAttempts int
-	// RetryDelay returns the wait before attempt n+1 after n failed ones. Default: 100ms·2^(n-1)
-	// capped at 5s, with ±50% jitter.
-	RetryDelay func(n int) time.Duration
+	// RetryBackoff makes the schedule of one delivery's handler retries (and of parking retries):
+	// NextBackOff is the wait before the next attempt. A schedule that returns backoff.Stop parks
+	// the message at once. Default: exponential from 100ms, doubling, capped at 5s, ±50% jitter.
+	RetryBackoff func() backoff.BackOff
 	// DrainTimeout bounds how long Run waits for running handlers once its context ended; then
 	// their context is cancelled. Default 30s.
 	DrainTimeout time.Duration
 
-	// Reconnect is the backoff between connection attempts. Default: exponential 100ms..5s,
+	// ReconnectBackoff is the backoff between connection attempts. Default: exponential 100ms..5s,
 	// forever (internal/amqpconn).
-	Reconnect func() backoff.BackOff
-	// StoreRetry is the backoff between attempts to reach a shared store (ScopeShared) that is
+	ReconnectBackoff func() backoff.BackOff
+	// StoreRetryBackoff is the backoff between attempts to reach a shared store (ScopeShared) that is
 	// unavailable: its batch's deliveries stay unacked meanwhile and no new ones are taken beyond
 	// Prefetch. Default: exponential 100ms..5s, forever. Not used with an exclusive store, whose
 	// failure ends Run.
-	StoreRetry func() backoff.BackOff
-	Heartbeat  time.Duration // default 2s
-	Name       string        // connection name shown in the management UI; default "rabbitkit-consumer"
+	StoreRetryBackoff func() backoff.BackOff
+	Heartbeat         time.Duration // default 2s
+	ConnectionName    string        // connection name shown in the management UI; default "rabbitkit-consumer"
 
 	Logger  *slog.Logger     // default slog.Default()
 	Metrics metrics.Recorder // default metrics.Nop
@@ -180,14 +180,14 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
 	}
-	if c.RetryDelay == nil {
-		c.RetryDelay = defaultRetryDelay
+	if c.RetryBackoff == nil {
+		c.RetryBackoff = defaultRetryBackoff
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
-	if c.Name == "" {
-		c.Name = "rabbitkit-consumer"
+	if c.ConnectionName == "" {
+		c.ConnectionName = "rabbitkit-consumer"
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -206,10 +206,12 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-func defaultRetryDelay(n int) time.Duration {
-	d := 100 * time.Millisecond << min(max(n-1, 0), 6)
-	d = min(d, 5*time.Second)
-	return d/2 + rand.N(d)
+func defaultRetryBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.Multiplier, b.RandomizationFactor = 100*time.Millisecond, 2, 0.5
+	b.MaxInterval, b.MaxElapsedTime = 5*time.Second, 0
+	b.Reset()
+	return b
 }
 
 // parkingTopology returns the topology to declare on every connect: the caller's, plus the parking

@@ -14,8 +14,9 @@ import (
 )
 
 // Handler handles one message. A nil error means the message's effects are done: the Consumer then
-// commits its dedup mark and acks it. An error (or a panic) is retried with Config.RetryDelay up to
-// Config.MaxAttempts attempts, then the message is parked. ctx is cancelled only when the drain
+// commits its dedup mark and acks it. An error (or a panic) is retried with Config.RetryBackoff up to
+// Config.MaxAttempts attempts, then the message is parked; an error wrapping ErrPoison (see Poison)
+// parks it at once. ctx is cancelled only when the drain
 // after Run's context ended exceeds Config.DrainTimeout.
 //
 // A crash after the handler returned and before the mark is committed runs the handler again for
@@ -41,8 +42,11 @@ type Consumer[T any] struct {
 	ownsStore bool
 	running   atomic.Bool
 
-	closeMu sync.Mutex
-	closed  bool
+	closeMu     sync.Mutex
+	closed      bool
+	storeClosed bool
+	cur         *run          // the active Run, nil when none
+	curDone     chan struct{} // closed when cur's Run returned
 }
 
 // New validates cfg and opens a BoltStore at cfg.StorePath, which Close closes. It does not
@@ -105,8 +109,8 @@ func (c *Consumer[T]) View(ctx context.Context, fn func(tx T) error) error {
 // consumer on the broker, lets the handlers already running finish (at most Config.DrainTimeout),
 // commits and acks what finished, and returns nil. Deliveries received but not handled stay
 // unacked and are redelivered to the next consumer. Connection failures are retried with
-// Config.Reconnect (forever by default). Run returns an error wrapping ErrStore when the store fails
-// (nothing uncommitted was acked), ErrGaveUp when Config.Reconnect stopped retrying, ErrRunning when
+// Config.ReconnectBackoff (forever by default). Run returns an error wrapping ErrStore when the store fails
+// (nothing uncommitted was acked), ErrGaveUp when Config.ReconnectBackoff stopped retrying, ErrRunning when
 // another Run of this Consumer is active, ErrStoreInUse when another Consumer's Run holds the
 // store, ErrClosed after Close.
 func (c *Consumer[T]) Run(ctx context.Context, h Handler) error {
@@ -125,19 +129,44 @@ func (c *Consumer[T]) RunTx(ctx context.Context, h TxHandler[T]) error {
 	return c.run(ctx, nil, newBackend(c.store, h, c.cfg.Metrics))
 }
 
-// Close closes the store if New opened it. It does not stop a Run (end its context for that) and
-// is idempotent.
-func (c *Consumer[T]) Close() error {
+// Close stops a running Run or RunTx and releases the store if New opened it (a store given to
+// NewWithStore stays open: the caller closes it). Stopping is a drain: no new deliveries are
+// taken, the handlers running finish and their marks commit and are acked, and Run returns nil.
+// When ctx ends first, the handlers' context is cancelled (stop now: what has not committed stays
+// unacked and is redelivered), Close returns ctx's error, and the store is closed by Run when it
+// returns. Cancelling Run's own context drains too, bounded by Config.DrainTimeout. Close is
+// idempotent; Run and RunTx return ErrClosed after it.
+func (c *Consumer[T]) Close(ctx context.Context) error {
 	c.closeMu.Lock()
-	defer c.closeMu.Unlock()
 	if c.closed {
+		c.closeMu.Unlock()
 		return nil
 	}
 	c.closed = true
-	if c.ownsStore {
-		return c.store.Close()
+	r, done := c.cur, c.curDone
+	c.closeMu.Unlock()
+	if r != nil {
+		r.stopWorkers()
+		r.cancel(nil)
+		select {
+		case <-done:
+		case <-ctx.Done():
+			r.hcancel()
+			return fmt.Errorf("consumer: close: %w (handlers cancelled; the store is closed when Run returns)", ctx.Err())
+		}
 	}
-	return nil
+	return c.closeStore()
+}
+
+// closeStore closes an owned store once: after Close, when no Run is active.
+func (c *Consumer[T]) closeStore() error {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if !c.ownsStore || c.storeClosed || !c.closed || c.cur != nil {
+		return nil
+	}
+	c.storeClosed = true
+	return c.store.Close()
 }
 
 func (c *Consumer[T]) run(ctx context.Context, h Handler, be backend) error {
@@ -161,6 +190,21 @@ func (c *Consumer[T]) run(ctx context.Context, h Handler, be backend) error {
 	if err != nil {
 		return err
 	}
+	c.closeMu.Lock()
+	if c.closed {
+		c.closeMu.Unlock()
+		return ErrClosed
+	}
+	done := make(chan struct{})
+	c.cur, c.curDone = r, done
+	c.closeMu.Unlock()
+	defer func() {
+		c.closeMu.Lock()
+		c.cur, c.curDone = nil, nil
+		c.closeMu.Unlock()
+		close(done)
+		_ = c.closeStore() // Close gave up waiting: the store is released here
+	}()
 	return r.run()
 }
 
@@ -177,13 +221,15 @@ type run struct {
 
 	handler Handler // nil for RunTx: store.transactional()
 
-	workers  []*worker
-	gen      atomic.Uint64 // current session; deliveries of older sessions are not handled
-	stopping atomic.Bool   // workers take no new delivery
-	stopCh   chan struct{}
-	stopOnce sync.Once
-	wg       sync.WaitGroup // workers
-	aux      sync.WaitGroup // parker, event loop
+	workers     []*worker
+	gen         atomic.Uint64 // current session; deliveries of older sessions are not handled
+	stopping    atomic.Bool   // workers take no new delivery
+	stopCh      chan struct{}
+	stopOnce    sync.Once
+	wg          sync.WaitGroup // workers
+	workersLeft atomic.Int32   // workers not yet returned
+	workersDone chan struct{}  // closed by the last worker to return
+	aux         sync.WaitGroup // parker, event loop
 
 	done    *queue[doneTag] // finished deliveries, for the session goroutine to ack
 	events  *queue[func()]  // callback invocations, for the event goroutine
@@ -204,7 +250,7 @@ func newRun(ctx context.Context, cfg *Config, h Handler, be backend) (*run, erro
 		stopCh: make(chan struct{}), auxStop: make(chan struct{}),
 		done: newQueue[doneTag](), events: newQueue[func()](),
 	}
-	r.dialer = &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.Reconnect, Logger: cfg.Logger, Name: cfg.Name, TLS: cfg.TLS}
+	r.dialer = &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff, Logger: cfg.Logger, Name: cfg.ConnectionName, TLS: cfg.TLS}
 	r.workers = make([]*worker, cfg.Workers)
 	for i := range r.workers {
 		tr, err := dedup.New(cfg.Dedup)
@@ -246,6 +292,8 @@ func (r *run) run() error {
 	defer r.cancel(nil)
 	r.aux.Go(r.eventLoop)
 	r.aux.Go(r.parker.loop)
+	r.workersDone = make(chan struct{})
+	r.workersLeft.Store(int32(len(r.workers)))
 	for _, w := range r.workers {
 		r.wg.Go(w.loop)
 	}

@@ -79,6 +79,8 @@
 //   - Config.Workers worker goroutines, each owning the dedup window of the streams hashed to it:
 //     it classifies, runs plain handlers (or queues transactional ones), and commits a batch of
 //     up to Config.MaxBatch deliveries to the store;
+//   - one committer goroutine per worker, started and stopped by its worker: it waits in
+//     Store.Commit for a plain handler's batch while the worker handles the next one;
 //   - the parker goroutine, which owns a second connection used only to publish to the parking
 //     queue with confirms;
 //   - the callback goroutine, which runs OnGap, OnLate, OnEpoch, OnParked and OnConflict one at a

@@ -1,6 +1,9 @@
 package consumer
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Match them with errors.Is.
 var (
@@ -15,6 +18,10 @@ var (
 	// ErrSkipped is set on an Op that a Store did not apply because an earlier Op of the same
 	// stream in the same Batch failed: applying it would reorder effects of the stream.
 	ErrSkipped = errors.New("consumer: skipped after an earlier failure of the same stream")
+	// ErrPoison, wrapped in a handler's error, says that the message can never be handled (a
+	// malformed order, a reference to something that will never exist): it is parked at once,
+	// without spending MaxAttempts × RetryBackoff on its stream, like NATS's Term. Use Poison.
+	ErrPoison = errors.New("consumer: poison message")
 	// ErrPanic wraps a panic recovered from a handler.
 	ErrPanic = errors.New("consumer: handler panicked")
 	// ErrStore wraps a failure of the store. Run returns it: nothing uncommitted is acked, so every
@@ -23,7 +30,7 @@ var (
 	// ErrStoreUnavailable is wrapped by a ScopeShared store's errors that leave nothing to assume
 	// and are worth retrying: the database could not be reached, the connection was lost, a
 	// serialization failure or deadlock outlasted the store's own retries. The Run does not stop:
-	// it leaves the batch's deliveries unacked, backs off (Config.Reconnect's policy) and commits
+	// it leaves the batch's deliveries unacked, backs off (Config.StoreRetryBackoff) and commits
 	// the same batch again in a fresh transaction, whose dedup check decides what had committed.
 	ErrStoreUnavailable = errors.New("consumer: store unavailable")
 	// ErrCommitUnknown is wrapped (together with ErrStoreUnavailable) when the connection was lost
@@ -31,7 +38,7 @@ var (
 	// committed. It is counted (MetricCommitUnknown), never charged to a handler, and settled by
 	// committing the batch again: what had committed comes back as duplicates.
 	ErrCommitUnknown = errors.New("consumer: commit outcome unknown")
-	// ErrGaveUp is returned by Run when Config.Reconnect stopped retrying (the default never does):
+	// ErrGaveUp is returned by Run when Config.ReconnectBackoff stopped retrying (the default never does):
 	// the broker could not be reached. Messages not acked stay in the queue.
 	ErrGaveUp = errors.New("consumer: gave up reconnecting")
 	// ErrStoreInUse is returned by Store.Claim, and so by Run, when another Run (of any Consumer)
@@ -39,3 +46,12 @@ var (
 	// Run's memory, so two Runs on one store would apply each other's messages again.
 	ErrStoreInUse = errors.New("consumer: store is in use by another Run")
 )
+
+// Poison wraps err so that the handler's error parks the message at once (errors.Is(err,
+// ErrPoison)); the parking reason names err. Poison(nil) is nil.
+func Poison(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrPoison, err)
+}

@@ -59,7 +59,7 @@ func ExampleConsumer_RunTx() {
 		fmt.Println(err)
 		return
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 
 	ctx, cancel := context.WithCancel(context.Background())
 	applied := 0

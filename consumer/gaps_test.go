@@ -70,7 +70,7 @@ func TestGapLateEpochAndRestart(t *testing.T) {
 	ev := log.kinds()[dedup.EventEpochChanged][0]
 	require.Equal(t, [2]int64{1, 2}, [2]int64{ev.OldEpoch, ev.Epoch})
 	run.stop(t)
-	require.NoError(t, c.Close())
+	require.NoError(t, c.Close(context.Background()))
 
 	// Restart on the same file: everything redelivered is a duplicate, seq 3 is still missing and
 	// already reported (no second report), and it is handled once when it finally comes.
@@ -84,7 +84,7 @@ func TestGapLateEpochAndRestart(t *testing.T) {
 	time.Sleep(400 * time.Millisecond)
 	run.stop(t)
 	require.Len(t, log.kinds()[dedup.EventGapDetected], 1, "the gap is not reported again after a restart")
-	require.NoError(t, c.Close())
+	require.NoError(t, c.Close(context.Background()))
 	db, err := bolt.Open(f.path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
 	require.NoError(t, err)
 	defer db.Close()
@@ -112,7 +112,7 @@ func TestDrainLetsRunningHandlerFinish(t *testing.T) {
 	t0 := time.Now()
 	run.stop(t)
 	require.Less(t, time.Since(t0), 3*time.Second, "drain waits for the running handler only")
-	require.NoError(t, c.Close())
+	require.NoError(t, c.Close(context.Background()))
 	n := len(cnt.snapshot())
 	require.GreaterOrEqual(t, n, 1, "the running handler finished")
 	eventually(t, 10*time.Second, "unhandled deliveries back in the queue", func() bool { return f.messages(ch, f.queue) == 10-n })

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
 	bolt "go.etcd.io/bbolt"
@@ -65,13 +66,13 @@ func (f *fixture) config(urls ...string) consumer.Config {
 		urls = []string{f.url}
 	}
 	return consumer.Config{
-		URLs:       urls,
-		Queue:      f.queue,
-		Topology:   topology.Topology{Queues: []topology.Queue{{Name: f.queue}}},
-		StorePath:  f.path,
-		Logger:     quietLogger(),
-		Metrics:    f.mem,
-		RetryDelay: func(int) time.Duration { return 10 * time.Millisecond },
+		URLs:         urls,
+		Queue:        f.queue,
+		Topology:     topology.Topology{Queues: []topology.Queue{{Name: f.queue}}},
+		StorePath:    f.path,
+		Logger:       quietLogger(),
+		Metrics:      f.mem,
+		RetryBackoff: func() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) },
 	}
 }
 
@@ -168,7 +169,7 @@ func start(t *testing.T, c *consumer.Consumer[*bolt.Tx], h consumer.Handler, th 
 		case <-r.done:
 		case <-time.After(60 * time.Second):
 		}
-		_ = c.Close()
+		_ = c.Close(context.Background())
 	})
 	return r
 }

@@ -76,7 +76,7 @@ func (p *parker) park(ctx context.Context, it *item, reason string) error {
 
 func (p *parker) loop() {
 	r := p.r
-	p.dialer = &amqpconn.Dialer{URLs: r.cfg.URLs, Heartbeat: r.cfg.Heartbeat, Backoff: r.cfg.Reconnect, Logger: r.cfg.Logger, Name: r.cfg.Name + "-parking", TLS: r.cfg.TLS}
+	p.dialer = &amqpconn.Dialer{URLs: r.cfg.URLs, Heartbeat: r.cfg.Heartbeat, Backoff: r.cfg.ReconnectBackoff, Logger: r.cfg.Logger, Name: r.cfg.ConnectionName + "-parking", TLS: r.cfg.TLS}
 	defer p.reset()
 	for {
 		select {

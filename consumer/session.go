@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
@@ -14,13 +15,15 @@ import (
 
 // item is one delivery on its way through a worker.
 type item struct {
-	d        amqp.Delivery
-	gen      uint64
-	stamp    protocol.Stamp
-	stampErr error // nil, protocol.ErrNoStamp or an error wrapping protocol.ErrMalformed
-	key      dedup.Key
-	attempt  int   // handler attempts so far
-	lastErr  error // last handler error (transactional handlers are retried across batches)
+	d         amqp.Delivery
+	gen       uint64
+	stamp     protocol.Stamp
+	stampErr  error // nil, protocol.ErrNoStamp or an error wrapping protocol.ErrMalformed
+	key       dedup.Key
+	attempt   int             // handler attempts so far
+	lastErr   error           // last handler error (transactional handlers are retried across batches)
+	retry     backoff.BackOff // its handler retry schedule, made on the first failure
+	nextDelay time.Duration   // retry's wait before the next attempt (backoff.Stop: park it)
 }
 
 // doneTag is a finished delivery, reported by a worker once its outcome is committed.
@@ -50,7 +53,7 @@ func (r *run) connLoop() {
 		conn, url, err := r.dialer.Dial(r.ctx)
 		if err != nil {
 			if r.ctx.Err() == nil {
-				// Config.Reconnect gave up: the caller must see it, not a clean stop.
+				// Config.ReconnectBackoff gave up: the caller must see it, not a clean stop.
 				r.fail(fmt.Errorf("%w: %w", ErrGaveUp, err))
 			}
 			return
@@ -97,7 +100,7 @@ func (r *run) open(conn *amqp.Connection) (*session, error) {
 		cancelled: ch.NotifyCancel(make(chan string, 1)),
 	}
 	s.gen = r.gen.Add(1)
-	s.tag = fmt.Sprintf("%s-%d", r.cfg.Name, s.gen)
+	s.tag = fmt.Sprintf("%s-%d", r.cfg.ConnectionName, s.gen)
 	// Consume, not ConsumeWithContext: the latter cancels from a goroutine of its own, and only
 	// this goroutine may touch the channel. drain cancels the consumer instead.
 	s.dels, err = ch.Consume(r.cfg.Queue, s.tag, false, false, false, false, nil)
@@ -161,8 +164,6 @@ func (r *run) drain(s *session) {
 		log.Warn("consumer: basic.cancel failed", "err", err)
 	}
 	r.stopWorkers()
-	workersDone := make(chan struct{})
-	go func() { r.wg.Wait(); close(workersDone) }()
 	alive := true
 	for {
 		select {
@@ -176,7 +177,7 @@ func (r *run) drain(s *session) {
 		case <-s.connClose:
 			alive = false
 			s.connClose = nil
-		case <-workersDone:
+		case <-r.workersDone:
 			if alive {
 				if err := r.flushAcks(s); err != nil {
 					log.Warn("consumer: final ack failed", "err", err)

@@ -150,7 +150,7 @@ func (w *worker) commitShared(ents []entry, b batch) []*item {
 }
 
 func (w *worker) storeBackoff() backoff.BackOff {
-	if f := w.r.cfg.StoreRetry; f != nil {
+	if f := w.r.cfg.StoreRetryBackoff; f != nil {
 		return f()
 	}
 	return amqpconn.NewBackoff()

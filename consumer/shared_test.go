@@ -191,7 +191,7 @@ func sharedReplica(t *testing.T, f *fixture, store *memShared, gaps *gapLog, mem
 	cfg.Prefetch = 20
 	cfg.MaxBatch = 10
 	cfg.Metrics = mem
-	cfg.StoreRetry = func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Millisecond) }
+	cfg.StoreRetryBackoff = func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Millisecond) }
 	if gaps != nil {
 		cfg.OnGap = gaps.add
 	}
@@ -216,7 +216,7 @@ func sharedReplica(t *testing.T, f *fixture, store *memShared, gaps *gapLog, mem
 			case <-time.After(60 * time.Second):
 				t.Error("Run did not return")
 			}
-			_ = c.Close()
+			_ = c.Close(context.Background())
 		})
 	}
 	t.Cleanup(stop)
@@ -355,7 +355,7 @@ func TestNewWithSharedStoreConfig(t *testing.T) {
 	store := newMemShared(dedup.Config{GapGrace: time.Second})
 	c, err := consumer.NewWithStore(cfg, store)
 	require.NoError(t, err)
-	require.NoError(t, c.Close())
+	require.NoError(t, c.Close(context.Background()))
 
 	cfg.Dedup.GapGrace = time.Minute
 	_, err = consumer.NewWithStore(cfg, store)

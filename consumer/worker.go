@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
@@ -24,9 +26,10 @@ type worker struct {
 	keys    []dedup.Key
 	streams atomic.Int64
 
-	inflight *pendingCommit // plain handlers: the batch being committed
-	commits  sync.WaitGroup // the goroutine waiting for inflight's commit
-	broken   bool           // a commit failed: publish nothing more
+	inflight *pendingCommit      // plain handlers: the batch being committed
+	commitCh chan *pendingCommit // to the worker's committer goroutine (commit.go)
+	commits  sync.WaitGroup      // the committer
+	broken   bool                // a commit failed: publish nothing more
 }
 
 // entry is one delivery inside a batch.
@@ -52,7 +55,15 @@ func (w *worker) loop() {
 	r := w.r
 	t := time.NewTicker(r.cfg.ExpireInterval)
 	defer t.Stop()
+	defer func() { // the last worker out tells drain
+		if r.workersLeft.Add(-1) == 0 {
+			close(r.workersDone)
+		}
+	}()
+	w.commitCh = make(chan *pendingCommit)
+	w.commits.Go(w.committer)
 	defer w.commits.Wait()
+	defer close(w.commitCh)
 	defer w.settle()
 	for {
 		select {
@@ -87,11 +98,13 @@ func (w *worker) process(items []*item) {
 		if len(retry) == 0 {
 			return
 		}
-		n := 0
+		var d time.Duration
 		for _, it := range retry {
-			n = max(n, it.attempt)
+			if it.attempt > 0 && it.nextDelay != backoff.Stop {
+				d = max(d, it.nextDelay)
+			}
 		}
-		if !w.sleep(w.r.cfg.RetryDelay(n)) {
+		if !w.sleep(d) {
 			return // stopping: the rest stays unacked and is redelivered
 		}
 		items = retry
@@ -205,8 +218,8 @@ func (w *worker) processOnce(items []*item) []*item {
 func (w *worker) handle(b batch, e *entry, stamped bool) bool {
 	r, it := w.r, e.it
 	if r.store.transactional() {
-		if it.attempt >= r.cfg.MaxAttempts {
-			return w.park(e, fmt.Sprintf("handler failed %d times: %v", it.attempt, it.lastErr), stamped)
+		if reason, ok := w.giveUp(it); ok {
+			return w.park(e, reason, stamped)
 		}
 		e.kind = outHandled
 		if !stamped {
@@ -235,10 +248,10 @@ func (w *worker) handle(b batch, e *entry, stamped bool) bool {
 		if r.hctx.Err() != nil || it.gen != r.gen.Load() {
 			return false
 		}
-		if it.attempt >= r.cfg.MaxAttempts {
-			return w.park(e, fmt.Sprintf("handler failed %d times: %v", it.attempt, err), stamped)
+		if reason, ok := w.giveUp(it); ok {
+			return w.park(e, reason, stamped)
 		}
-		if !w.sleep(r.cfg.RetryDelay(it.attempt)) {
+		if !w.sleep(it.nextDelay) {
 			return false
 		}
 	}
@@ -254,11 +267,32 @@ func (w *worker) opOf(e *entry, stamped bool, msg *Message) opSpec {
 	return o
 }
 
+// handlerFailed records a failed attempt and the wait before the next one.
 func (w *worker) handlerFailed(it *item, err error) {
 	it.attempt++
 	it.lastErr = err
+	if it.retry == nil {
+		it.retry = w.r.cfg.RetryBackoff()
+	}
+	it.nextDelay = it.retry.NextBackOff()
 	w.r.cfg.Metrics.Add(MetricHandlerErrors, 1)
 	w.r.cfg.Logger.Warn("consumer: handler failed", "stamp", stampString(it), "attempt", it.attempt, "max_attempts", w.r.cfg.MaxAttempts, "err", err)
+}
+
+// giveUp reports whether it, after a failed attempt, is to be parked now instead of retried,
+// and why: MaxAttempts reached, the handler said ErrPoison, or RetryBackoff stopped.
+func (w *worker) giveUp(it *item) (reason string, ok bool) {
+	switch {
+	case it.attempt == 0:
+		return "", false
+	case errors.Is(it.lastErr, ErrPoison):
+		return fmt.Sprintf("handler says it can never succeed: %v", it.lastErr), true
+	case it.attempt >= w.r.cfg.MaxAttempts:
+		return fmt.Sprintf("handler failed %d times: %v", it.attempt, it.lastErr), true
+	case it.nextDelay == backoff.Stop:
+		return fmt.Sprintf("handler failed %d times and RetryBackoff stopped: %v", it.attempt, it.lastErr), true
+	}
+	return "", false
 }
 
 func callHandler(ctx context.Context, h Handler, m *Message) (err error) {
@@ -275,6 +309,7 @@ func callHandler(ctx context.Context, h Handler, m *Message) (err error) {
 // when the delivery must be left unacked instead (drain deadline or session ended).
 func (w *worker) park(e *entry, reason string, accounted bool) bool {
 	r, it := w.r, e.it
+	var bo backoff.BackOff
 	for attempt := 1; ; attempt++ {
 		err := r.parker.park(r.hctx, it, reason)
 		if err == nil {
@@ -284,7 +319,14 @@ func (w *worker) park(e *entry, reason string, accounted bool) bool {
 			return false
 		}
 		r.cfg.Logger.Warn("consumer: parking failed; retrying", "stamp", stampString(it), "attempt", attempt, "err", err)
-		if !sleepCtx(r.hctx, r.cfg.RetryDelay(attempt)) {
+		if bo == nil {
+			bo = r.cfg.RetryBackoff()
+		}
+		d := bo.NextBackOff()
+		if d == backoff.Stop {
+			d = 5 * time.Second // parking is never given up: the message would be lost
+		}
+		if !sleepCtx(r.hctx, d) {
 			return false
 		}
 	}

@@ -478,7 +478,7 @@ func testNodePublish(t *testing.T, node string) {
 	if err != nil {
 		t.Fatalf("consumer.New: %v", err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	effectsB, orderB := []byte("effects"), []byte("order")
 	handler := func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error {
 		k := "unstamped/" + string(m.Body)

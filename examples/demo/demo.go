@@ -81,7 +81,7 @@ func (d *demo) run(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	defer con.Close()
+	defer con.Close(context.Background())
 
 	fmt.Printf("rabbitkit demo: publishing %.0f msg/s for %v through a proxy that breaks the connections every ~%v.\n",
 		d.o.rate, d.o.duration, d.o.faultEvery)
