@@ -114,6 +114,9 @@ type Config struct {
 	OnEpoch    func(dedup.Event) // EventEpochChanged and EventEpochRetired
 	OnParked   func(Parked)
 	OnConflict func(Conflict)
+	// OnStateChange is called on every connection state change (connecting, consuming, idle),
+	// with the error that caused it.
+	OnStateChange func(StateChange)
 }
 
 // Parked describes a message published to the parking queue.

@@ -42,6 +42,10 @@ type Consumer[T any] struct {
 	ownsStore bool
 	running   atomic.Bool
 
+	status  *amqpconn.Status // readiness and last connection error (ready.go)
+	state   atomic.Int32     // State
+	closing chan struct{}    // closed when Close begins
+
 	closeMu     sync.Mutex
 	closed      bool
 	storeClosed bool
@@ -63,7 +67,7 @@ func New(cfg Config) (*Consumer[*bolt.Tx], error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Consumer[*bolt.Tx]{cfg: cfg, store: s, ownsStore: true}, nil
+	return newConsumer[*bolt.Tx](cfg, s, true), nil
 }
 
 // NewWithStore validates cfg (whose StorePath must be empty) and returns a Consumer keeping its
@@ -93,7 +97,11 @@ func NewWithStore[T any](cfg Config, store Store[T]) (*Consumer[T], error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Consumer[T]{cfg: cfg, store: store}, nil
+	return newConsumer(cfg, store, false), nil
+}
+
+func newConsumer[T any](cfg Config, store Store[T], owns bool) *Consumer[T] {
+	return &Consumer[T]{cfg: cfg, store: store, ownsStore: owns, status: amqpconn.NewStatus(), closing: make(chan struct{})}
 }
 
 // Store returns the store in use (a *BoltStore for a Consumer made by New).
@@ -143,6 +151,7 @@ func (c *Consumer[T]) Close(ctx context.Context) error {
 		return nil
 	}
 	c.closed = true
+	close(c.closing)
 	r, done := c.cur, c.curDone
 	c.closeMu.Unlock()
 	if r != nil {
@@ -187,6 +196,9 @@ func (c *Consumer[T]) run(ctx context.Context, h Handler, be backend) error {
 	defer release()
 
 	r, err := newRun(ctx, &c.cfg, h, be)
+	if err == nil {
+		r.status, r.state = c.status, &c.state
+	}
 	if err != nil {
 		return err
 	}
@@ -221,6 +233,9 @@ type run struct {
 
 	handler Handler // nil for RunTx: store.transactional()
 
+	status *amqpconn.Status // the Consumer's
+	state  *atomic.Int32    // the Consumer's State
+
 	workers     []*worker
 	gen         atomic.Uint64 // current session; deliveries of older sessions are not handled
 	stopping    atomic.Bool   // workers take no new delivery
@@ -250,7 +265,8 @@ func newRun(ctx context.Context, cfg *Config, h Handler, be backend) (*run, erro
 		stopCh: make(chan struct{}), auxStop: make(chan struct{}),
 		done: newQueue[doneTag](), events: newQueue[func()](),
 	}
-	r.dialer = &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff, Logger: cfg.Logger, Name: cfg.ConnectionName, TLS: cfg.TLS}
+	r.dialer = &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff, Logger: cfg.Logger, Name: cfg.ConnectionName, TLS: cfg.TLS,
+		OnError: func(err error) { r.status.Fail(err) }}
 	r.workers = make([]*worker, cfg.Workers)
 	for i := range r.workers {
 		tr, err := dedup.New(cfg.Dedup)
@@ -300,6 +316,7 @@ func (r *run) run() error {
 	r.connLoop()
 	r.stopWorkers()
 	r.wg.Wait()
+	r.setState(StateIdle, "", nil)
 	r.drainTimer.Stop()
 	close(r.auxStop)
 	r.aux.Wait()

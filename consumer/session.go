@@ -50,6 +50,7 @@ type session struct {
 func (r *run) connLoop() {
 	log := r.cfg.Logger
 	for {
+		r.setState(StateConnecting, "", nil)
 		conn, url, err := r.dialer.Dial(r.ctx)
 		if err != nil {
 			if r.ctx.Err() == nil {
@@ -61,6 +62,7 @@ func (r *run) connLoop() {
 		s, err := r.open(conn)
 		if err != nil {
 			_ = conn.CloseDeadline(time.Now().Add(time.Second))
+			r.status.Fail(err)
 			log.Warn("consumer: cannot consume", "url", amqpconn.Redact(url), "queue", r.cfg.Queue, "err", err)
 			if !sleepCtx(r.ctx, time.Second) {
 				return
@@ -68,7 +70,11 @@ func (r *run) connLoop() {
 			continue
 		}
 		log.Info("consumer: consuming", "url", amqpconn.Redact(url), "queue", r.cfg.Queue, "prefetch", r.cfg.Prefetch)
-		drained := r.serve(s)
+		r.setState(StateConsuming, url, nil)
+		drained, lost := r.serve(s)
+		if !drained {
+			r.setState(StateConnecting, url, lost)
+		}
 		// Bounded: a dead or black-holed peer never answers close-ok.
 		_ = conn.CloseDeadline(time.Now().Add(time.Second))
 		r.gen.Add(1) // deliveries of this session still queued in workers are dropped: they come back
@@ -110,40 +116,49 @@ func (r *run) open(conn *amqp.Connection) (*session, error) {
 	return s, nil
 }
 
-// serve dispatches deliveries and sends acks until the session fails (false) or r.ctx ends and the
-// drain is complete (true).
-func (r *run) serve(s *session) bool {
+// serve dispatches deliveries and sends acks until the session fails (false, and why) or r.ctx
+// ends and the drain is complete (true).
+func (r *run) serve(s *session) (bool, error) {
 	log := r.cfg.Logger
 	for {
 		select {
 		case d, ok := <-s.dels:
 			if !ok {
-				log.Warn("consumer: delivery channel closed; reconnecting", "queue", r.cfg.Queue, "reason", sessionEndReason(s))
-				return false
+				reason := sessionEndReason(s)
+				log.Warn("consumer: delivery channel closed; reconnecting", "queue", r.cfg.Queue, "reason", reason)
+				return false, fmt.Errorf("consumer: delivery channel closed: %v", reason)
 			}
 			s.acks.receive(d.DeliveryTag)
 			r.dispatch(s.gen, d)
 		case <-r.done.signal:
 			if err := r.flushAcks(s); err != nil {
 				log.Warn("consumer: ack failed; reconnecting", "err", err)
-				return false
+				return false, fmt.Errorf("consumer: ack: %w", err)
 			}
 		case e := <-s.chClose:
 			log.Warn("consumer: channel closed; reconnecting", "err", e)
-			return false
+			return false, amqpErr("channel closed", e)
 		case e := <-s.connClose:
 			log.Warn("consumer: connection closed; reconnecting", "err", e)
-			return false
+			return false, amqpErr("connection closed", e)
 		case tag := <-s.cancelled:
 			// The broker cancelled the consumer: the queue was deleted, or its node went away.
 			// A new session re-declares the topology and consumes again.
 			log.Warn("consumer: consumer cancelled by the broker; re-declaring and resuming", "queue", r.cfg.Queue, "consumer_tag", tag)
-			return false
+			return false, fmt.Errorf("consumer: consumer %s cancelled by the broker (queue deleted, or its node went away)", tag)
 		case <-r.ctx.Done():
 			r.drain(s)
-			return true
+			return true, nil
 		}
 	}
+}
+
+// amqpErr makes an error of a NotifyClose value (nil when the peer closed cleanly).
+func amqpErr(what string, e *amqp.Error) error {
+	if e == nil {
+		return fmt.Errorf("consumer: %s", what)
+	}
+	return fmt.Errorf("consumer: %s: %w", what, e)
 }
 
 func sessionEndReason(s *session) any {

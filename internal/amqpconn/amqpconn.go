@@ -40,6 +40,11 @@ type Dialer struct {
 	// over the system roots. CheckURLs refuses plain amqp:// URLs with it, and URLs that name
 	// certificate files (they would be ignored).
 	TLS *tls.Config
+	// OnError, when set, is called with every failed dial attempt's error (the URL in it
+	// redacted) before the backoff that follows it, on the dialling goroutine: a wrong password, a
+	// TLS failure or a refused vhost can then be shown in code (a readiness check, Stats), not only
+	// in the log. It must not block.
+	OnError func(error)
 
 	next int // index of the URL to try first; only touched by the owning goroutine
 }
@@ -92,6 +97,9 @@ func (d *Dialer) DialSocket(ctx context.Context) (*amqp.Connection, net.Conn, st
 		}
 		attempt++
 		d.next++
+		if d.OnError != nil {
+			d.OnError(err)
+		}
 		wait := b.NextBackOff()
 		if wait == backoff.Stop {
 			return nil, nil, "", fmt.Errorf("amqpconn: giving up after %d attempts: %w", attempt, err)

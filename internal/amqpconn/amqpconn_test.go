@@ -38,6 +38,19 @@ func TestDialGivesUpWhenTheBackoffStops(t *testing.T) {
 	require.ErrorContains(t, err, "giving up after 3 attempts")
 }
 
+func TestDialReportsEveryFailedAttempt(t *testing.T) {
+	var errs []error
+	d := &Dialer{URLs: []string{"amqp://guest:secret@127.0.0.1:1/"}, OnError: func(err error) { errs = append(errs, err) },
+		Backoff: func() backoff.BackOff { return backoff.WithMaxRetries(backoff.NewConstantBackOff(time.Millisecond), 2) }}
+	_, _, err := d.Dial(context.Background())
+	require.Error(t, err)
+	require.Len(t, errs, 3)
+	for _, e := range errs {
+		require.ErrorContains(t, e, "connection refused")
+		require.NotContains(t, e.Error(), "secret")
+	}
+}
+
 func TestDialOnceHonoursContextDuringHandshake(t *testing.T) {
 	// A peer that accepts TCP and never speaks AMQP: only ctx can end the dial.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
