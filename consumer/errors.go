@@ -38,6 +38,13 @@ var (
 	// committed. It is counted (MetricCommitUnknown), never charged to a handler, and settled by
 	// committing the batch again: what had committed comes back as duplicates.
 	ErrCommitUnknown = errors.New("consumer: commit outcome unknown")
+	// ErrQueueInUse is the connection error (Status.LastError, WaitReady) while another consumer
+	// holds the queue and this Consumer's store is exclusive (a BoltStore): a second process with a
+	// dedup window of its own would apply messages again, so Run does not consume beside it. Run
+	// keeps retrying (the other may be a dying connection of this very process, or a replica on
+	// standby); it consumes once the queue is free. Competing consumers need a shared store
+	// (consumer/pginbox).
+	ErrQueueInUse = errors.New("consumer: queue in use by another consumer (exclusive store)")
 	// ErrGaveUp is returned by Run when Config.ReconnectBackoff stopped retrying (the default never does):
 	// the broker could not be reached. Messages not acked stay in the queue.
 	ErrGaveUp = errors.New("consumer: gave up reconnecting")

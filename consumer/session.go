@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -107,10 +108,27 @@ func (r *run) open(conn *amqp.Connection) (*session, error) {
 	}
 	s.gen = r.gen.Add(1)
 	s.tag = fmt.Sprintf("%s-%d", r.cfg.ConnectionName, s.gen)
+	// An exclusive store's dedup window lives in this process: a second consumer process on the
+	// queue (with a store of its own) would apply messages again. Keep it out where the broker
+	// lets us (docs/DESIGN.md, "One consumer per queue").
+	exclusive := !r.store.shared()
+	if exclusive {
+		q, err := ch.QueueDeclarePassive(r.cfg.Queue, true, false, false, false, nil)
+		if err != nil {
+			return nil, fmt.Errorf("consumer: inspect queue %q: %w", r.cfg.Queue, err)
+		}
+		if q.Consumers > 0 {
+			return nil, fmt.Errorf("%w: queue %q has %d consumer(s) already", ErrQueueInUse, r.cfg.Queue, q.Consumers)
+		}
+	}
 	// Consume, not ConsumeWithContext: the latter cancels from a goroutine of its own, and only
 	// this goroutine may touch the channel. drain cancels the consumer instead.
-	s.dels, err = ch.Consume(r.cfg.Queue, s.tag, false, false, false, false, nil)
+	s.dels, err = ch.Consume(r.cfg.Queue, s.tag, false, exclusive, false, false, nil)
 	if err != nil {
+		var ae *amqp.Error
+		if exclusive && errors.As(err, &ae) && ae.Code == amqp.AccessRefused {
+			return nil, fmt.Errorf("%w: queue %q: %w", ErrQueueInUse, r.cfg.Queue, err)
+		}
 		return nil, fmt.Errorf("consumer: consume %q: %w", r.cfg.Queue, err)
 	}
 	return s, nil
