@@ -4,16 +4,20 @@ SHELL := /bin/bash
 GOENV = PATH="$$(bash $(CURDIR)/scripts/ensure-go.sh)"
 GOTEST_FLAGS ?=
 
-.PHONY: demo test lint unit soak bench fuzz broker node
+.PHONY: demo test lint unit soak bench fuzz broker node postgres
 
 ## demo: the guarantee, live: publisher + consumer through a faulty proxy against a real broker.
 demo: broker
 	$(GOENV) go run ./examples/demo
 
 ## test: vet, staticcheck, gofmt and the whole race-enabled test suite, integration and chaos included.
-test: broker node lint
+test: broker node postgres lint
 	$(GOENV) go test -race -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
 	cd interop/watermill && $(GOENV) go test -race -count=1 -timeout 5m $(GOTEST_FLAGS) ./...
+
+## unit: the tests that need no broker, database or network (go test -short): seconds, not minutes.
+unit:
+	$(GOENV) go test -short -race -count=1 -run '^(Test|Fuzz)' ./... # examples talk to a broker
 
 ## lint: gofmt, go vet and staticcheck.
 lint:
@@ -27,16 +31,20 @@ lint:
 broker:
 	@bash scripts/ensure-rabbitmq.sh
 
+## postgres: make sure PostgreSQL answers on 127.0.0.1:5432 with trust auth for postgres (consumer/pginbox's tests).
+postgres:
+	@bash scripts/ensure-postgres.sh
+
 ## node: Node.js, npm and the interop publisher's npm package (integration/interop/node), for TestNodeInterop.
 node:
 	@bash scripts/ensure-node.sh
 
 ## soak: long fault-injection runs (one million messages, hundreds of faults); writes docs/RELIABILITY.md.
-soak: broker
+soak: broker postgres
 	$(GOENV) go test -race=false -count=1 -timeout 4h -tags soak -run Soak -v ./integration/ ./journal/ ./publisher/ ./consumer/...
 
 ## bench: benchmarks, our path beside the raw amqp091-go / bbolt baseline in the same run.
-bench: broker
+bench: broker postgres
 	$(GOENV) go test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./journal/ ./publisher/ ./consumer/...
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s).

@@ -79,3 +79,56 @@ func (t *Tracker) scanIdle(now int64, evs []Event) []Event {
 	}
 	return evs
 }
+
+// NextExpiry returns the earliest time at which Expire would change k's state or report something
+// about it: an unreported gap reaching Config.GapGrace, an epoch other than the most recently
+// active one reaching Config.EpochRetention, the stream reaching Config.IdleRetention while it has
+// anything to compact (open gaps or several epochs), or Config.ForgetAfter when set. It returns
+// false when k is unknown or nothing about it is time-driven (one epoch, no gaps, ForgetAfter
+// zero). A store that keeps streams outside the tracker (a database row per stream) stores this
+// time beside the state, so that it loads only the streams due for Expire.
+//
+// It is exact for a tracker that has just loaded k: Expire(now) with now before the returned time
+// changes nothing of k, and Expire(now) at or after it does, unless the idle scan is not due yet
+// (Expire walks idle streams at most once a minute; a tracker that never ran Expire runs the walk
+// on its first call).
+func (t *Tracker) NextExpiry(k Key) (time.Time, bool) {
+	st := t.streams[k]
+	if st == nil {
+		return time.Time{}, false
+	}
+	var next int64
+	have := false
+	take := func(at int64) {
+		if !have || at < next {
+			next, have = at, true
+		}
+	}
+	anyGap := false
+	for i, x := range st.wins {
+		if len(x.missing) > 0 {
+			anyGap = true
+		}
+		if x.unreported > 0 {
+			for _, g := range x.missing {
+				if !g.reported {
+					take(g.since + int64(t.cfg.GapGrace))
+				}
+			}
+		}
+		if i > 0 {
+			take(x.active + int64(t.cfg.EpochRetention))
+		}
+	}
+	active := st.wins[0].active
+	if anyGap || len(st.wins) > 1 {
+		take(active + int64(t.cfg.IdleRetention))
+	}
+	if t.cfg.ForgetAfter > 0 {
+		take(active + int64(t.cfg.ForgetAfter))
+	}
+	if !have {
+		return time.Time{}, false
+	}
+	return time.Unix(0, next), true
+}

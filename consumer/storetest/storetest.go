@@ -30,7 +30,12 @@
 // For a ScopeExclusive store the suite plays the Run's part: it keeps a dedup.Tracker loaded from
 // Load, classifies with it and hands the resulting states in Batch.States. For a ScopeShared store
 // it also checks that the store takes the decision itself: an op marked for a stamp already
-// committed comes back with Verdict KindDuplicate and its Effect is not run.
+// committed comes back with Verdict KindDuplicate and its Effect is not run. And, with two
+// stores open on one state at once (two replicas), that the store implements
+// consumer.SharedStore; that both committing the same stamps concurrently apply each effect
+// exactly once, with exactly one KindNew verdict per stamp; that Peek returns what the other
+// store committed; and that Batch.Expire on both at once reports a gap exactly once, does not
+// report a number the other store committed, and reports nothing twice.
 //
 // # Concurrency
 //
@@ -58,8 +63,8 @@ import (
 type Harness[T any] struct {
 	// Fresh prepares empty state private to t (a file in t.TempDir(), a new schema) and returns
 	// the function that opens a store on it. The suite opens a store, closes it and opens another
-	// on the same state to check durability; it closes every store it opens, and never holds two
-	// open on one state at once.
+	// on the same state to check durability; it closes every store it opens. It holds two open
+	// on one state at once only for a ScopeShared store (the "Shared" cases, as two replicas).
 	Fresh func(t *testing.T) (open func(t *testing.T) consumer.Store[T])
 	// Incr adds one to the counter named key in tx: the effect under test.
 	Incr func(tx T, key string) error
@@ -81,6 +86,7 @@ func Run[T any](t *testing.T, h Harness[T]) {
 	t.Run("ConcurrentBatches", s.concurrentBatches)
 	t.Run("LoadAfterReopen", s.loadAfterReopen)
 	t.Run("Close", s.close)
+	t.Run("Shared", s.shared)
 }
 
 type suite[T any] struct{ h Harness[T] }
