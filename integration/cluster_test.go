@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -39,7 +40,10 @@ type cluster struct {
 	applied   []history.Applied
 
 	sources   []*source
-	cons      *proc
+	cons      []*proc              // the consumer processes: one unless consumers > 1 (competing, with -pg)
+	consumers int                  // how many consumer processes run at once; default 1
+	pg        string               // when set, consumers keep their state in this PostgreSQL (-pg) instead of -store
+	pgDirect  string               // the DSN -dump reads (pg may go through a faulty proxy); default pg
 	consStats []map[string]float64 // per consumer run, its last "stats" line; guarded by mu
 	consRuns  int
 	consKills int
@@ -139,17 +143,39 @@ func (c *cluster) publisherLine(run *pubRun, line string) {
 }
 
 // startConsumer starts a consumer run; exitIdle > 0 makes it exit once the queue stays empty.
-func (c *cluster) startConsumer(exitIdle time.Duration) {
-	c.consRuns++
-	args := []string{
-		"-url", c.url, "-queue", c.queue, "-queue-type", c.queueType, "-store", filepath.Join(c.dir, "consumer.db"),
-		"-gap-grace", c.gapGrace.String(), "-exit-idle", exitIdle.String(), "-stats-every", "1s",
+// storeArgs are the consumer flags naming its store: -pg DSN or -store FILE.
+func (c *cluster) storeArgs(dsn string) []string {
+	if c.pg != "" {
+		return []string{"-pg", dsn}
 	}
+	return []string{"-store", filepath.Join(c.dir, "consumer.db")}
+}
+
+// startConsumers starts every consumer process (c.consumers, default 1).
+func (c *cluster) startConsumers() {
+	for i := range max(c.consumers, 1) {
+		c.startConsumerAt(i, 0)
+	}
+}
+
+// startConsumer starts (or restarts) the first consumer process.
+func (c *cluster) startConsumer(exitIdle time.Duration) { c.startConsumerAt(0, exitIdle) }
+
+// startConsumerAt starts (or restarts) consumer process i.
+func (c *cluster) startConsumerAt(i int, exitIdle time.Duration) {
+	c.consRuns++
+	for len(c.cons) <= i {
+		c.cons = append(c.cons, nil)
+	}
+	args := append([]string{
+		"-url", c.url, "-queue", c.queue, "-queue-type", c.queueType,
+		"-gap-grace", c.gapGrace.String(), "-exit-idle", exitIdle.String(), "-stats-every", "1s",
+	}, c.storeArgs(c.pg)...)
 	c.mu.Lock()
 	run := len(c.consStats)
 	c.consStats = append(c.consStats, nil)
 	c.mu.Unlock()
-	c.cons = startProc(c.t, c.dir, procSpec{
+	c.cons[i] = startProc(c.t, c.dir, procSpec{
 		name: fmt.Sprintf("consumer#%d", c.consRuns), bin: filepath.Join(c.bin, "consumer"), args: args,
 		onStderr: func(line string) {
 			if st, ok := parseStats(line); ok {
@@ -205,9 +231,11 @@ func (c *cluster) poll() {
 		}
 	}
 	// Before finish, the consumer runs without -exit-idle: any exit we did not cause is a failure.
-	if !c.stopping && c.cons != nil && c.cons.exited() && !c.cons.wasKilled() {
-		c.failures = append(c.failures, c.cons.describe())
-		c.startConsumer(0)
+	for i, p := range c.cons {
+		if !c.stopping && p != nil && p.exited() && !p.wasKilled() {
+			c.failures = append(c.failures, p.describe())
+			c.startConsumerAt(i, 0)
+		}
 	}
 }
 
@@ -245,11 +273,14 @@ func (c *cluster) killPublisher(src *source) {
 	c.startPublisher(src)
 }
 
-// killConsumer SIGKILLs the consumer and starts it again on the same store.
-func (c *cluster) killConsumer() {
-	c.cons.kill()
+// killConsumer SIGKILLs the first consumer and starts it again on the same store.
+func (c *cluster) killConsumer() { c.killConsumerAt(0) }
+
+// killConsumerAt SIGKILLs consumer process i and starts it again on the same store.
+func (c *cluster) killConsumerAt(i int) {
+	c.cons[i].kill()
 	c.consKills++
-	c.startConsumer(0)
+	c.startConsumerAt(i, 0)
 }
 
 // finish waits for every publisher to confirm everything, stops the consumer gracefully, drains
@@ -280,15 +311,17 @@ func (c *cluster) finish(timeout time.Duration) {
 	c.stopping = true
 	// A consumer restarted by the last fault may still be in exec or the Go runtime's start-up,
 	// before main installs its SIGTERM handler; a SIGTERM then kills any program. Let it start.
-	time.Sleep(time.Until(c.cons.started.Add(time.Second)))
-	if err := c.cons.term(30 * time.Second); err != nil && !c.cons.wasKilled() {
-		c.failures = append(c.failures, "graceful stop: "+c.cons.describe())
+	for _, p := range c.cons {
+		time.Sleep(time.Until(p.started.Add(time.Second)))
+		if err := p.term(30 * time.Second); err != nil && !p.wasKilled() {
+			c.failures = append(c.failures, "graceful stop: "+p.describe())
+		}
 	}
 	c.startConsumer(5 * time.Second)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Minute))
 	defer cancel()
-	if err := c.cons.wait(ctx); err != nil {
-		t.Fatalf("final consumer: %v\n%s", err, c.cons.describe())
+	if err := c.cons[0].wait(ctx); err != nil {
+		t.Fatalf("final consumer: %v\n%s", err, c.cons[0].describe())
 	}
 	c.dump()
 }
@@ -299,7 +332,7 @@ func (c *cluster) dump() {
 	var bad []string
 	p := startProc(t, c.dir, procSpec{
 		name: "consumer-dump", bin: filepath.Join(c.bin, "consumer"),
-		args: []string{"-dump", "-store", filepath.Join(c.dir, "consumer.db")},
+		args: append([]string{"-dump"}, c.storeArgs(cmp.Or(c.pgDirect, c.pg))...),
 		onStdout: func(line string) {
 			a, err := history.ParseApplied(line)
 			c.mu.Lock()

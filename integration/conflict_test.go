@@ -66,13 +66,13 @@ func TestReusedSeqIsCaught(t *testing.T) {
 	}
 
 	c.startConsumer(2 * time.Second)
-	if err := c.cons.wait(ctx); err != nil {
-		t.Fatalf("consumer: %v\n%s", err, c.cons.describe())
+	if err := c.cons[0].wait(ctx); err != nil {
+		t.Fatalf("consumer: %v\n%s", err, c.cons[0].describe())
 	}
 	c.dump()
 	h := c.history()
 	if !slices.Equal(h.Conflicts, []protocol.Stamp{s1}) {
-		t.Fatalf("want one conflict line for %s, got %v\n%s", s1, h.Conflicts, c.cons.describe())
+		t.Fatalf("want one conflict line for %s, got %v\n%s", s1, h.Conflicts, c.cons[0].describe())
 	}
 	h.Runs = []history.Run{{Source: s1.Source, Accepted: []protocol.Stamp{s1, s2}}}
 	res := history.Check(h)

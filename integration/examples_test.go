@@ -52,8 +52,8 @@ func TestGracefulStopAndRestart(t *testing.T) {
 	if first == 0 || first >= src.target {
 		t.Fatalf("the first run accepted %d of %d: SIGTERM came too late to test anything", first, src.target)
 	}
-	if err := c.cons.term(20 * time.Second); err != nil {
-		t.Fatalf("consumer after SIGTERM: %v\n%s", err, c.cons.describe())
+	if err := c.cons[0].term(20 * time.Second); err != nil {
+		t.Fatalf("consumer after SIGTERM: %v\n%s", err, c.cons[0].describe())
 	}
 	c.startConsumer(0)
 	c.startPublisher(src) // publishes the rest, after what the journal holds

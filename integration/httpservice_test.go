@@ -112,8 +112,8 @@ func TestHTTPServiceWhileBrokerDown(t *testing.T) {
 	c.startConsumer(2 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := c.cons.wait(ctx); err != nil {
-		t.Fatalf("consumer: %v\n%s", err, c.cons.describe())
+	if err := c.cons[0].wait(ctx); err != nil {
+		t.Fatalf("consumer: %v\n%s", err, c.cons[0].describe())
 	}
 	c.dump()
 	h := c.history() // the consumer's ledger, gaps and conflicts; the service ran outside the cluster

@@ -1,18 +1,24 @@
 // Command consumer is the reference consumer: it consumes a queue through rabbitkit's consumer with
-// a transactional handler whose effect is a ledger (examples/ledger) kept in the same bbolt file as
-// the dedup state and written in the same transaction as the dedup mark. Every message's counter
-// must therefore end at exactly 1, whatever crashes in between.
+// a transactional handler whose effect is a ledger (examples/ledger), written in the same
+// transaction as the dedup mark: a counter per message in the consumer's bbolt file (-store), or
+// one row per message in a PostgreSQL table with no unique constraint (-pg, the PostgreSQL inbox
+// consumer/pginbox). Every message's count must therefore end at exactly 1, whatever crashes in
+// between. With -pg, any number of processes started with the same -pg and -queue are competing
+// consumers sharing one dedup state (per-stream order is then not kept across them).
 //
 // Usage:
 //
 //	consumer -queue Q -store FILE [-url URL] [-queue-type classic|quorum] [-prefetch N] [-exit-idle D]
+//	consumer -queue Q -pg DSN [-pg-table T] [flags]
 //	consumer -dump -store FILE
+//	consumer -dump -pg DSN
 //
 // Gaps are printed to stderr as "gap <source> <epoch> <stream> <from> <to>", late arrivals as
 // "late <source> <epoch> <stream> <seq>", duplicates whose body differs from the handled one (a
-// sequence number reused by the publisher) as "conflict <source> <epoch> <stream> <seq>". -dump prints the ledger, one line per message,
-// "<source> <epoch> <stream> <seq> <count>", and exits. SIGTERM or SIGINT drain gracefully: the
-// handlers running finish, their marks commit and are acked, the rest is redelivered later.
+// sequence number reused by the publisher) as "conflict <source> <epoch> <stream> <seq>". -dump
+// prints the ledger, one line per message, "<source> <epoch> <stream> <seq> <count>", and exits.
+// SIGTERM or SIGINT drain gracefully: the handlers running finish, their marks commit and are
+// acked, the rest is redelivered later.
 package main
 
 import (
@@ -50,6 +56,9 @@ type options struct {
 	exchange   string
 	routingKey string
 	store      string
+	pg         string
+	pgTable    string
+	ledger     string
 	prefetch   int
 	workers    int
 	exitIdle   time.Duration
@@ -67,7 +76,10 @@ func main() {
 	fs.StringVar(&o.queueType, "queue-type", topology.Classic, "type of the queue to declare: classic or quorum")
 	fs.StringVar(&o.exchange, "exchange", "", "if set, declare this direct exchange and bind the queue to it with -routing-key")
 	fs.StringVar(&o.routingKey, "routing-key", "", "binding key used with -exchange (default: the queue name)")
-	fs.StringVar(&o.store, "store", "", "bbolt file holding the dedup state and the ledger (created if missing); required")
+	fs.StringVar(&o.store, "store", "", "bbolt file holding the dedup state and the ledger (created if missing); this or -pg is required")
+	fs.StringVar(&o.pg, "pg", "", "PostgreSQL DSN (postgres://user@host:5432/db): keep the dedup state and the ledger there, in one transaction per batch, shared by every process started with the same -pg and -queue (competing consumers)")
+	fs.StringVar(&o.pgTable, "pg-table", "", "with -pg: the inbox table (default rabbitkit_inbox; rabbitkit creates and migrates it)")
+	fs.StringVar(&o.ledger, "ledger-table", ledger.DefaultPGTable, "with -pg: the ledger table (one row per applied message, no unique constraint)")
 	fs.IntVar(&o.prefetch, "prefetch", consumer.DefaultPrefetch, "deliveries in flight (basic.qos)")
 	fs.IntVar(&o.workers, "workers", 1, "handler goroutines (per-stream order is kept)")
 	fs.DurationVar(&o.exitIdle, "exit-idle", 0, "exit 0 after no message for this long (0: run until SIGTERM/SIGINT)")
@@ -75,17 +87,20 @@ func main() {
 	fs.DurationVar(&o.gapGrace, "gap-grace", dedup.DefaultGapGrace, "how long a missing sequence range may stay open before it is reported as a gap")
 	fs.BoolVar(&o.dump, "dump", false, "print the ledger (<source> <epoch> <stream> <seq> <count>) and exit")
 	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
-	cli.Parse(fs, "Usage:\n  consumer -queue Q -store FILE [flags]\n  consumer -dump -store FILE\n\n"+
-		"Consumes with exactly-once effects: a per-message counter (the ledger) is incremented in the\n"+
-		"same bbolt transaction that marks the message handled.\n", os.Args[1:])
+	cli.Parse(fs, "Usage:\n  consumer -queue Q -store FILE [flags]\n  consumer -queue Q -pg DSN [flags]\n  consumer -dump -store FILE | -pg DSN\n\n"+
+		"Consumes with exactly-once effects: the message's ledger entry (a counter in the bbolt file, or a\n"+
+		"row in PostgreSQL) is written in the same transaction that marks the message handled.\n", os.Args[1:])
 	cli.Exit("consumer", run(o), 1)
 }
 
 func run(o options) error {
-	if o.store == "" {
-		return errors.New("-store is required")
+	if (o.store == "") == (o.pg == "") {
+		return errors.New("one of -store and -pg is required")
 	}
 	if o.dump {
+		if o.pg != "" {
+			return dumpPG(context.Background(), os.Stdout, o)
+		}
 		return dump(os.Stdout, o.store)
 	}
 	if o.queue == "" {
@@ -113,17 +128,17 @@ func run(o options) error {
 
 	out := &lineOut{w: os.Stderr}
 	var mem metrics.Memory
-	c, err := consumer.New(consumer.Config{
-		URLs:      strings.Split(o.urls, ","),
-		Queue:     o.queue,
-		Topology:  topo,
-		Prefetch:  o.prefetch,
-		Workers:   o.workers,
-		StorePath: o.store,
-		Dedup:     dedup.Config{GapGrace: o.gapGrace},
-		Name:      "rabbitkit-example-consumer",
-		Logger:    log,
-		Metrics:   &mem,
+	cfg := consumer.Config{
+		URLs:           strings.Split(o.urls, ","),
+		Queue:          o.queue,
+		Topology:       topo,
+		Prefetch:       o.prefetch,
+		Workers:        o.workers,
+		StorePath:      o.store,
+		Dedup:          dedup.Config{GapGrace: o.gapGrace},
+		ConnectionName: "rabbitkit-example-consumer",
+		Logger:         log,
+		Metrics:        &mem,
 		OnGap: func(e dedup.Event) {
 			out.line(history.FormatGap(history.Gap{Source: e.Key.Source, Epoch: e.Epoch, Stream: e.Key.Stream, From: e.From, To: e.To}))
 		},
@@ -138,17 +153,37 @@ func run(o options) error {
 			log.Error("duplicate with a different body", "stamp", cf.Stamp,
 				"first_hash", fmt.Sprintf("%x", cf.FirstHash), "dup_hash", fmt.Sprintf("%x", cf.DupHash))
 		},
-	})
-	if err != nil {
-		return err
 	}
-	defer c.Close()
-
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
 	var last atomic.Int64 // unix nanos of the last handled message
 	last.Store(time.Now().UnixNano())
+	var runTx func(ctx context.Context) error
+	if o.pg != "" {
+		cleanup, rt, err := pgBackend(ctx, o, cfg, log, &last)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		runTx = rt
+	} else {
+		c, err := consumer.New(cfg)
+		if err != nil {
+			return err
+		}
+		defer c.Close(context.Background())
+		runTx = func(ctx context.Context) error {
+			return c.RunTx(ctx, func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error {
+				last.Store(time.Now().UnixNano())
+				if !m.Stamped {
+					return nil // not published through rabbitkit: nothing to count
+				}
+				_, err := ledger.Increment(tx, m.Stamp)
+				return err
+			})
+		}
+	}
+
 	var wg sync.WaitGroup
 	if o.exitIdle > 0 {
 		wg.Go(func() { exitWhenIdle(ctx, cancel, &last, o.exitIdle, log) })
@@ -161,14 +196,7 @@ func run(o options) error {
 	if o.statsEvery > 0 {
 		wg.Go(func() { every(ctx, o.statsEvery, stats) })
 	}
-	err = c.RunTx(ctx, func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error {
-		last.Store(time.Now().UnixNano())
-		if !m.Stamped {
-			return nil // not published through rabbitkit: nothing to count
-		}
-		_, err := ledger.Increment(tx, m.Stamp)
-		return err
-	})
+	err := runTx(ctx)
 	cancel()
 	wg.Wait()
 	if o.statsEvery > 0 {
@@ -182,10 +210,7 @@ func run(o options) error {
 		"redeliveries", mem.Get(consumer.MetricRedeliveries),
 		"reconnects", mem.Get(consumer.MetricReconnects),
 		"parked", mem.Get(consumer.MetricParked))
-	if err != nil {
-		return err
-	}
-	return c.Close()
+	return err
 }
 
 // exitWhenIdle cancels the run once no message was handled for idle.

@@ -33,17 +33,25 @@ func NewProxy(t testing.TB, amqpURL string) *Proxy {
 		t.Fatalf("testbroker: %v", err)
 	}
 	upstream := fmt.Sprintf("%s:%d", u.Host, u.Port)
+	px := NewTCPProxy(t, upstream)
+	px.URL = strings.Replace(amqpURL, upstream, px.Addr, 1)
+	if px.URL == amqpURL {
+		u.Host, u.Port = "127.0.0.1", portOf(px.Addr)
+		px.URL = u.String()
+	}
+	return px
+}
+
+// NewTCPProxy starts a proxy in front of any TCP server at upstream (host:port), a PostgreSQL
+// server say; its URL is empty: dial Addr. It is stopped when the test ends.
+func NewTCPProxy(t testing.TB, upstream string) *Proxy {
+	t.Helper()
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	p := toxiproxy.NewProxy(srv, "rabbit", "127.0.0.1:0", upstream)
+	p := toxiproxy.NewProxy(srv, "proxy", "127.0.0.1:0", upstream)
 	if err := p.Start(); err != nil {
 		t.Fatalf("testbroker: start proxy: %v", err)
 	}
 	px := &Proxy{p: p, Addr: p.Listen, up: true}
-	px.URL = strings.Replace(amqpURL, upstream, p.Listen, 1)
-	if px.URL == amqpURL {
-		u.Host, u.Port = "127.0.0.1", portOf(p.Listen)
-		px.URL = u.String()
-	}
 	t.Cleanup(func() {
 		px.mu.Lock()
 		defer px.mu.Unlock()
