@@ -86,6 +86,8 @@ type queries struct {
 	lockKey    int64  // pg_advisory_xact_lock key of the migrations
 	t          string // quoted table
 	schemaT    string // quoted migration record table
+	membersT   string // quoted members table of partitioned groups
+	leasesT    string // quoted leases table of partitioned groups
 	schemaName string // "" or the schema part
 	baseName   string // the table part
 
@@ -114,6 +116,8 @@ func newQueries(table string) (*queries, error) {
 	}
 	q.t = ident(q.baseName)
 	q.schemaT = ident(q.baseName + "_schema")
+	q.membersT = ident(q.baseName + "_members")
+	q.leasesT = ident(q.baseName + "_leases")
 	h := fnv.New64a()
 	h.Write([]byte("rabbitkit/pginbox:" + q.schemaName + "." + q.baseName))
 	q.lockKey = int64(h.Sum64())

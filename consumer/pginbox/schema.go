@@ -14,7 +14,7 @@ import (
 var ErrSchemaVersion = errors.New("pginbox: the inbox table was migrated by a newer version of rabbitkit")
 
 // migration is one step of the schema. %[1]s is the quoted table, %[2]s the quoted name of its
-// expire_at index. Steps are applied in order, each once, inside the Open transaction.
+// expire_at index, %[3]s and %[4]s the quoted members and leases tables of partitioned groups. Steps are applied in order, each once, inside the Open transaction.
 type migration struct {
 	version int
 	note    string
@@ -33,6 +33,21 @@ var migrations = []migration{
 			PRIMARY KEY (source, stream)
 		) WITH (fillfactor = 70)`,
 		`CREATE INDEX %[2]s ON %[1]s (expire_at) WHERE expire_at IS NOT NULL`,
+	}},
+	{2, "partitioned groups: members and leases (lease.go)", []string{
+		`CREATE TABLE %[3]s (
+			grp     text NOT NULL,
+			member  text NOT NULL,
+			expires timestamptz NOT NULL,
+			PRIMARY KEY (grp, member)
+		)`,
+		`CREATE TABLE %[4]s (
+			grp     text NOT NULL,
+			part    integer NOT NULL,
+			owner   text NOT NULL DEFAULT '',
+			expires timestamptz NOT NULL DEFAULT '-infinity',
+			PRIMARY KEY (grp, part)
+		)`,
 	}},
 }
 
@@ -82,7 +97,7 @@ func migrate[T any](ctx context.Context, d db[T], q *queries, logf func(msg stri
 			continue
 		}
 		for _, stmt := range m.sql {
-			if err := tx.exec(ctx, fmt.Sprintf(stmt, q.t, index)); err != nil {
+			if err := tx.exec(ctx, fmt.Sprintf(stmt, q.t, index, q.membersT, q.leasesT)); err != nil {
 				return fmt.Errorf("migration %d: %w", m.version, err)
 			}
 		}
