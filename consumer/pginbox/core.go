@@ -203,4 +203,3 @@ func (c *core[T]) view(ctx context.Context, fn func(tx T) error) (err error) {
 	}
 	return nil
 }
-

@@ -188,4 +188,3 @@ func (s *SQLStore) Release(ctx context.Context, group, member string, parts []in
 func (s *SQLStore) Leave(ctx context.Context, group, member string) error {
 	return s.c.leave(ctx, group, member)
 }
-
