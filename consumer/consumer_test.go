@@ -113,8 +113,8 @@ func TestPoisonMessageParked(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, "poison", string(d.Body))
-	require.Contains(t, d.Headers[consumer.HeaderParkReason], "handler failed 3 times")
-	require.Equal(t, f.queue, d.Headers[consumer.HeaderParkQueue])
+	require.Contains(t, d.Headers[protocol.HeaderParkReason], "handler failed 3 times")
+	require.Equal(t, f.queue, d.Headers[protocol.HeaderParkQueue])
 	require.Equal(t, "rk2:src:1:s:2", d.MessageId, "the parked copy keeps its stamp")
 }
 

@@ -26,12 +26,12 @@ import (
 
 // The child process: the test binary re-executed with these variables set.
 const (
-	childEnv     = "RK_CONSUMER_CRASH_CHILD" // "1"
-	childURL     = "RK_CHILD_URL"
-	childQueue   = "RK_CHILD_QUEUE"
-	childDB      = "RK_CHILD_DB"
-	childWant    = "RK_CHILD_WANT"       // exit cleanly once this many distinct effects are in the file
-	childKillKey = "RK_CHILD_KILL_AFTER" // SIGKILL itself right after the commit holding this stamp's effect
+	childEnv     = "RABBITKIT_CONSUMER_CRASH_CHILD" // "1"
+	childURL     = "RABBITKIT_CHILD_URL"
+	childQueue   = "RABBITKIT_CHILD_QUEUE"
+	childDB      = "RABBITKIT_CHILD_DB"
+	childWant    = "RABBITKIT_CHILD_WANT"       // exit cleanly once this many distinct effects are in the file
+	childKillKey = "RABBITKIT_CHILD_KILL_AFTER" // SIGKILL itself right after the commit holding this stamp's effect
 )
 
 // killingStore SIGKILLs the process right after the commit that holds the marked effect: the mark

@@ -30,12 +30,12 @@
 // Store (a bbolt file by default), and only then is the delivery acked. Duplicates are acked
 // without running the handler. Whatever cannot be handled is parked: published, with a confirm,
 // to a parking queue (Config.ParkingQueue, "<queue>.parked" by default) with its original body,
-// properties and headers plus rk-park-reason and friends, and only then acked. Two properties move
-// into headers instead: expiration (rk-park-expiration), so that a parked message waits for an
-// operator rather than expiring unseen, and user-id (rk-park-user-id), which RabbitMQ refuses from
-// any connection but the original publisher's user. The copy is kept within one frame: an
-// over-long reason is cut, and original headers that would not fit are left out except the rk-
-// stamp (rk-park-headers-dropped says so).
+// properties and headers plus the rk-park- headers (protocol.HeaderParkReason and the others;
+// docs/PROTOCOL.md, "Parked messages", defines them), and only then acked. Two properties move
+// into headers instead: expiration, so that a parked message waits for an operator rather than
+// expiring unseen, and user-id, which RabbitMQ refuses from any connection but the original
+// publisher's user. The copy is kept within one frame: an over-long reason is cut, and original
+// headers that would not fit are left out except the rk- stamp.
 //
 // # Guarantees
 //

@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 }
 
 func quietLogger() *slog.Logger {
-	if os.Getenv("RK_TEST_LOG") != "" {
+	if os.Getenv("RABBITKIT_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -15,29 +15,6 @@ import (
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
-// Headers added to a parked message (besides all of its original headers).
-const (
-	HeaderParkReason     = "rk-park-reason"      // why it was parked
-	HeaderParkQueue      = "rk-park-queue"       // the queue it was consumed from
-	HeaderParkExchange   = "rk-park-exchange"    // the exchange it was published to
-	HeaderParkRoutingKey = "rk-park-routing-key" // its routing key
-	HeaderParkTime       = "rk-park-time"        // when it was parked
-	HeaderParkAttempts   = "rk-park-attempts"    // failed handler attempts
-	// HeaderParkExpiration holds the message's expiration property. The parked copy has none: a
-	// parked message must wait for an operator, not expire unseen.
-	HeaderParkExpiration = "rk-park-expiration"
-	// HeaderParkUserID holds the message's user-id property. The parked copy has none: RabbitMQ
-	// refuses a user-id other than the publishing connection's user, which the parker's is not.
-	HeaderParkUserID = "rk-park-user-id"
-	// HeaderParkHeadersDropped is set (to the original headers' size in bytes) when the original
-	// headers and the park headers together do not fit in one AMQP frame: the original headers
-	// are then left out, so that the message can still be parked.
-	HeaderParkHeadersDropped = "rk-park-headers-dropped"
-)
-
-// maxParkReason bounds the rk-park-reason header: a handler's error text can be of any length.
-const maxParkReason = 1024
-
 // parker publishes parked messages on a connection of its own, with publisher confirms and the
 // mandatory flag, so that "parked" means "in the parking queue". Its goroutine owns that
 // connection; workers send it requests and wait for the outcome.
@@ -165,29 +142,30 @@ var errParkNotConfirmed = errors.New("consumer: parking publish nacked or connec
 
 // parkHeaders builds the parked copy's headers: the original ones plus the rk-park- ones. The
 // result always encodes and fits in one frame of frameMax bytes with the delivery's properties:
-// the reason is cut to maxParkReason bytes, and original headers that would not fit are left out
-// (HeaderParkHeadersDropped says so). A message that cannot be parked would be retried forever.
+// the reason is cut to protocol.MaxParkReason bytes, and original headers that would not fit are
+// left out (protocol.HeaderParkHeadersDropped says so). A message that cannot be parked would be
+// retried forever.
 func parkHeaders(d *amqp.Delivery, queue, reason string, attempts, frameMax int) amqp.Table {
-	if len(reason) > maxParkReason {
-		cut := maxParkReason
+	if len(reason) > protocol.MaxParkReason {
+		cut := protocol.MaxParkReason
 		for i := 0; i < utf8.UTFMax-1 && !utf8.RuneStart(reason[cut]); i++ {
 			cut-- // back to the start of a valid rune; invalid UTF-8 is cut where it is
 		}
 		reason = reason[:cut] + "…"
 	}
 	park := amqp.Table{
-		HeaderParkReason:     reason,
-		HeaderParkQueue:      queue,
-		HeaderParkExchange:   d.Exchange,
-		HeaderParkRoutingKey: d.RoutingKey,
-		HeaderParkTime:       time.Now().UTC().Truncate(time.Second),
-		HeaderParkAttempts:   int64(attempts),
+		protocol.HeaderParkReason:     reason,
+		protocol.HeaderParkQueue:      queue,
+		protocol.HeaderParkExchange:   d.Exchange,
+		protocol.HeaderParkRoutingKey: d.RoutingKey,
+		protocol.HeaderParkTime:       time.Now().UTC().Truncate(time.Second),
+		protocol.HeaderParkAttempts:   int64(attempts),
 	}
 	if d.Expiration != "" {
-		park[HeaderParkExpiration] = d.Expiration
+		park[protocol.HeaderParkExpiration] = d.Expiration
 	}
 	if d.UserId != "" {
-		park[HeaderParkUserID] = d.UserId
+		park[protocol.HeaderParkUserID] = d.UserId
 	}
 	if frameMax <= 0 {
 		frameMax = amqpwire.DefaultFrameMax
@@ -213,9 +191,9 @@ func parkHeaders(d *amqp.Delivery, queue, reason string, attempts, frameMax int)
 	if err != nil || parkSize+origSize-4 > room {
 		// Cannot happen for headers RabbitMQ delivered within its own frame, unless they were
 		// close to the limit: keep the message and its rk- stamp, say what was left out.
-		park[HeaderParkHeadersDropped] = int64(origSize)
+		park[protocol.HeaderParkHeadersDropped] = int64(origSize)
 		if err != nil {
-			park[HeaderParkReason] = reason + " (original headers dropped: " + err.Error() + ")"
+			park[protocol.HeaderParkReason] = reason + " (original headers dropped: " + err.Error() + ")"
 		}
 		stamp := amqp.Table{}
 		for _, k := range [...]string{protocol.HeaderStamp, protocol.HeaderSource, protocol.HeaderEpoch, protocol.HeaderStream, protocol.HeaderSeq} {

@@ -64,19 +64,19 @@ func TestParkedCopyIsAlwaysParkable(t *testing.T) {
 	}
 	d := got["user-id"]
 	require.Empty(t, d.UserId)
-	require.Equal(t, "guest", d.Headers[consumer.HeaderParkUserID])
-	reason, _ := d.Headers[consumer.HeaderParkReason].(string)
+	require.Equal(t, "guest", d.Headers[protocol.HeaderParkUserID])
+	reason, _ := d.Headers[protocol.HeaderParkReason].(string)
 	require.LessOrEqual(t, len(reason), 1024+len("…"))
 	require.True(t, strings.HasPrefix(reason, "handler failed"), reason)
 
 	d = got["expiring"]
 	require.Empty(t, d.Expiration)
-	require.Equal(t, expiring.Expiration, d.Headers[consumer.HeaderParkExpiration])
+	require.Equal(t, expiring.Expiration, d.Headers[protocol.HeaderParkExpiration])
 
 	d = got["big headers"]
 	require.NotContains(t, d.Headers, "big")
-	require.Greater(t, d.Headers[consumer.HeaderParkHeadersDropped], int64(130_000))
-	require.Equal(t, f.queue, d.Headers[consumer.HeaderParkQueue])
+	require.Greater(t, d.Headers[protocol.HeaderParkHeadersDropped], int64(130_000))
+	require.Equal(t, f.queue, d.Headers[protocol.HeaderParkQueue])
 	require.Equal(t, int64(3), d.Headers["rk-seq"], "the stamp stays when other headers are left out")
 	require.Equal(t, "src", d.Headers["rk-source"])
 

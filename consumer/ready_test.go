@@ -30,7 +30,9 @@ func TestWaitReadyReportsWhyNot(t *testing.T) {
 			c, err := consumer.New(cfg)
 			require.NoError(t, err)
 			done := make(chan error, 1)
-			go func() { done <- c.Run(context.Background(), func(context.Context, *consumer.Message) error { return nil }) }()
+			go func() {
+				done <- c.Run(context.Background(), func(context.Context, *consumer.Message) error { return nil })
+			}()
 			// RabbitMQ answers a failed login after about 3 s.
 			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 			defer cancel()
@@ -62,7 +64,9 @@ func TestWaitReadyAndStateChanges(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, consumer.StateIdle, c.Status().State)
 	done := make(chan error, 1)
-	go func() { done <- c.Run(context.Background(), func(context.Context, *consumer.Message) error { return nil }) }()
+	go func() {
+		done <- c.Run(context.Background(), func(context.Context, *consumer.Message) error { return nil })
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	require.NoError(t, c.WaitReady(ctx))

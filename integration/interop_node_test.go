@@ -455,7 +455,7 @@ func testNodePublish(t *testing.T, node string) {
 	)
 	mem := &metrics.Memory{}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if os.Getenv("RK_TEST_LOG") != "" {
+	if os.Getenv("RABBITKIT_TEST_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	const gapGrace = 300 * time.Millisecond
@@ -735,12 +735,12 @@ func testNodePublish(t *testing.T, node string) {
 			t.Errorf("%q (message-id %q, headers %v) was not parked", item.Body, item.MessageID, item.Headers)
 			continue
 		}
-		reason, _ := d.Headers[consumer.HeaderParkReason].(string)
+		reason, _ := d.Headers[protocol.HeaderParkReason].(string)
 		if !e.stamped && !strings.Contains(reason, "malformed") || !strings.Contains(reason, e.reason) {
 			t.Errorf("%q parked with reason %q, want it to name %q", item.Body, reason, cmp.Or(e.reason, "malformed"))
 		}
-		if q, _ := d.Headers[consumer.HeaderParkQueue].(string); q != queue {
-			t.Errorf("%q: %s = %q, want %q", item.Body, consumer.HeaderParkQueue, q, queue)
+		if q, _ := d.Headers[protocol.HeaderParkQueue].(string); q != queue {
+			t.Errorf("%q: %s = %q, want %q", item.Body, protocol.HeaderParkQueue, q, queue)
 		}
 		wantID := item.MessageID
 		if item.Form == "v2" {
