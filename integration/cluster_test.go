@@ -39,16 +39,17 @@ type cluster struct {
 	junk      []string         // stdout lines that parse as nothing: a broken line format fails the test
 	applied   []history.Applied
 
-	sources   []*source
-	cons      []*proc              // the consumer processes: one unless consumers > 1 (competing, with -pg)
-	consumers int                  // how many consumer processes run at once; default 1
-	pg        string               // when set, consumers keep their state in this PostgreSQL (-pg) instead of -store
-	pgDirect  string               // the DSN -dump reads (pg may go through a faulty proxy); default pg
-	consStats []map[string]float64 // per consumer run, its last "stats" line; guarded by mu
-	consRuns  int
-	consKills int
-	stopping  bool     // finish is stopping the consumer
-	failures  []string // processes that died on their own
+	sources    []*source
+	cons       []*proc              // the consumer processes: one unless consumers > 1 (competing, with -pg)
+	consumers  int                  // how many consumer processes run at once; default 1
+	pg         string               // when set, consumers keep their state in this PostgreSQL (-pg) instead of -store
+	pgDirect   string               // the DSN -dump reads (pg may go through a faulty proxy); default pg
+	partitions int                  // > 0: route and consume topology.Partitions (<queue>.0..N-1) with consumer groups
+	consStats  []map[string]float64 // per consumer run, its last "stats" line; guarded by mu
+	consRuns   int
+	consKills  int
+	stopping   bool     // finish is stopping the consumer
+	failures   []string // processes that died on their own
 }
 
 type source struct {
@@ -105,6 +106,9 @@ func (c *cluster) startPublisher(src *source) {
 		"-routing-key", c.queue, "-queue", c.queue, "-queue-type", c.queueType,
 		"-count", strconv.Itoa(remaining), "-rate", strconv.FormatFloat(c.rate, 'f', -1, 64),
 		"-size", "256", "-streams", strconv.Itoa(c.streams), "-stats-every", "1s",
+	}
+	if c.partitions > 0 {
+		args = append(args, "-partitions", strconv.Itoa(c.partitions))
 	}
 	run.proc = startProc(c.t, c.dir, procSpec{
 		name: fmt.Sprintf("publisher-%s#%d", src.name, src.runs), bin: filepath.Join(c.bin, "publisher"), args: args,
@@ -171,6 +175,9 @@ func (c *cluster) startConsumerAt(i int, exitIdle time.Duration) {
 		"-url", c.url, "-queue", c.queue, "-queue-type", c.queueType,
 		"-gap-grace", c.gapGrace.String(), "-exit-idle", exitIdle.String(), "-stats-every", "1s",
 	}, c.storeArgs(c.pg)...)
+	if c.partitions > 0 {
+		args = append(args, "-exchange", c.exchange, "-partitions", strconv.Itoa(c.partitions))
+	}
 	c.mu.Lock()
 	run := len(c.consStats)
 	c.consStats = append(c.consStats, nil)
@@ -317,7 +324,13 @@ func (c *cluster) finish(timeout time.Duration) {
 			c.failures = append(c.failures, "graceful stop: "+p.describe())
 		}
 	}
-	c.startConsumer(5 * time.Second)
+	idle := 5 * time.Second
+	if c.partitions > 0 {
+		// The last member takes the killed members' partitions only once their leases expired
+		// (consumer.DefaultLeaseTTL): it must not give up before.
+		idle = 25 * time.Second
+	}
+	c.startConsumer(idle)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Minute))
 	defer cancel()
 	if err := c.cons[0].wait(ctx); err != nil {

@@ -1,12 +1,17 @@
 package integration
 
 import (
+	"context"
+	"fmt"
 	"math/rand/v2"
 	"net/url"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/examples/ledger"
 	"github.com/rabbitkit/rabbitkit/internal/pgtest"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
 )
@@ -90,5 +95,92 @@ func TestPGCompetingConsumers(t *testing.T) {
 	}
 	if busy < 3 {
 		t.Fatalf("only %d consumer runs handled anything: the replicas did not compete", busy)
+	}
+}
+
+// TestPGPartitionFailover: two consumer processes (-pg -partitions 4) form a group over four
+// partition queues; publishers route each stream to its partition. Members are SIGKILLed at
+// random and restarted: a dead member's partitions move to the other once its leases expire.
+// Every accepted message has exactly one ledger row, and each stream's rows, in insertion order,
+// have strictly increasing seqs: per-stream order holds across every move.
+func TestPGPartitionFailover(t *testing.T) {
+	url0 := testbroker.SharedURL(t)
+	dsn := pgtest.DSN(t)
+	c := newCluster(t, url0, "classic", 2, 2000)
+	c.exchange = testbroker.Name(t, "part-x")
+	c.queue = testbroker.Name(t, "part-q")
+	c.rate = 150
+	c.streams = 8
+	c.consumers = 2
+	c.partitions = 4
+	c.pg = dsn
+	var qs []string
+	for i := range c.partitions {
+		qs = append(qs, fmt.Sprintf("%s.%d", c.queue, i))
+	}
+	testbroker.DeleteQueues(t, url0, qs...)
+	testbroker.DeleteExchanges(t, url0, c.exchange)
+
+	c.startConsumers()
+	for _, s := range c.sources {
+		c.startPublisher(s)
+	}
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 2))
+	kills := 0
+	for end := time.Now().Add(16 * time.Second); time.Now().Before(end); kills++ {
+		c.sleep(time.Duration(2000+rng.IntN(2000)) * time.Millisecond)
+		c.killConsumerAt(rng.IntN(c.consumers))
+	}
+	t.Logf("%d members SIGKILLed", kills)
+	c.finish(3 * time.Minute)
+
+	res := history.Check(c.history())
+	t.Log("\n" + res.Table().String())
+	want := 0
+	for _, s := range c.sources {
+		want += s.target
+	}
+	if !res.OK() || res.Accepted != want || res.ExactlyOnce != want {
+		t.Fatalf("want all %d accepted messages applied exactly once: %+v", want, res)
+	}
+	for _, f := range c.failures {
+		t.Errorf("a process failed: %s", f)
+	}
+	// Order: per stream, the ledger's rows in insertion order.
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT source, stream, seq FROM `+ledger.DefaultPGTable+` ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := map[string]int64{}
+	bad := 0
+	for rows.Next() {
+		var src, stream string
+		var seq int64
+		if err := rows.Scan(&src, &stream, &seq); err != nil {
+			t.Fatal(err)
+		}
+		k := src + "/" + stream
+		if seq <= last[k] {
+			if bad < 10 {
+				t.Errorf("stream %s: seq %d applied after %d", k, seq, last[k])
+			}
+			bad++
+		}
+		last[k] = seq
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if bad > 0 {
+		t.Fatalf("%d effects out of per-stream order", bad)
+	}
+	if len(last) != len(c.sources)*c.streams {
+		t.Fatalf("%d streams in the ledger, want %d", len(last), len(c.sources)*c.streams)
 	}
 }

@@ -59,6 +59,8 @@ type options struct {
 	pg         string
 	pgTable    string
 	ledger     string
+	partitions int
+	member     string
 	prefetch   int
 	workers    int
 	exitIdle   time.Duration
@@ -80,6 +82,8 @@ func main() {
 	fs.StringVar(&o.pg, "pg", "", "PostgreSQL DSN (postgres://user@host:5432/db): keep the dedup state and the ledger there, in one transaction per batch, shared by every process started with the same -pg and -queue (competing consumers)")
 	fs.StringVar(&o.pgTable, "pg-table", "", "with -pg: the inbox table (default rabbitkit_inbox; rabbitkit creates and migrates it)")
 	fs.StringVar(&o.ledger, "ledger-table", ledger.DefaultPGTable, "with -pg: the ledger table (one row per applied message, no unique constraint)")
+	fs.IntVar(&o.partitions, "partitions", 0, "with -pg and -exchange: consume the N partition queues <queue>.0..N-1 (x-single-active-consumer) as one member of a group: the partitions are spread over every process started with the same -pg, -queue and -partitions, per-stream order is kept, and a dead member's partitions move to the others within ~12 s")
+	fs.StringVar(&o.member, "member", "", "with -partitions: this process's name in the group (default host-pid-random)")
 	fs.IntVar(&o.prefetch, "prefetch", consumer.DefaultPrefetch, "deliveries in flight (basic.qos)")
 	fs.IntVar(&o.workers, "workers", 1, "handler goroutines (per-stream order is kept)")
 	fs.DurationVar(&o.exitIdle, "exit-idle", 0, "exit 0 after no message for this long (0: run until SIGTERM/SIGINT)")
@@ -96,6 +100,9 @@ func main() {
 func run(o options) error {
 	if (o.store == "") == (o.pg == "") {
 		return errors.New("one of -store and -pg is required")
+	}
+	if o.partitions > 0 && o.pg == "" {
+		return errors.New("-partitions needs -pg (the group's leases and shared dedup state live there)")
 	}
 	if o.dump {
 		if o.pg != "" {

@@ -22,6 +22,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/examples/history"
 	"github.com/rabbitkit/rabbitkit/examples/ledger"
 	"github.com/rabbitkit/rabbitkit/protocol"
+	"github.com/rabbitkit/rabbitkit/topology"
 )
 
 // pgBackend opens the PostgreSQL inbox and ledger of -pg and returns the function that runs the
@@ -48,11 +49,38 @@ func pgBackend(ctx context.Context, o options, cfg consumer.Config, log *slog.Lo
 		return nil, nil, err
 	}
 	cfg.StorePath, cfg.Dedup = "", dedup.Config{} // the store's dedup config is the one
-	c, err := consumer.NewWithStore(cfg, store)
-	if err != nil {
+	h := func(ctx context.Context, tx pgx.Tx, m *consumer.Message) error {
+		last.Store(time.Now().UnixNano())
+		if !m.Stamped {
+			return nil // not published through rabbitkit: nothing to count
+		}
+		return led.Insert(ctx, tx, m.Stamp)
+	}
+	fail := func(err error) (func(), func(context.Context) error, error) {
 		_ = store.Close()
 		pool.Close()
 		return nil, nil, err
+	}
+	if o.partitions > 0 {
+		if o.exchange == "" {
+			return fail(errors.New("-partitions needs -exchange"))
+		}
+		cfg.Queue, cfg.Topology = "", topology.Topology{}
+		g, err := consumer.NewGroup(consumer.GroupConfig{
+			Config:     cfg,
+			Partitions: topology.Partitions{Exchange: o.exchange, Queue: o.queue, Count: o.partitions, Type: o.queueType},
+			Leaser:     store,
+			Member:     o.member,
+			OnAssign:   func(held []int) { log.Info("partitions held", "partitions", held) },
+		}, store)
+		if err != nil {
+			return fail(err)
+		}
+		return func() { _ = store.Close(); pool.Close() }, func(ctx context.Context) error { return g.RunTx(ctx, h) }, nil
+	}
+	c, err := consumer.NewWithStore(cfg, store)
+	if err != nil {
+		return fail(err)
 	}
 	cleanup = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -61,16 +89,7 @@ func pgBackend(ctx context.Context, o options, cfg consumer.Config, log *slog.Lo
 		_ = store.Close()
 		pool.Close()
 	}
-	runTx = func(ctx context.Context) error {
-		return c.RunTx(ctx, func(ctx context.Context, tx pgx.Tx, m *consumer.Message) error {
-			last.Store(time.Now().UnixNano())
-			if !m.Stamped {
-				return nil // not published through rabbitkit: nothing to count
-			}
-			return led.Insert(ctx, tx, m.Stamp)
-		})
-	}
-	return cleanup, runTx, nil
+	return cleanup, func(ctx context.Context) error { return c.RunTx(ctx, h) }, nil
 }
 
 func openPool(ctx context.Context, dsn string, conns int) (*pgxpool.Pool, error) {

@@ -46,8 +46,10 @@ func (l *PG) Create(ctx context.Context, pool *pgxpool.Pool) error {
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, "rabbitkit-ledger:"+l.table); err != nil {
 		return fmt.Errorf("ledger: create: %w", err)
 	}
+	// id records the order of the inserts: with one consumer per partition at a time, a stream's
+	// rows must come out in seq order (the partitioned test checks it).
 	_, err = tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+l.table+` (
-		source text NOT NULL, epoch bigint NOT NULL, stream text NOT NULL, seq bigint NOT NULL,
+		id bigserial, source text NOT NULL, epoch bigint NOT NULL, stream text NOT NULL, seq bigint NOT NULL,
 		applied_at timestamptz NOT NULL DEFAULT now())`)
 	if err != nil {
 		return fmt.Errorf("ledger: create: %w", err)

@@ -53,6 +53,7 @@ type options struct {
 	closeWait  time.Duration
 	statsEvery time.Duration
 	verbose    bool
+	partitions int
 }
 
 func main() {
@@ -69,6 +70,7 @@ func main() {
 	fs.Float64Var(&o.rate, "rate", 0, "messages per second (0 = as fast as the journal takes them)")
 	fs.IntVar(&o.size, "size", 256, "body bytes")
 	fs.IntVar(&o.streams, "streams", 1, "spread messages round-robin over this many streams (sequence spaces)")
+	fs.IntVar(&o.partitions, "partitions", 0, "route to N partition queues <queue>.0..N-1 of -exchange (topology.Partitions, declared with x-single-active-consumer), each stream to FNV-1a(stream) mod N; needs -queue as the prefix")
 	fs.IntVar(&o.inFlight, "in-flight", publisher.DefaultMaxInFlight, "unconfirmed messages allowed on the channel")
 	fs.DurationVar(&o.closeWait, "close-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for confirms of messages in flight")
 	fs.DurationVar(&o.statsEvery, "stats-every", 0, "print \"stats confirmed=N resent=N unknown=N reconnects=N\" to stderr this often (0: never)")
@@ -102,7 +104,14 @@ func run(o options) error {
 		key = o.queue
 	}
 	topo := topology.Topology{Exchanges: []topology.Exchange{{Name: o.exchange}}}
-	if o.queue != "" {
+	var parts *topology.Partitions
+	if o.partitions > 0 {
+		parts = &topology.Partitions{Exchange: o.exchange, Queue: o.queue, Count: o.partitions, Type: o.queueType}
+		if err := parts.Validate(); err != nil {
+			return fmt.Errorf("-partitions: %w", err)
+		}
+		topo = parts.Topology()
+	} else if o.queue != "" {
 		topo.Queues = []topology.Queue{{Name: o.queue, Type: o.queueType}}
 		topo.Bindings = []topology.Binding{{Queue: o.queue, Exchange: o.exchange, Key: key}}
 	}
@@ -187,8 +196,12 @@ publish:
 		body := makeBody(o.size, o.source, i) // the publisher owns it until journaled: never reuse
 		// Not sig: a context ending while the journal writes the message would leave its fate
 		// unknown to this run. PublishAsync only waits for room in the accept buffer.
+		rk := key
+		if parts != nil {
+			rk = parts.RoutingKey(stream)
+		}
 		r := p.PublishAsync(context.Background(), publisher.Message{
-			Exchange: o.exchange, RoutingKey: key, Stream: stream, Body: body,
+			Exchange: o.exchange, RoutingKey: rk, Stream: stream, Body: body,
 		})
 		receipts <- r
 		published++
