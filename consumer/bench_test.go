@@ -4,11 +4,18 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
+	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,6 +67,14 @@ func BenchmarkDrain(b *testing.B) {
 			b.ReportMetric(rawRate, "raw_msgs/s")
 			b.ReportMetric(kitRate, "kit_msgs/s")
 			b.ReportMetric(kitRate/rawRate, "ratio")
+			// Each round's own ratio (kit after raw, same minute): their median and spread.
+			ratios := make([]float64, len(raws))
+			for i := range raws {
+				ratios[i] = kits[i] / raws[i]
+			}
+			b.ReportMetric(median(ratios), "round_ratio_median")
+			b.ReportMetric(slices.Min(ratios), "round_ratio_min")
+			b.ReportMetric(slices.Max(ratios), "round_ratio_max")
 			b.ReportMetric(lat.p50*1e3, "ack_p50_ms")
 			b.ReportMetric(lat.p99*1e3, "ack_p99_ms")
 		})
@@ -70,6 +85,10 @@ var benchNoSync = flag.Bool("rk.nosync", false, "BenchmarkDrain: bbolt without f
 
 var benchKitPrefetch = flag.Int("rk.kitprefetch", 0, "BenchmarkDrain: the rabbitkit consumer's prefetch (0: DefaultPrefetch, as the raw baseline)")
 
+var benchHeapProf = flag.String("rk.heapprof", "", "BenchmarkDrain*: write a heap profile (after a GC) to this file at the end of each rabbitkit drain, before the consumer closes")
+
+var benchStreamVariants = flag.String("rk.streamvariants", "", "BenchmarkDrainStreams: run only these variants (comma-separated: one,10k,new,newrand; default all); ratios are to the first one run")
+
 var benchRounds = flag.Int("rk.rounds", 3, "BenchmarkDrain: alternating raw/rabbitkit rounds (medians are reported)")
 
 func median(v []float64) float64 {
@@ -79,6 +98,12 @@ func median(v []float64) float64 {
 }
 
 func fill(b *testing.B, conn *amqp.Connection, q string, n, size int) {
+	fillStamps(b, conn, q, n, size, func(i int) (string, int64) { return fmt.Sprint("s", i%16), int64(i/16 + 1) })
+}
+
+// fillStamps publishes n persistent messages to q (declared classic), the i-th stamped with the
+// stream and sequence number that streamOf(i) returns, confirmed in windows of 512.
+func fillStamps(b *testing.B, conn *amqp.Connection, q string, n, size int, streamOf func(i int) (string, int64)) {
 	ch, err := conn.Channel()
 	if err != nil {
 		b.Fatal(err)
@@ -93,7 +118,8 @@ func fill(b *testing.B, conn *amqp.Connection, q string, n, size int) {
 	body := make([]byte, size)
 	var window []*amqp.DeferredConfirmation
 	for i := range n {
-		s := protocol.Stamp{Source: "bench", Epoch: 1, Stream: fmt.Sprint("s", i%16), Seq: int64(i/16 + 1)}
+		stream, seq := streamOf(i)
+		s := protocol.Stamp{Source: "bench", Epoch: 1, Stream: stream, Seq: seq}
 		dc, err := ch.PublishWithDeferredConfirm("", q, false, false, amqp.Publishing{MessageId: s.String(), DeliveryMode: amqp.Persistent, Body: body})
 		if err != nil {
 			b.Fatal(err)
@@ -163,8 +189,13 @@ func (r *ackRecorder) Observe(name string, v float64) {
 type latency struct{ p50, p99 float64 }
 
 func drainKit(b *testing.B, url, q string, n int) (float64, latency) {
+	return drainKitIn(b, url, q, n, b.TempDir())
+}
+
+// drainKitIn is drainKit with its store at dir/bench.db.
+func drainKitIn(b *testing.B, url, q string, n int, dir string) (float64, latency) {
 	rec := &ackRecorder{}
-	store, err := consumer.OpenBoltStore(filepath.Join(b.TempDir(), "bench.db"), consumer.BoltOptions{NoSync: *benchNoSync})
+	store, err := consumer.OpenBoltStore(filepath.Join(dir, "bench.db"), consumer.BoltOptions{NoSync: *benchNoSync})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -177,7 +208,7 @@ func drainKit(b *testing.B, url, q string, n int) (float64, latency) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var handled atomic.Int64
@@ -196,6 +227,13 @@ func drainKit(b *testing.B, url, q string, n int) (float64, latency) {
 	}
 	el := time.Since(*t0.Load()) // ns/op covers the raw drain only; read the reported rates
 	b.StopTimer()
+	if *benchHeapProf != "" { // the live heap with everything drained still held by the consumer
+		runtime.GC()
+		if f, err := os.Create(*benchHeapProf); err == nil {
+			_ = pprof.WriteHeapProfile(f)
+			_ = f.Close()
+		}
+	}
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)
@@ -253,4 +291,170 @@ func benchDedupMemory(b *testing.B, cfg dedup.Config) {
 		b.ReportMetric(float64(encoded)/(1<<20), "stored_MiB")
 		runtime.KeepAlive(tr)
 	}
+}
+
+// BenchmarkDrainStreams: the rabbitkit consumer (dedup, fsync'd bbolt store) drains the same
+// pre-filled queue of b.N messages (at least 20,000; 256 B, classic) whose stamps lie on one stream,
+// on 10,000 streams round-robin, or with every message in a stream of its own ("new": as many
+// streams as messages, as in `examples/publisher -count N -streams N` read by `examples/consumer`;
+// "newrand": the same with names in random order, such as customer ids). Rounds (-rk.rounds) run
+// the variants in rotating order, each with a new store and a new consumer, so that all see the
+// same noise. Per variant it reports the median msg/s (from the first delivery to the last ack),
+// its ratio to one stream's (of the medians, and the min and max of each round's own ratio), the
+// CPU µs of this process and the KiB written to storage (/proc/self/io) per message, the peak heap
+// in use while draining, the process's peak RSS during the drain (VmHWM after a reset through
+// /proc/self/clear_refs; 0 where the kernel cannot reset it) and the store file's size. Each drain
+// runs under the pprof label variant=NAME (the consumer's and the store's goroutines inherit it):
+// split a -cpuprofile with -tagfocus 'variant=^newrand$'. -rk.streamvariants picks variants,
+// -rk.heapprof writes a heap profile at the end of each drain. Run with:
+//
+//	go test -run '^$' -bench DrainStreams -benchtime 100000x ./consumer/ -rk.rounds=3
+func BenchmarkDrainStreams(b *testing.B) {
+	if b.N == 1 {
+		return // the framework's probe run
+	}
+	type variant struct {
+		name    string
+		streams int  // 0: every message a stream of its own
+		random  bool // stream names in random order, not ascending
+		rates   []float64
+		heap    []float64 // peak HeapInuse during the drain, MiB
+		rss     []float64 // peak RSS during the drain, MiB (0 if the kernel cannot reset it)
+		file    float64   // store file size after the drain, MiB
+		cpu     []float64 // this process's CPU µs per message during the drain
+		wr      []float64 // KiB written to storage per message during the drain (/proc/self/io)
+	}
+	vs := []*variant{{name: "one", streams: 1}, {name: "10k", streams: 10_000}, {name: "new"}, {name: "newrand", random: true}}
+	if *benchStreamVariants != "" {
+		vs = slices.DeleteFunc(vs, func(v *variant) bool { return !slices.Contains(strings.Split(*benchStreamVariants, ","), v.name) })
+		if len(vs) == 0 {
+			b.Fatalf("-rk.streamvariants %q: no such variant", *benchStreamVariants)
+		}
+	}
+	url := testbroker.SharedURL(b)
+	q := testbroker.Name(b, "bench")
+	testbroker.DeleteQueues(b, url, q, q+".parked")
+	n := max(b.N, 20_000)
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	b.StopTimer() // only the drains are timed (ns/op is of every drain together; read the reported rates)
+	for r := range max(*benchRounds, 1) {
+		for i := range vs {
+			v := vs[(i+r)%len(vs)]
+			fillStamps(b, conn, q, n, 256, func(i int) (string, int64) {
+				switch {
+				case v.random:
+					return "orders#" + strconv.FormatUint(uint64(i)*0x9E3779B97F4A7C15, 36), 1
+				case v.streams == 0:
+					return "orders#" + strconv.Itoa(i), 1
+				case v.streams > 1:
+					return "orders#" + strconv.Itoa(i%v.streams), int64(i/v.streams + 1)
+				}
+				return "orders", int64(i + 1)
+			})
+			runtime.GC()
+			debug.FreeOSMemory()
+			rssReset := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+			stop := make(chan struct{})
+			var peak atomic.Uint64
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				var ms runtime.MemStats
+				for {
+					runtime.ReadMemStats(&ms)
+					if ms.HeapInuse > peak.Load() {
+						peak.Store(ms.HeapInuse)
+					}
+					select {
+					case <-stop:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+				}
+			})
+			dir := b.TempDir()
+			var rate float64
+			cpu0, io0 := cpuTime(), writeBytes()
+			b.StartTimer()                                                                          // drainKitIn stops it
+			pprof.Do(context.Background(), pprof.Labels("variant", v.name), func(context.Context) { // -tagfocus 'variant=^NAME$'
+				rate, _ = drainKitIn(b, url, q, n, dir)
+			})
+			v.cpu = append(v.cpu, float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(n))
+			v.wr = append(v.wr, float64(writeBytes()-io0)/1024/float64(n))
+			close(stop)
+			wg.Wait()
+			rss := 0.0
+			if rssReset {
+				rss = float64(vmHWM()) / (1 << 20)
+			}
+			if fi, err := os.Stat(filepath.Join(dir, "bench.db")); err == nil {
+				v.file = float64(fi.Size()) / (1 << 20)
+			}
+			v.rates, v.heap, v.rss = append(v.rates, rate), append(v.heap, float64(peak.Load())/(1<<20)), append(v.rss, rss)
+			b.Logf("round %d %s: %.0f msg/s, %.1f CPU µs/msg, %.2f KiB written/msg, peak heap %.1f MiB, peak RSS %.1f MiB",
+				r, v.name, rate, v.cpu[len(v.cpu)-1], v.wr[len(v.wr)-1], v.heap[len(v.heap)-1], rss)
+		}
+	}
+	one := median(vs[0].rates)
+	for _, v := range vs {
+		b.ReportMetric(median(v.rates), v.name+"_msg/s")
+		b.ReportMetric(median(v.heap), v.name+"_peakheap_MiB")
+		b.ReportMetric(median(v.rss), v.name+"_peakrss_MiB")
+		b.ReportMetric(v.file, v.name+"_store_MiB")
+		b.ReportMetric(median(v.cpu), v.name+"_cpu_µs/msg")
+		b.ReportMetric(median(v.wr), v.name+"_written_KiB/msg")
+		if v != vs[0] {
+			b.ReportMetric(median(v.rates)/one, v.name+"_ratio")
+			lo, hi := math.Inf(1), math.Inf(-1)
+			for k := range v.rates { // the ratio within each round, against that round's one stream
+				x := v.rates[k] / vs[0].rates[k]
+				lo, hi = math.Min(lo, x), math.Max(hi, x)
+			}
+			b.ReportMetric(lo, v.name+"_ratio_min")
+			b.ReportMetric(hi, v.name+"_ratio_max")
+		}
+	}
+}
+
+// cpuTime returns the CPU time (user + system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// writeBytes returns the bytes this process has caused to be written to storage
+// (/proc/self/io write_bytes), or 0.
+func writeBytes() uint64 {
+	buf, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(buf)) {
+		if rest, ok := strings.CutPrefix(line, "write_bytes:"); ok {
+			n, _ := strconv.ParseUint(strings.TrimSpace(rest), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// vmHWM returns the process's peak resident set size in bytes (/proc/self/status VmHWM), or 0.
+func vmHWM() uint64 {
+	buf, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(buf)) {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }

@@ -3,6 +3,7 @@ package journal
 import (
 	"context"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -14,7 +15,8 @@ import (
 // with the message count, as in `examples/publisher -count N -streams N`; "newrand" the same with
 // names in random order, such as customer ids). Each variant has a
 // journal of its own; they run in ten interleaved slices so that all see the same noise. Reports
-// msg/s and CPU µs per message of each, and the rates' ratio to one stream. Run with:
+// msg/s and CPU µs per message of each, and the rates' ratio to one stream. Each variant runs under
+// the pprof label variant=NAME, so that a -cpuprofile can be split with -tagfocus. Run with:
 //
 //	go test -run '^$' -bench Streams -benchtime 100000x ./journal
 func BenchmarkStreams(b *testing.B) {
@@ -30,7 +32,12 @@ func BenchmarkStreams(b *testing.B) {
 	}
 	vs := []*variant{{name: "one", streams: 1}, {name: "10k", streams: 10_000}, {name: "new"}, {name: "newrand", random: true}}
 	for _, v := range vs {
-		j, err := Open(filepath.Join(b.TempDir(), v.name+".db"), Options{Source: "bench"})
+		var j *Journal
+		var err error
+		// Opened under the variant's label, so that the journal's writer goroutine carries it too.
+		pprof.Do(context.Background(), pprof.Labels("variant", v.name), func(context.Context) {
+			j, err = Open(filepath.Join(b.TempDir(), v.name+".db"), Options{Source: "bench"})
+		})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -92,7 +99,7 @@ func BenchmarkStreams(b *testing.B) {
 		for i := range vs {
 			v := vs[(i+s)%len(vs)] // rotating order
 			c0, t0 := cpuTime(), time.Now()
-			run(v, k)
+			pprof.Do(ctx, pprof.Labels("variant", v.name), func(context.Context) { run(v, k) }) // -tagfocus 'variant=^NAME$'
 			v.wall += time.Since(t0)
 			v.cpu += cpuTime() - c0
 		}
