@@ -143,4 +143,3 @@ func (w *worker) park(e *entry, reason string, accounted bool) bool {
 	}
 	return true
 }
-
