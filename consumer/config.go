@@ -43,6 +43,9 @@ const (
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultMaxBatch caps the deliveries one worker handles between two store commits.
 	DefaultMaxBatch = 500
+	// DefaultStoreOutageRequeue is Config.StoreOutageRequeue's default: well under RabbitMQ's
+	// default consumer_timeout of 30 minutes.
+	DefaultStoreOutageRequeue = 5 * time.Minute
 )
 
 // Config configures a Consumer. URLs and Queue are required, and StorePath for New.
@@ -100,8 +103,14 @@ type Config struct {
 	// Prefetch. Default: exponential 100ms..5s, forever. Not used with an exclusive store, whose
 	// failure ends Run.
 	StoreRetryBackoff func() backoff.BackOff
-	Heartbeat         time.Duration // default 2s
-	ConnectionName    string        // connection name shown in the management UI; default "rabbitkit-consumer"
+	// StoreOutageRequeue: a batch a shared store has refused for this long is given back to the
+	// queue (basic.nack with requeue) instead of being held unacked any longer, so that nothing
+	// stays unacked until the broker's consumer_timeout (30 min by default) closes the channel;
+	// it comes back later, to this or another replica. Default DefaultStoreOutageRequeue;
+	// negative: hold it until the store answers or the channel closes.
+	StoreOutageRequeue time.Duration
+	Heartbeat          time.Duration // default 2s
+	ConnectionName     string        // connection name shown in the management UI; default "rabbitkit-consumer"
 
 	Logger  *slog.Logger     // default slog.Default()
 	Metrics metrics.Recorder // default metrics.Nop
@@ -182,6 +191,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.StoreOutageRequeue == 0 {
+		c.StoreOutageRequeue = DefaultStoreOutageRequeue
 	}
 	if c.RetryBackoff == nil {
 		c.RetryBackoff = defaultRetryBackoff

@@ -47,6 +47,9 @@ const (
 	// COMMIT was in flight: ErrCommitUnknown). Never charged to a handler; the batch is committed
 	// again and what had committed comes back as duplicates.
 	MetricCommitUnknown = "rabbitkit_consumer_commit_unknown_total"
+	// MetricRequeued counts deliveries given back to the queue (basic.nack, requeue) because a
+	// shared store refused their batch for Config.StoreOutageRequeue.
+	MetricRequeued = "rabbitkit_consumer_requeued_total"
 	// MetricRaced counts deliveries whose plain handler (Run) ran although, by the time its mark
 	// was committed, another replica had committed the same stamp: with a shared store a plain
 	// handler's effect is at-least-once when two replicas hold the same message at once (a

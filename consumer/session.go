@@ -31,6 +31,7 @@ type item struct {
 type doneTag struct {
 	gen, tag uint64
 	at       time.Time // when its handling ended
+	requeue  bool      // give it back to the queue (basic.nack, requeue) instead of acking it
 }
 
 // session is one connection's consuming channel. Only the Run goroutine touches it.
@@ -228,6 +229,13 @@ func (r *run) flushAcks(s *session) error {
 	for _, d := range r.done.take(0) {
 		if d.gen != s.gen {
 			continue // an older channel's delivery: it will be redelivered and dropped as a duplicate
+		}
+		if d.requeue {
+			if err := s.ch.Nack(d.tag, false, true); err != nil {
+				return fmt.Errorf("consumer: nack %d: %w", d.tag, err)
+			}
+			s.acks.finish(d.tag) // settled: a later multiple ack skips it
+			continue
 		}
 		s.acks.finish(d.tag)
 		r.cfg.Metrics.Observe(MetricAckSeconds, now.Sub(d.at).Seconds())

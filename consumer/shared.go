@@ -120,6 +120,10 @@ func (w *worker) commitShared(ents []entry, b batch) []*item {
 		if !w.anyLive(ents) {
 			return nil // their channel is gone: they come back on the new one
 		}
+		if lim := r.cfg.StoreOutageRequeue; lim > 0 && time.Since(start) >= lim {
+			w.requeue(ents, time.Since(start))
+			return nil
+		}
 		b.reset()
 	}
 	now := time.Now()
@@ -154,6 +158,19 @@ func (w *worker) storeBackoff() backoff.BackOff {
 		return f()
 	}
 	return amqpconn.NewBackoff()
+}
+
+// requeue gives ents' deliveries back to the queue: the store has refused their batch for too
+// long to hold them unacked any longer.
+func (w *worker) requeue(ents []entry, outage time.Duration) {
+	r := w.r
+	done := make([]doneTag, 0, len(ents))
+	for i := range ents {
+		done = append(done, doneTag{gen: ents[i].it.gen, tag: ents[i].it.d.DeliveryTag, requeue: true})
+	}
+	r.done.push(done...)
+	r.cfg.Metrics.Add(MetricRequeued, float64(len(done)))
+	r.cfg.Logger.Warn("consumer: store unavailable too long; deliveries given back to the queue", "deliveries", len(done), "outage", outage.Round(time.Second))
 }
 
 // anyLive reports whether any of ents' deliveries belongs to the current session.

@@ -381,3 +381,42 @@ func (n sharedNoPeek) View(ctx context.Context, fn func(*memTx) error) error {
 	return n.s.View(ctx, fn)
 }
 func (n sharedNoPeek) Close() error { return nil }
+
+// A shared store that stays down longer than StoreOutageRequeue: the batch's deliveries are given
+// back to the queue (not held until the broker's consumer_timeout), come back, and are applied
+// exactly once when the store answers again.
+func TestSharedStoreOutageRequeues(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	store := newMemShared(dedup.Config{})
+	var down atomic.Bool
+	down.Store(true)
+	store.before = func(int) error {
+		if down.Load() {
+			return fmt.Errorf("dial: connection refused: %w", consumer.ErrStoreUnavailable)
+		}
+		return nil
+	}
+	mem := &metrics.Memory{}
+	cfg := f.config()
+	cfg.StorePath = ""
+	cfg.Metrics = mem
+	cfg.StoreOutageRequeue = 300 * time.Millisecond
+	cfg.StoreRetryBackoff = func() backoff.BackOff { return backoff.NewConstantBackOff(20 * time.Millisecond) }
+	c, err := consumer.NewWithStore(cfg, store)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.RunTx(ctx, memEffect) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+	ch := f.channel()
+	want := seqKeys("src", "s", 1, 1, 20)
+	for seq := int64(1); seq <= 20; seq++ {
+		f.publish(ch, stamped("src", "s", 1, seq, "x"))
+	}
+	eventually(t, 20*time.Second, "deliveries requeued", func() bool { return mem.Get(consumer.MetricRequeued) >= 20 })
+	eventually(t, 20*time.Second, "redelivered", func() bool { return mem.Get(consumer.MetricRedeliveries) > 0 })
+	down.Store(false)
+	eventually(t, 30*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
+	requireExactlyOnce(t, store.effectCounts(), want)
+	require.Zero(t, mem.Get(consumer.MetricHandlerErrors))
+}
