@@ -23,8 +23,39 @@ import (
 // message a publisher accepted must have exactly one ledger row, and nothing may be reported
 // missing: a seq handled by another replica is not a gap.
 func TestPGCompetingConsumers(t *testing.T) {
+	runPGChaos(t, pgChaosParams{sources: 2, perSource: 2500, rate: 150, consumers: 3, faultsFor: 25 * time.Second})
+}
+
+type pgChaosParams struct {
+	sources, perSource int
+	rate               float64 // per source, msgs/s
+	consumers          int
+	faultsFor          time.Duration
+	restarts           bool // also crash and restart PostgreSQL (a private server)
+}
+
+type pgChaosReport struct {
+	params  pgChaosParams
+	seed    uint64
+	elapsed time.Duration
+	faults  map[string]int
+	result  history.Result
+	text    string
+}
+
+// runPGChaos runs competing consumers on the PostgreSQL inbox under faults and fails t unless
+// every accepted message was applied exactly once.
+func runPGChaos(t *testing.T, p pgChaosParams) pgChaosReport {
+	start := time.Now()
 	url0 := testbroker.SharedURL(t)
-	dsn := pgtest.DSN(t)
+	var dsn string
+	var server *pgtest.Server
+	if p.restarts {
+		server = pgtest.Private(t)
+		dsn = server.DSN(t)
+	} else {
+		dsn = pgtest.DSN(t)
+	}
 	u, err := url.Parse(dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -34,12 +65,12 @@ func TestPGCompetingConsumers(t *testing.T) {
 	proxied.Host = pgProxy.Addr
 	broker := testbroker.NewProxy(t, url0)
 
-	c := newCluster(t, broker.URL, "classic", 2, 2500)
+	c := newCluster(t, broker.URL, "classic", p.sources, p.perSource)
 	c.exchange = testbroker.Name(t, "pg-x")
 	c.queue = testbroker.Name(t, "pg-q")
-	c.rate = 150
+	c.rate = p.rate
 	c.streams = 4
-	c.consumers = 3
+	c.consumers = p.consumers
 	c.pg, c.pgDirect = proxied.String(), dsn
 	testbroker.DeleteQueues(t, url0, c.queue, c.queue+".parked")
 	testbroker.DeleteExchanges(t, url0, c.exchange)
@@ -51,10 +82,11 @@ func TestPGCompetingConsumers(t *testing.T) {
 	seed := rand.Uint64()
 	t.Logf("fault seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
-	faults := []struct {
+	type fault struct {
 		name string
 		do   func()
-	}{
+	}
+	faults := []fault{
 		{"consumer SIGKILL + restart", func() { c.killConsumerAt(rng.IntN(c.consumers)) }},
 		{"another consumer SIGKILL + restart", func() { c.killConsumerAt(rng.IntN(c.consumers)) }},
 		{"PostgreSQL connections cut", func() { pgProxy.Cut(t) }},
@@ -62,19 +94,25 @@ func TestPGCompetingConsumers(t *testing.T) {
 		{"PostgreSQL unreachable (3 s)", func() { pgProxy.Down(t); c.sleep(3 * time.Second); pgProxy.Up(t) }},
 		{"broker connections cut", func() { broker.Cut(t) }},
 	}
+	if server != nil {
+		faults = append(faults,
+			fault{"PostgreSQL crash (immediate) + restart", func() { server.Stop(t); c.sleep(time.Second); server.Start(t) }},
+			fault{"PostgreSQL fast shutdown + restart", func() { server.StopFast(t); server.Start(t) }},
+		)
+	}
 	counts := map[string]int{}
-	for end := time.Now().Add(25 * time.Second); time.Now().Before(end); {
+	for end := time.Now().Add(p.faultsFor); time.Now().Before(end); {
 		f := faults[rng.IntN(len(faults))]
 		f.do()
 		counts[f.name]++
 		c.sleep(time.Duration(700+rng.IntN(1300)) * time.Millisecond)
 	}
 	t.Logf("faults: %v", counts)
-	c.finish(3 * time.Minute)
+	c.finish(5 * time.Minute)
 
 	res := history.Check(c.history())
-	t.Log("\n" + res.Table().String())
-	t.Log("\n" + c.processTable().String())
+	text := res.Table().String() + "\n" + c.processTable().String()
+	t.Log("\n" + text)
 	want := 0
 	for _, s := range c.sources {
 		want += s.target
@@ -96,6 +134,7 @@ func TestPGCompetingConsumers(t *testing.T) {
 	if busy < 3 {
 		t.Fatalf("only %d consumer runs handled anything: the replicas did not compete", busy)
 	}
+	return pgChaosReport{params: p, seed: seed, elapsed: time.Since(start), faults: counts, result: res, text: text}
 }
 
 // TestPGPartitionFailover: two consumer processes (-pg -partitions 4) form a group over four

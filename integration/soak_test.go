@@ -65,6 +65,8 @@ func writeReliability(t *testing.T, total, perKind int, reports []chaosReport) {
 	b.WriteString("This file is written by `TestSoak` (integration/soak_test.go). Do not edit it by hand: run the\n")
 	b.WriteString("command below and commit what it writes.\n\n")
 	fmt.Fprintf(&b, "```sh\n%s\n```\n\n", cmd)
+	b.WriteString("The PostgreSQL inbox's soak (competing consumers, PostgreSQL crashed and restarted) is in\n")
+	b.WriteString("[RELIABILITY-PG.md](RELIABILITY-PG.md).\n\n")
 	if total != 1_000_000 || perKind != 12 {
 		fmt.Fprintf(&b, "**This is a scaled-down run** (%d messages, each fault kind %d times per queue type), not the\n", total, perKind)
 		b.WriteString("full soak of one million messages and 264 faults that plain `make soak` runs.\n\n")
