@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -213,18 +214,8 @@ func (w *worker) expireShared() {
 }
 
 func compareKeys(a, b dedup.Key) int {
-	if c := compareStrings(a.Source, b.Source); c != 0 {
+	if c := cmp.Compare(a.Source, b.Source); c != 0 {
 		return c
 	}
-	return compareStrings(a.Stream, b.Stream)
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return cmp.Compare(a.Stream, b.Stream)
 }

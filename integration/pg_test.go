@@ -110,19 +110,7 @@ func runPGChaos(t *testing.T, p pgChaosParams) pgChaosReport {
 	t.Logf("faults: %v", counts)
 	c.finish(5 * time.Minute)
 
-	res := history.Check(c.history())
-	text := res.Table().String() + "\n" + c.processTable().String()
-	t.Log("\n" + text)
-	want := 0
-	for _, s := range c.sources {
-		want += s.target
-	}
-	if !res.OK() || res.Accepted != want || res.ExactlyOnce != want {
-		t.Fatalf("want all %d accepted messages applied exactly once (one ledger row each): %+v", want, res)
-	}
-	for _, f := range c.failures {
-		t.Errorf("a process failed: %s", f)
-	}
+	res, text := c.requireExactlyOnce()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	busy := 0
@@ -173,18 +161,7 @@ func TestPGPartitionFailover(t *testing.T) {
 	t.Logf("%d members SIGKILLed", kills)
 	c.finish(3 * time.Minute)
 
-	res := history.Check(c.history())
-	t.Log("\n" + res.Table().String())
-	want := 0
-	for _, s := range c.sources {
-		want += s.target
-	}
-	if !res.OK() || res.Accepted != want || res.ExactlyOnce != want {
-		t.Fatalf("want all %d accepted messages applied exactly once: %+v", want, res)
-	}
-	for _, f := range c.failures {
-		t.Errorf("a process failed: %s", f)
-	}
+	c.requireExactlyOnce()
 	// Order: per stream, the ledger's rows in insertion order.
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, dsn)
@@ -222,4 +199,25 @@ func TestPGPartitionFailover(t *testing.T) {
 	if len(last) != len(c.sources)*c.streams {
 		t.Fatalf("%d streams in the ledger, want %d", len(last), len(c.sources)*c.streams)
 	}
+}
+
+// requireExactlyOnce checks the history: every message the publishers accepted applied exactly
+// once (one ledger row each), nothing else applied, no process failed on its own. It returns the
+// verdict and its tables.
+func (c *cluster) requireExactlyOnce() (history.Result, string) {
+	t := c.t
+	res := history.Check(c.history())
+	text := res.Table().String() + "\n" + c.processTable().String()
+	t.Log("\n" + text)
+	want := 0
+	for _, s := range c.sources {
+		want += s.target
+	}
+	if !res.OK() || res.Accepted != want || res.ExactlyOnce != want {
+		t.Fatalf("want all %d accepted messages applied exactly once (one ledger row each): %+v", want, res)
+	}
+	for _, f := range c.failures {
+		t.Errorf("a process failed: %s", f)
+	}
+	return res, text
 }
