@@ -220,24 +220,31 @@ func BenchmarkPublish(b *testing.B) {
 					defer closeBench(b, p)
 					b.ResetTimer()
 					var raw, stamped, rk cost
+					var rawR, stampedR, rkR []float64 // each round's rates
 					phases := []func(){
 						func() {
 							purge(b, url, qRaw)
-							raw.add(meter.measure(n, func() { rawPipelined(b, url, qRaw, body, n, benchWindow, stampUUID) }))
+							c := meter.measure(n, func() { rawPipelined(b, url, qRaw, body, n, benchWindow, stampUUID) })
+							raw.add(c)
+							rawR = append(rawR, c.rate())
 						},
 						func() {
 							purge(b, url, qStamped)
-							stamped.add(meter.measure(n, func() { rawPipelined(b, url, qStamped, body, n, benchWindow, stampV2) }))
+							c := meter.measure(n, func() { rawPipelined(b, url, qStamped, body, n, benchWindow, stampV2) })
+							stamped.add(c)
+							stampedR = append(stampedR, c.rate())
 						},
 						func() {
 							purge(b, url, qRK)
-							rk.add(meter.measure(n, func() {
+							c := meter.measure(n, func() {
 								if form == "many" {
 									rkMany(b, p, qRK, body, n, benchWindow)
 								} else {
 									rkAsync(b, p, qRK, body, n)
 								}
-							}))
+							})
+							rk.add(c)
+							rkR = append(rkR, c.rate())
 						},
 					}
 					for r := range rounds {
@@ -251,6 +258,12 @@ func BenchmarkPublish(b *testing.B) {
 					b.ReportMetric(rk.rate(), "rk_msg/s")
 					b.ReportMetric(rk.rate()/raw.rate(), "ratio")
 					b.ReportMetric(rk.rate()/stamped.rate(), "ratio_stamped")
+					// "ratio" is of the rates over all rounds; these are of each round's own ratio.
+					lo, med, hi := roundRatios(rkR, rawR)
+					b.ReportMetric(med, "round_ratio_median")
+					b.ReportMetric(lo, "round_ratio_min")
+					b.ReportMetric(hi, "round_ratio_max")
+					b.Logf("rounds: raw %.0f, stamped %.0f, rabbitkit %.0f msg/s", rawR, stampedR, rkR)
 					b.ReportMetric(stamped.selfPerMsg(), "stamped_cpu_µs/msg")
 					b.ReportMetric(rk.selfPerMsg(), "rk_cpu_µs/msg")
 					if meter.brokerPID != 0 {
@@ -262,6 +275,19 @@ func BenchmarkPublish(b *testing.B) {
 			}
 		}
 	}
+}
+
+// roundRatios returns the minimum, median and maximum of num[i]/den[i]: each round's own ratio.
+func roundRatios(num, den []float64) (lo, med, hi float64) {
+	r := make([]float64, min(len(num), len(den)))
+	for i := range r {
+		r[i] = num[i] / den[i]
+	}
+	if len(r) == 0 {
+		return 0, 0, 0
+	}
+	sort.Float64s(r)
+	return r[0], r[len(r)/2], r[len(r)-1]
 }
 
 // BenchmarkJournaledLatency: Publish latency to "journaled" from 16 goroutines, with the broker up

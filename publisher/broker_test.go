@@ -238,7 +238,7 @@ func TestMissingExchangeMany(t *testing.T) {
 			elapsed := time.Since(start)
 			for _, r := range bads {
 				var pe *ParkedError
-				if err := r.Err(); !errors.As(err, &pe) || int(pe.ReplyCode) != tc.code {
+				if err := waitErr(t, r); !errors.As(err, &pe) || int(pe.ReplyCode) != tc.code {
 					t.Fatalf("message to exchange %s: %v, want parked with %d", badX, err, tc.code)
 				}
 			}

@@ -123,7 +123,11 @@ func defaultRetryBackoff() backoff.BackOff {
 }
 
 // validate applies defaults and checks the config once.
-func (c Config) validate() (Config, error) {
+func (c Config) validate() (Config, error) { return c.check(nil) }
+
+// check is validate; with ob (NewRelay) the journal fields must be unset and Source defaults to,
+// and must match, ob.Source().
+func (c Config) check(ob Outbox) (Config, error) {
 	if len(c.URLs) == 0 && c.dial == nil {
 		return c, fmt.Errorf("%w: no URLs", ErrInvalidConfig)
 	}
@@ -131,6 +135,16 @@ func (c Config) validate() (Config, error) {
 		return c, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	switch {
+	case ob != nil:
+		if c.Journal != nil || c.JournalPath != "" {
+			return c, fmt.Errorf("%w: a relay sends its outbox: Journal and JournalPath must be unset", ErrInvalidConfig)
+		}
+		if c.Source == "" {
+			c.Source = ob.Source()
+		}
+		if c.Source != ob.Source() {
+			return c, fmt.Errorf("%w: Source %q does not match the outbox's %q", ErrInvalidConfig, c.Source, ob.Source())
+		}
 	case c.Journal != nil && c.JournalPath != "":
 		return c, fmt.Errorf("%w: set Journal or JournalPath, not both", ErrInvalidConfig)
 	case c.Journal == nil && c.JournalPath == "":

@@ -23,9 +23,9 @@ const childEnv = "RABBITKIT_PUBLISHER_CHILD"
 
 func childMain() int {
 	cfg := Config{
-		URLs:             []string{os.Getenv("RK_URL")},
-		Source:           os.Getenv("RK_SOURCE"),
-		JournalPath:      os.Getenv("RK_JOURNAL"),
+		URLs:             []string{os.Getenv("RABBITKIT_CHILD_URL")},
+		Source:           os.Getenv("RABBITKIT_CHILD_SOURCE"),
+		JournalPath:      os.Getenv("RABBITKIT_CHILD_JOURNAL"),
 		Heartbeat:        time.Second,
 		ReconnectBackoff: fastBackoff,
 		RetryBackoff:     fastBackoff,
@@ -38,7 +38,7 @@ func childMain() int {
 	w := bufio.NewWriter(os.Stdout)
 	ctx := context.Background()
 	for i := 0; ; i++ {
-		r, err := p.Publish(ctx, Message{Exchange: os.Getenv("RK_EXCHANGE"), RoutingKey: os.Getenv("RK_KEY"), Body: fmt.Appendf(nil, "c%d", i)})
+		r, err := p.Publish(ctx, Message{Exchange: os.Getenv("RABBITKIT_CHILD_EXCHANGE"), RoutingKey: os.Getenv("RABBITKIT_CHILD_KEY"), Body: fmt.Appendf(nil, "c%d", i)})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)
 			return 3
@@ -68,8 +68,8 @@ func TestProcessKilled(t *testing.T) {
 	var maxSeq int64
 	for round := range 2 {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"=1", "RK_URL="+url, "RK_SOURCE="+cfg.Source,
-			"RK_JOURNAL="+filepath.Join(dir, "journal.db"), "RK_EXCHANGE="+s.exchange, "RK_KEY="+s.key)
+		cmd.Env = append(os.Environ(), childEnv+"=1", "RABBITKIT_CHILD_URL="+url, "RABBITKIT_CHILD_SOURCE="+cfg.Source,
+			"RABBITKIT_CHILD_JOURNAL="+filepath.Join(dir, "journal.db"), "RABBITKIT_CHILD_EXCHANGE="+s.exchange, "RABBITKIT_CHILD_KEY="+s.key)
 		cmd.Stderr = os.Stderr
 		out, err := cmd.StdoutPipe()
 		if err != nil {

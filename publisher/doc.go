@@ -12,6 +12,11 @@
 //	r, err := p.Publish(ctx, publisher.Message{Exchange: "payments", RoutingKey: "captured", Body: b})
 //	// err == nil: accepted. r.Wait(ctx) waits for the broker's confirm (or a parked outcome).
 //
+// Publish never waits for the broker. To fail fast on a configuration that cannot connect (a wrong
+// password, a TLS failure, a refused vhost), call WaitReady at start-up: it returns nil once a
+// session is up, else ctx's error with the last connection error, also in Stats().LastError and in
+// OnStateChange's StateChange.Err.
+//
 // # Guarantees
 //
 //   - Accepted means durable: Publish returns nil only after the journal's transaction holding the
@@ -31,11 +36,12 @@
 //   - Entries are removed from the journal only after a positive confirm. A confirm lost with the
 //     channel or connection is "unknown", never a failure: the entry stays and is resent (so the
 //     consumer sees duplicates, which the stamp lets it drop).
-//   - Outcomes (Receipt.Err): nil = confirmed; *ParkedError = parked, with errors.Is(err,
+//   - Outcomes (Receipt.Wait, or Receipt.Err once Receipt.Done is closed; Err is nil while pending,
+//     like context.Context's): nil = confirmed; *ParkedError = parked, with errors.Is(err,
 //     ErrUnroutable) when the broker returned the mandatory message (no queue bound), with
 //     errors.Is(err, ErrInvalidMessage) when it was found unsendable and parked unsent, else after
-//     the nacks or channel errors attributed to it (the rules below). Parked entries stay in the journal's
-//     parked set (journal.Parked, Redrive, DropParked); nothing is dropped silently.
+//     the nacks or channel errors attributed to it (the rules below). Parked entries stay in the
+//     journal's parked set (journal.Parked, Redrive, DropParked); nothing is dropped silently.
 //   - Channel errors: 403, 404, 405, 406 (and 311, 312, 313) close only the channel; the publisher
 //     reopens it on the same connection after RetryBackoff, re-declaring the topology (which may
 //     create a missing exchange). When exactly one message was in flight it is the culprit and an
@@ -94,6 +100,8 @@
 //     disappears during an alarm is noticed only after it unblocks or the TCP connection fails.
 //   - NoMandatory turns unroutable messages into silent drops by the broker (confirmed): use it only
 //     with an alternate exchange.
-//   - A parked outcome is remembered for the last 65536 parkings; a receipt first asked about after
-//     that reports ErrOutcomeForgotten.
+//   - A parked outcome's details are remembered for the last 65536 parkings; a receipt of an older
+//     parked message first asked about after that reports ErrOutcomeForgotten (with ErrParked). The
+//     IDs of parked messages are all remembered (16 bytes per run of consecutive IDs), so a
+//     confirmed message is always reported as confirmed.
 package publisher

@@ -104,7 +104,7 @@ func TestTryPublishBufferFull(t *testing.T) {
 	}
 	flush(t, p, 30*time.Second)
 	for _, r := range append(receipts, queued...) {
-		if err := r.Err(); err != nil {
+		if err := waitErr(t, r); err != nil {
 			t.Fatalf("receipt %s: %v", r.Stamp(), err)
 		}
 	}

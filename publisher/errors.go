@@ -26,8 +26,6 @@ var (
 	// journal.ErrBroken when the disk failed the commit itself (known only after a restart). Do not
 	// publish the same payload again blindly: a second copy gets a new sequence number.
 	ErrAcceptUnknown = errors.New("publisher: whether the message was journaled is unknown")
-	// ErrNotDone is returned by Receipt.Err before the receipt has a final outcome.
-	ErrNotDone = errors.New("publisher: outcome not known yet")
 	// ErrUnconfirmed is the outcome of a receipt whose message was journaled but not confirmed when
 	// the Publisher closed. It is not a failure: the message stays in the journal and is sent first
 	// by the next Publisher opened on it.
@@ -93,7 +91,9 @@ func (e *ParkedError) reason() string {
 	return fmt.Sprintf("%d %s after %d attempts", e.ReplyCode, e.ReplyText, e.Attempts)
 }
 
-// ErrOutcomeForgotten is returned by Receipt.Err for a receipt first asked about after more than
-// 65536 later messages were parked: the Publisher no longer knows whether it was confirmed or
-// parked. Look it up with journal.Parked.
-var ErrOutcomeForgotten = errors.New("publisher: outcome no longer in memory")
+// ErrOutcomeForgotten is the outcome of a receipt first asked about after more than 65536 later
+// messages were parked, when its own message was parked too: the Publisher remembers the ID of every
+// parked message, but the *ParkedError only of the latest 65536. It comes wrapped together with
+// ErrParked (errors.Is matches both); look the details up with journal.Parked. A confirmed message
+// is never reported with it.
+var ErrOutcomeForgotten = errors.New("publisher: parked outcome no longer in memory")

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,6 +59,31 @@ func Example() {
 	// Output:
 	// journaled as greetings 1
 	// confirmed
+}
+
+// WaitReady tells a configuration that cannot connect (here a vhost that does not exist) from a
+// broker that is only slow to answer: the error names the last connection error.
+func ExamplePublisher_WaitReady() {
+	dir, _ := os.MkdirTemp("", "rk-example")
+	defer os.RemoveAll(dir)
+	u, _ := url.Parse(brokerURL())
+	u.Path = "/rk-example-no-such-vhost"
+	p, err := publisher.New(publisher.Config{URLs: []string{u.String()}, Source: "example", JournalPath: filepath.Join(dir, "outbox.db")})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer p.Close(context.Background())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err = p.WaitReady(ctx)
+	var ae *amqp.Error
+	fmt.Println("deadline:", errors.Is(err, context.DeadlineExceeded))
+	fmt.Println("vhost refused:", errors.As(err, &ae) && ae.Code == amqp.NotAllowed)
+	// Output:
+	// deadline: true
+	// vhost refused: true
 }
 
 func deleteQueue(name string) {

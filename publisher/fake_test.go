@@ -27,6 +27,9 @@ type fakeConnector struct {
 	// misuse counts violations of the hold/release contract on every connection: a publish
 	// outside a hold, a hold while held, a release while not held.
 	misuse atomic.Int64
+	// chanErr, while set, fails every channel set-up with it (a 403 on the topology, a 406
+	// conflict), the connection staying open.
+	chanErr atomic.Pointer[amqp.Error]
 }
 
 func newFakeConnector() *fakeConnector { return &fakeConnector{conns: make(chan *fakeConn, 16)} }
@@ -64,6 +67,9 @@ func (c *fakeConn) channel(ctx context.Context, window int) (channel, error) {
 	defer c.mu.Unlock()
 	if c.dead {
 		return nil, amqp.ErrClosed
+	}
+	if e := c.f.chanErr.Load(); e != nil {
+		return nil, e
 	}
 	ch := &fakeChan{conf: make(chan amqp.Confirmation, window+8), ret: make(chan amqp.Return, window+8),
 		cls: make(chan *amqp.Error, 1), pubs: make(chan fakePub, 4096), conn: c}

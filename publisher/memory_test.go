@@ -30,9 +30,9 @@ func TestBacklogMemory(t *testing.T) {
 	cfg := s.config(t, px.URL, t.TempDir())
 	// The journal's own live compaction (bbolt.Compact of the remaining backlog once half the file is
 	// free) allocates tens of MiB while it copies; it is the journal's cost, measured by
-	// RK_BACKLOG_COMPACT=1. This test bounds what the publisher holds.
+	// RABBITKIT_BACKLOG_COMPACT=1. This test bounds what the publisher holds.
 	cfg.JournalOptions = journal.Options{MaxBytes: 4 << 30, AutoCompactMinSize: -1}
-	if os.Getenv("RK_BACKLOG_COMPACT") != "" {
+	if os.Getenv("RABBITKIT_BACKLOG_COMPACT") != "" {
 		cfg.JournalOptions.AutoCompactMinSize = 0
 	}
 	px.Down(t)
@@ -48,7 +48,7 @@ func TestBacklogMemory(t *testing.T) {
 			if ms.HeapAlloc > peak.Load() {
 				peak.Store(ms.HeapAlloc)
 			}
-			if path := os.Getenv("RK_HEAPPROF"); path != "" && ms.HeapAlloc > 64<<20 {
+			if path := os.Getenv("RABBITKIT_HEAPPROF"); path != "" && ms.HeapAlloc > 64<<20 {
 				if f, err := os.Create(path); err == nil {
 					_ = pprof.WriteHeapProfile(f)
 					_ = f.Close()

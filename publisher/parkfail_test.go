@@ -57,12 +57,8 @@ func TestFakeReturnedParkFailureHoldsFrontierAndResends(t *testing.T) {
 		t.Fatalf("resend seq %d tag %d, want seq 2 tag 4 on the same channel", resend.stamp.Seq, resend.tag)
 	}
 	noPub(t, ch, 100*time.Millisecond) // seq 3 was acked and deleted: only seq 2 is resent
-	if err := rs[1].Err(); err != ErrNotDone {
-		t.Fatalf("seq 2 while pending: %v, want ErrNotDone", err)
-	}
-	if err := rs[2].Err(); err != ErrNotDone {
-		t.Fatalf("seq 3 (acked) must wait behind pending seq 2: %v, want ErrNotDone", err)
-	}
+	assertPending(t, rs[1], "seq 2 while pending")
+	assertPending(t, rs[2], "seq 3 (acked) must wait behind pending seq 2")
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
 	err := p.Flush(ctx)
 	cancel()

@@ -163,6 +163,15 @@ func (p *Publisher) newReceipt(msg *Message) *Receipt {
 }
 
 func (p *Publisher) entry(msg *Message) (*journal.Entry, error) {
+	return NewEntry(p.cfg.Source, p.j.Epoch(), msg, !p.cfg.NoMandatory)
+}
+
+// NewEntry validates msg exactly as Publish does and builds the outbox entry Publish would journal
+// for it (not numbered yet: ID and Seq are zero), for outboxes other than the journal (package
+// pgoutbox). source and epoch bound the stamp's length; mandatory is the entry's mandatory flag
+// (Publish sets it unless Config.NoMandatory). Errors wrap ErrInvalidMessage. The entry shares
+// msg.Body.
+func NewEntry(source string, epoch int64, msg *Message, mandatory bool) (*journal.Entry, error) {
 	stream := msg.Stream
 	if stream == "" {
 		stream = protocol.DefaultStream(msg.Exchange, msg.RoutingKey)
@@ -179,7 +188,7 @@ func (p *Publisher) entry(msg *Message) (*journal.Entry, error) {
 		dm = amqp.Persistent
 	}
 	e := &journal.Entry{
-		Stream: stream, Exchange: msg.Exchange, RoutingKey: msg.RoutingKey, Mandatory: !p.cfg.NoMandatory,
+		Stream: stream, Exchange: msg.Exchange, RoutingKey: msg.RoutingKey, Mandatory: mandatory,
 		Properties: journal.Properties{
 			ContentType: msg.ContentType, ContentEncoding: msg.ContentEncoding, DeliveryMode: dm,
 			Priority: msg.Priority, CorrelationID: msg.CorrelationID, ReplyTo: msg.ReplyTo,
@@ -189,7 +198,7 @@ func (p *Publisher) entry(msg *Message) (*journal.Entry, error) {
 		Headers: headers,
 		Body:    msg.Body,
 	}
-	bound := protocol.Stamp{Source: p.cfg.Source, Epoch: p.j.Epoch(), Stream: stream, Seq: math.MaxInt64}
+	bound := protocol.Stamp{Source: source, Epoch: epoch, Stream: stream, Seq: math.MaxInt64}
 	if err := checkWire(e, bound.EncodedLen(), amqpwire.DefaultFrameMax); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}

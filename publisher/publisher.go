@@ -46,7 +46,10 @@ func (s State) String() string {
 type StateChange struct {
 	From, To State
 	URL      string // broker URL, password redacted
-	Err      error  // why the connection or channel was lost, when it was
+	// Err is what caused the change: why the connection or channel was lost (To is
+	// StateConnecting), or the broker's alarm (To is StateBlocked). Nil when a session came up
+	// (StateReady), the alarm ended, or Close stopped the Publisher.
+	Err error
 }
 
 // Message is what Publish sends. Only Body and the destination are usually set.
@@ -85,7 +88,13 @@ type Stats struct {
 	Nacked    uint64 // basic.nack confirms (each is resent or parked)
 	Returned  uint64 // basic.return (unroutable)
 	Parked    uint64 // entries parked by this Publisher
-	Journal   journal.Stats
+	// LastError is the latest connection error: a failed dial (a wrong password, a TLS failure, a
+	// refused vhost, a refused TCP connection), a failed channel set-up (confirm.select, the
+	// topology), or what ended a session. It stays after a later session comes up (State tells
+	// whether it is current); nil if there was none. LastErrorAt is when it happened.
+	LastError   error
+	LastErrorAt time.Time
+	Journal     journal.Stats
 }
 
 type counters struct {
@@ -96,7 +105,8 @@ type counters struct {
 // are safe for concurrent use.
 type Publisher struct {
 	cfg        Config
-	j          *journal.Journal
+	j          *journal.Journal // nil in a Relay
+	out        Outbox           // what the sender sends: the journal, or a Relay's outbox
 	ownJournal bool
 	log        *slog.Logger
 	m          metrics.Recorder
@@ -121,8 +131,7 @@ type Publisher struct {
 
 	state   atomic.Int32
 	blocked atomic.Bool
-	urlMu   sync.Mutex
-	url     string
+	status  *amqpconn.Status // URL, readiness and the last connection error (ready.go)
 	c       counters
 
 	lastAccepted atomic.Uint64
@@ -141,7 +150,7 @@ func New(cfg Config) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{cfg: cfg, j: cfg.Journal, log: cfg.Logger, m: cfg.Metrics}
+	p := &Publisher{cfg: cfg, j: cfg.Journal, log: cfg.Logger, m: cfg.Metrics, status: amqpconn.NewStatus()}
 	if p.j == nil {
 		opts := cfg.JournalOptions
 		if opts.Source == "" {
@@ -165,10 +174,17 @@ func New(cfg Config) (*Publisher, error) {
 			return nil, fmt.Errorf("%w: Source %q does not match the journal's %q", ErrInvalidConfig, cfg.Source, p.j.Source())
 		}
 	}
+	p.start(p.j, true)
+	return p, nil
+}
+
+// start starts the sender (and, with appender, the appender) over out.
+func (p *Publisher) start(out Outbox, appender bool) {
+	cfg := p.cfg
 	if cfg.dial == nil {
 		p.cfg.dial = &amqpConnector{
 			dialer: &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff,
-				Logger: cfg.Logger, Name: cfg.ConnectionName, BatchWrites: true, TLS: cfg.TLS},
+				Logger: cfg.Logger, Name: cfg.ConnectionName, BatchWrites: true, TLS: cfg.TLS, OnError: p.status.Fail},
 			topology: cfg.Topology,
 		}
 	}
@@ -186,36 +202,41 @@ func New(cfg Config) (*Publisher, error) {
 	// nothing pending returns at once, even before the broker is reachable.
 	// LastID is read once, before the first pending entry: an entry added in between (a shared
 	// journal) has a higher ID and is not settled by mistake.
-	last := p.j.LastID()
-	p.lastAccepted.Store(last)
-	switch first, err := p.j.Read(context.Background(), 0, 1); {
-	case err != nil:
-		// The sender reports and retries the read; Flush waits for it meanwhile.
-		p.log.Warn("publisher: reading the journal's first pending entry failed", "err", err)
-	case len(first) > 0:
-		p.fr.advance(first[0].ID - 1)
-	default:
-		p.fr.advance(last)
+	if appender { // a Relay accepts nothing: no receipts to settle
+		last := out.LastID()
+		p.lastAccepted.Store(last)
+		switch first, err := out.Read(context.Background(), 0, 1); {
+		case err != nil:
+			// The sender reports and retries the read; Flush waits for it meanwhile.
+			p.log.Warn("publisher: reading the journal's first pending entry failed", "err", err)
+		case len(first) > 0:
+			p.fr.advance(first[0].ID - 1)
+		default:
+			p.fr.advance(last)
+		}
 	}
 
-	var out Outbox = p.j
 	if cfg.outbox != nil {
 		out = cfg.outbox(out)
 	}
+	p.out = out
 	del := &deleter{j: out, in: make(chan delReq, 16), p: p}
 	s := &sender{p: p, cfg: p.cfg, j: out, log: p.log, m: p.m, win: newWindow(cfg.MaxInFlight), del: del,
 		shutdown: shutdownState{signal: p.stopCtx.Done()}, state: StateConnecting, spells: spellTracker{grace: cfg.MissingExchangeGrace}}
-	p.wg.Go(func() {
-		defer close(p.appendDone)
-		p.appendLoop(p.hardCtx)
-	})
+	if appender {
+		p.wg.Go(func() {
+			defer close(p.appendDone)
+			p.appendLoop(p.hardCtx)
+		})
+	} else {
+		close(p.appendDone)
+	}
 	p.wg.Go(del.run)
 	p.wg.Go(func() {
 		defer close(p.senderDone)
 		defer close(del.in)
 		s.run(p.hardCtx, p.stopCtx)
 	})
-	return p, nil
 }
 
 // Journal returns the journal the Publisher writes to (for Stats, Parked, Redrive).
@@ -232,22 +253,26 @@ func (p *Publisher) State() State { return State(p.state.Load()) }
 // grows with the number of streams (it copies each one's next sequence number); to poll the
 // backlog, use Journal().Backlog().
 func (p *Publisher) Stats() Stats {
-	p.urlMu.Lock()
-	url := p.url
-	p.urlMu.Unlock()
+	st := p.status.Snapshot()
 	return Stats{
-		State: p.State(), Blocked: p.Blocked(), URL: redactURL(url),
+		State: p.State(), Blocked: p.Blocked(), URL: redactURL(st.URL),
 		Accepted: p.c.accepted.Load(), Confirmed: p.c.confirmed.Load(), Nacked: p.c.nacked.Load(),
 		Returned: p.c.returned.Load(), Parked: p.c.parked.Load(),
-		Journal: p.j.Stats(),
+		LastError: st.LastErr, LastErrorAt: st.LastAt,
+		Journal: p.journalStats(),
 	}
+}
+
+func (p *Publisher) journalStats() journal.Stats {
+	if p.j == nil {
+		return journal.Stats{}
+	}
+	return p.j.Stats()
 }
 
 func (p *Publisher) setState(st State, url string) {
 	p.state.Store(int32(st))
-	p.urlMu.Lock()
-	p.url = url
-	p.urlMu.Unlock()
+	p.status.Set(url, st == StateReady || st == StateBlocked)
 }
 
 func (p *Publisher) setConn(c conn) {
@@ -268,7 +293,7 @@ func (p *Publisher) Flush(ctx context.Context) error {
 		return ErrClosed
 	}
 	// The journal's LastID also covers entries re-driven (journal.Redrive) since.
-	target := max(p.lastAccepted.Load(), p.j.LastID())
+	target := max(p.lastAccepted.Load(), p.out.LastID())
 	if target == 0 {
 		return nil
 	}

@@ -44,7 +44,7 @@ func TestPublishConfirmed(t *testing.T) {
 			wg.Wait()
 			flush(t, p, 30*time.Second)
 			for _, r := range receipts {
-				if err := r.Err(); err != nil {
+				if err := waitErr(t, r); err != nil {
 					t.Fatalf("receipt %s: %v", r.Stamp(), err)
 				}
 			}

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -11,9 +12,13 @@ import (
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
-// Receipt follows one message through its stages: journaled (accepted: durable locally), then a
-// final outcome: confirmed by the broker (Err returns nil) or parked (Err returns a *ParkedError).
-// A lost connection is never an outcome: the message stays journaled and is resent.
+// Receipt is the future of one published message. It goes through two stages: journaled (accepted:
+// durable locally; Journaled, WaitJournaled), then a final outcome (Done, Err, Wait): confirmed by
+// the broker (Err returns nil) or parked (Err returns a *ParkedError). A lost connection is never an
+// outcome: the message stays journaled and is resent.
+//
+// Err is like context.Context's: nil while the outcome is pending, and nil once confirmed. Use Done
+// or Wait to tell the two apart.
 //
 // A Receipt costs nothing for the Publisher until Done, Err or Wait is called; then it is remembered
 // until its outcome is known.
@@ -34,6 +39,17 @@ type Receipt struct {
 // Journaled is closed once the message is durably journaled, or journaling failed (then Err returns
 // why and Done is closed too).
 func (r *Receipt) Journaled() <-chan struct{} { return r.journaled }
+
+// WaitJournaled waits until the message is journaled (nil) or journaling failed (its error), or ctx
+// ends. A ctx error says nothing about the message: watch Journaled.
+func (r *Receipt) WaitJournaled(ctx context.Context) error {
+	select {
+	case <-r.journaled:
+		return r.jerr
+	case <-ctx.Done():
+		return fmt.Errorf("publisher: wait for journal: %w", ctx.Err())
+	}
+}
 
 // Done is closed once the outcome is final: confirmed, parked, failed to journal, or left unconfirmed
 // in the journal by Close (ErrUnconfirmed).
@@ -61,14 +77,15 @@ func (r *Receipt) arm() {
 	r.p.fr.wait(r)
 }
 
-// Err returns the outcome: nil once confirmed; a *ParkedError (errors.Is ErrParked, and ErrUnroutable
-// for returns) when parked; the journaling error when the message was not accepted; ErrUnconfirmed
-// when Close left it in the journal; ErrNotDone before any of these.
+// Err returns the final error, or nil while the outcome is pending and once the message is
+// confirmed (select on Done to tell them apart). The errors: a *ParkedError (errors.Is ErrParked,
+// and ErrUnroutable for returns) when parked; the journaling error when the message was not
+// accepted; ErrUnconfirmed when Close left it in the journal. It never waits.
 func (r *Receipt) Err() error {
 	select {
 	case <-r.journaled:
 	default:
-		return ErrNotDone
+		return nil // not journaled yet: pending
 	}
 	if r.jerr != nil {
 		return r.jerr
@@ -77,38 +94,18 @@ func (r *Receipt) Err() error {
 	case <-r.Done():
 		return r.err
 	default:
-		return ErrNotDone
+		return nil
 	}
 }
 
-// Wait waits for the final outcome (see Err) or ctx. A ctx error says nothing about the message.
+// Wait waits for the final outcome and returns Err's value then, or ctx's error (wrapped) if ctx ends
+// first. A ctx error says nothing about the message.
 func (r *Receipt) Wait(ctx context.Context) error {
 	select {
 	case <-r.Done():
 		return r.err
 	case <-ctx.Done():
 		return fmt.Errorf("publisher: wait for confirm: %w", ctx.Err())
-	}
-}
-
-// WaitJournaled waits until the message is journaled (nil) or journaling failed (its error), or ctx
-// ends. A ctx error says nothing about the message: watch Journaled.
-func (r *Receipt) WaitJournaled(ctx context.Context) error {
-	select {
-	case <-r.journaled:
-		return r.jerr
-	case <-ctx.Done():
-		return fmt.Errorf("publisher: wait for journal: %w", ctx.Err())
-	}
-}
-
-// ID is the journal ID (0 until journaled).
-func (r *Receipt) ID() uint64 {
-	select {
-	case <-r.journaled:
-		return r.id
-	default:
-		return 0
 	}
 }
 
@@ -153,14 +150,18 @@ const (
 
 // frontier resolves receipts without per-message memory for the backlog: the sender reports the
 // highest ID below which every entry is settled, and only receipts someone waits on are remembered.
+//
+// A settled ID is confirmed unless it was parked, so the frontier remembers every parked ID: the
+// last parkedMemory with their *ParkedError, older ones only as runs of IDs (evicted). A confirmed
+// message is thereby never reported as anything but confirmed.
 type frontier struct {
-	mu        sync.Mutex
-	settled   uint64 // every ID <= settled is confirmed or parked
-	waiters   waitHeap
-	closed    bool
-	parked    map[uint64]*ParkedError
-	order     []uint64 // parked IDs, oldest first, for eviction
-	forgotten uint64   // highest parked ID evicted from memory
+	mu      sync.Mutex
+	settled uint64 // every ID <= settled is confirmed or parked
+	waiters waitHeap
+	closed  bool
+	parked  map[uint64]*ParkedError
+	order   []uint64 // parked IDs, oldest first, for eviction
+	evicted idRuns   // parked IDs whose *ParkedError was evicted from parked
 }
 
 func (f *frontier) init() { f.parked = make(map[uint64]*ParkedError) }
@@ -196,13 +197,14 @@ func (f *frontier) advance(to uint64) {
 	}
 }
 
-// outcome of a settled ID. f.mu held.
+// outcome of a settled ID: nil (confirmed), its *ParkedError, or, for a parking evicted from
+// memory, ErrOutcomeForgotten (which wraps ErrParked too). f.mu held.
 func (f *frontier) outcome(id uint64) error {
 	if pe, ok := f.parked[id]; ok {
 		return pe
 	}
-	if id <= f.forgotten {
-		return fmt.Errorf("%w: id %d (confirmed, or parked more than %d parkings ago: see journal.Parked)", ErrOutcomeForgotten, id, parkedMemory)
+	if f.evicted.contains(id) {
+		return fmt.Errorf("%w: %w: id %d was parked more than %d parkings ago; see journal.Parked", ErrParked, ErrOutcomeForgotten, id, parkedMemory)
 	}
 	return nil
 }
@@ -214,7 +216,7 @@ func (f *frontier) remember(pe *ParkedError) {
 		old := f.order[0]
 		f.order = f.order[1:]
 		delete(f.parked, old)
-		f.forgotten = max(f.forgotten, old)
+		f.evicted.add(old)
 	}
 	f.parked[pe.ID] = pe
 	f.order = append(f.order, pe.ID)
@@ -247,4 +249,42 @@ func (h *waitHeap) Pop() any {
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
 	return r
+}
+
+// idRuns is a set of IDs kept as sorted, disjoint, non-adjacent runs: parkings come in ID order
+// mostly, and many at once (a missing exchange) form a few long runs.
+type idRuns []idRun
+
+type idRun struct{ lo, hi uint64 } // lo <= hi, both included
+
+// find returns the index of the first run with hi >= id.
+func (s idRuns) find(id uint64) int {
+	return sort.Search(len(s), func(i int) bool { return s[i].hi >= id })
+}
+
+func (s idRuns) contains(id uint64) bool {
+	i := s.find(id)
+	return i < len(s) && s[i].lo <= id
+}
+
+func (s *idRuns) add(id uint64) {
+	r := *s
+	i := r.find(id)
+	switch {
+	case i < len(r) && r[i].lo <= id:
+		return // present
+	case i > 0 && r[i-1].hi+1 == id:
+		r[i-1].hi = id
+		if i < len(r) && r[i].lo == id+1 { // joins two runs
+			r[i-1].hi = r[i].hi
+			r = append(r[:i], r[i+1:]...)
+		}
+	case i < len(r) && r[i].lo == id+1:
+		r[i].lo = id
+	default:
+		r = append(r, idRun{})
+		copy(r[i+1:], r[i:])
+		r[i] = idRun{id, id}
+	}
+	*s = r
 }

@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -90,6 +91,18 @@ type sessionEnd struct {
 	stop     bool        // Close asked us to stop, or the hard context ended
 }
 
+// errConnLost is the cause of a session that ended without a reason (a connection closed without a
+// close frame, or a confirm listener closed with no close notification within a second).
+var errConnLost = errors.New("publisher: connection lost (no reason given)")
+
+// cause is why the session ended, as an error: never a nil *amqp.Error inside a non-nil error.
+func (e sessionEnd) cause() error {
+	if e.err != nil {
+		return e.err
+	}
+	return errConnLost
+}
+
 // run is the sender goroutine. ctx is the hard stop (Close's context ended); dialCtx ends when Close
 // begins, abandoning a dial or a backoff in progress.
 func (s *sender) run(ctx, dialCtx context.Context) {
@@ -120,6 +133,7 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 			if err != nil {
 				if !s.stopped(ctx) {
 					// Only a ReconnectBackoff that gives up gets here: keep trying, slowly.
+					s.p.status.Fail(err)
 					s.log.Error("publisher: dial failed", "err", err)
 					s.sleep(ctx, connBO.NextBackOff(), nil)
 				}
@@ -132,7 +146,7 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 			s.link.recovered = false
 			c, s.link.url = nc, url
 			s.p.setConn(c)
-			s.setBlocked(false)
+			s.setBlocked(false, "")
 		}
 		ch, err := c.channel(dialCtx, s.cfg.MaxInFlight)
 		if err != nil {
@@ -140,6 +154,7 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 			if isChannelLevel(ae) && !c.isClosed() {
 				// Typically a topology conflict (406) or missing permissions (403): it needs an
 				// operator; keep accepting into the journal and retry with backoff.
+				s.p.status.Fail(err)
 				s.log.Error("publisher: channel set-up failed; retrying", "err", err)
 				s.m.Add(MetricChannelErrors, 1)
 				s.fault.failing = true
@@ -150,6 +165,7 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 				continue
 			}
 			if !s.stopped(ctx) {
+				s.p.status.Fail(err)
 				s.log.Warn("publisher: connection lost while opening the channel", "err", err)
 			}
 			s.dropConn(c)
@@ -171,9 +187,11 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 			s.dropConn(c)
 			return
 		}
+		cause := end.cause()
+		s.p.status.Fail(cause)
 		if end.connLost || c.isClosed() {
-			s.setState(StateConnecting, end.err)
-			s.log.Warn("publisher: connection lost; reconnecting", "url", redactURL(s.link.url), "err", end.err)
+			s.setState(StateConnecting, cause)
+			s.log.Warn("publisher: connection lost; reconnecting", "url", redactURL(s.link.url), "err", cause)
 			s.dropConn(c)
 			c = nil
 			if s.link.recovered {
@@ -182,8 +200,8 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 			continue
 		}
 		// Channel-level error with a healthy connection: reopen just the channel, after a backoff.
-		s.setState(StateConnecting, end.err)
-		s.log.Warn("publisher: channel closed by the broker; reopening", "err", end.err)
+		s.setState(StateConnecting, cause)
+		s.log.Warn("publisher: channel closed by the broker; reopening", "err", cause)
 		ch.close()
 		var wait time.Duration // none when the message that broke the channel is parked (progress)
 		if !s.fault.culpritParked {
@@ -242,7 +260,7 @@ func (s *sender) sleep(ctx context.Context, d time.Duration, c conn) bool {
 				blocked = nil
 				continue
 			}
-			s.setBlocked(b.Active)
+			s.setBlocked(b.Active, b.Reason)
 		case <-closed:
 			return false
 		case <-s.ticker.C:

@@ -31,7 +31,7 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 		select {
 		case b, ok := <-c.blocked():
 			if ok {
-				s.setBlocked(b.Active)
+				s.setBlocked(b.Active, b.Reason)
 			} else {
 				pending = false
 			}
@@ -84,7 +84,7 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 			return sessionEnd{err: e, connLost: true}
 		case b, ok := <-c.blocked():
 			if ok {
-				s.setBlocked(b.Active)
+				s.setBlocked(b.Active, b.Reason)
 			}
 		case <-s.pass.changed:
 			s.pass.changed = nil

@@ -3,6 +3,7 @@ package publisher
 // What the sender reports: the receipts' frontier, the connection state, the gauges.
 
 import (
+	"fmt"
 	"time"
 )
 
@@ -42,7 +43,8 @@ func (s *sender) setState(st State, err error) {
 	}
 }
 
-func (s *sender) setBlocked(b bool) {
+// setBlocked applies connection.blocked (b, with the broker's reason) or connection.unblocked.
+func (s *sender) setBlocked(b bool, reason string) {
 	if b == s.link.blocked {
 		return
 	}
@@ -51,8 +53,8 @@ func (s *sender) setBlocked(b bool) {
 	v := 0.0
 	if b {
 		v = 1
-		s.log.Warn("publisher: broker blocked the connection (resource alarm); accepting into the journal only")
-		s.setState(StateBlocked, nil)
+		s.log.Warn("publisher: broker blocked the connection (resource alarm); accepting into the journal only", "reason", reason)
+		s.setState(StateBlocked, fmt.Errorf("publisher: broker blocked the connection: %s", reason))
 	} else {
 		s.log.Info("publisher: broker unblocked the connection")
 		if s.state == StateBlocked {

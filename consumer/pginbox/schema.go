@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/rabbitkit/rabbitkit/internal/pgmigrate"
 )
 
 // ErrSchemaVersion is returned by Open and OpenSQL when the table was migrated by a newer version
@@ -55,8 +57,9 @@ var migrations = []migration{
 var SchemaVersion = migrations[len(migrations)-1].version
 
 // migrate brings the table to SchemaVersion in one transaction holding pg_advisory_xact_lock of a
-// key derived from the table's name: concurrent Opens of the same table wait for each other, and
-// the lock ends with the transaction (it is never left on a pooled connection).
+// key derived from the table's name (internal/pgmigrate, shared with the PostgreSQL outbox):
+// concurrent Opens of the same table wait for each other, and the lock ends with the transaction
+// (it is never left on a pooled connection).
 func migrate[T any](ctx context.Context, d db[T], q *queries, logf func(msg string, args ...any)) (err error) {
 	tx, err := d.begin(ctx, false)
 	if err != nil {
@@ -67,44 +70,31 @@ func migrate[T any](ctx context.Context, d db[T], q *queries, logf func(msg stri
 			tx.rollback()
 		}
 	}()
-	if err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, q.lockKey); err != nil {
-		return err
-	}
-	var exists bool
-	if err := tx.query(ctx, `SELECT to_regclass($1) IS NOT NULL`, []any{q.schemaT}, func(s scanner) error { return s.Scan(&exists) }); err != nil {
-		return err
-	}
-	if !exists {
-		if err := tx.exec(ctx, `CREATE TABLE `+q.schemaT+` (
-			version    integer PRIMARY KEY,
-			applied_at timestamptz NOT NULL DEFAULT now(),
-			note       text NOT NULL
-		)`); err != nil {
-			return err
-		}
-	}
-	current := 0
-	if err := tx.query(ctx, `SELECT coalesce(max(version), 0) FROM `+q.schemaT, nil, func(s scanner) error { return s.Scan(&current) }); err != nil {
-		return err
-	}
-	if current > SchemaVersion {
-		return fmt.Errorf("%w: table %s is at schema version %d, this binary knows up to %d", ErrSchemaVersion, q.table, current, SchemaVersion)
-	}
 	// CREATE INDEX takes no schema: the index goes into its table's.
 	index := pgx.Identifier{q.baseName + "_expire_at_idx"}.Sanitize()
-	for _, m := range migrations {
-		if m.version <= current {
-			continue
-		}
+	steps := make([]pgmigrate.Step, len(migrations))
+	for i, m := range migrations {
+		steps[i] = pgmigrate.Step{Version: m.version, Note: m.note}
 		for _, stmt := range m.sql {
-			if err := tx.exec(ctx, fmt.Sprintf(stmt, q.t, index, q.membersT, q.leasesT)); err != nil {
-				return fmt.Errorf("migration %d: %w", m.version, err)
-			}
+			steps[i].SQL = append(steps[i].SQL, fmt.Sprintf(stmt, q.t, index, q.membersT, q.leasesT))
 		}
-		if err := tx.exec(ctx, `INSERT INTO `+q.schemaT+` (version, note) VALUES ($1, $2)`, m.version, m.note); err != nil {
-			return err
-		}
-		logf("pginbox: migrated", "table", q.table, "version", m.version, "note", m.note)
+	}
+	if _, _, err := pgmigrate.Apply(ctx, migTx[T]{tx}, pgmigrate.Plan{
+		Table: q.table, RecordTable: q.schemaT, LockKey: q.lockKey, Steps: steps,
+		ErrNewer: ErrSchemaVersion, Log: logf, Prefix: "pginbox: ",
+	}); err != nil {
+		return err
 	}
 	return tx.commit(ctx)
+}
+
+// migTx is a txn as pgmigrate.Tx.
+type migTx[T any] struct{ tx txn[T] }
+
+func (m migTx[T]) Exec(ctx context.Context, sql string, args ...any) error {
+	return m.tx.exec(ctx, sql, args...)
+}
+
+func (m migTx[T]) QueryRow(ctx context.Context, sql string, args []any, dest ...any) error {
+	return m.tx.query(ctx, sql, args, func(s scanner) error { return s.Scan(dest...) })
 }

@@ -1,0 +1,234 @@
+package pgoutbox
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rabbitkit/rabbitkit/journal"
+	"github.com/rabbitkit/rabbitkit/publisher"
+)
+
+// view is the outbox as one relay's sender sees it (publisher.Outbox): the rows of one epoch,
+// by relay id (rid). Relay ids are assigned here, at read time, not at INSERT: see Read.
+type view struct {
+	o     *Outbox
+	epoch int64
+	// until is the monotonic deadline (nanoseconds since base) of the lease as this relay knows
+	// it, minus the stop margin: past it Read refuses (ErrLeaseLost). 0: no lease.
+	until *atomic.Int64
+	base  time.Time
+}
+
+var _ publisher.Outbox = (*view)(nil)
+
+const entryCols = `rid, stream, seq, exchange, routing_key, mandatory, props, headers, body, created, attempts, last_outcome, last_error`
+
+// scanEntry scans entryCols after the extra destinations first.
+func scanEntry(rows pgx.Rows, first ...any) (*journal.Entry, error) {
+	e := &journal.Entry{}
+	var rid *int64
+	var stream, x, rk, props, headers []byte
+	var attempts int32
+	var outcome int16
+	dest := append(first, &rid, &stream, &e.Seq, &x, &rk, &e.Mandatory, &props, &headers, &e.Body, &e.Created, &attempts, &outcome, &e.LastError)
+	if err := rows.Scan(dest...); err != nil {
+		return nil, err
+	}
+	if rid != nil {
+		e.ID = uint64(*rid)
+	}
+	e.Stream, e.Exchange, e.RoutingKey = string(stream), string(x), string(rk)
+	e.Attempts, e.LastOutcome = uint32(max(attempts, 0)), journal.Outcome(outcome)
+	if err := decodeProps(props, &e.Properties); err != nil {
+		return nil, err
+	}
+	h, err := journal.DecodeHeaders(headers)
+	if err != nil {
+		return nil, err
+	}
+	e.Headers = h
+	return e, nil
+}
+
+func (v *view) Source() string { return v.o.opts.Source }
+func (v *view) Epoch() int64   { return v.epoch }
+func (v *view) LastID() uint64 { return v.o.lastRID.Load() }
+
+func (v *view) Changed() <-chan struct{} { return v.o.changed() }
+
+func (v *view) held() error {
+	if v.until == nil {
+		return nil
+	}
+	if u := v.until.Load(); u == 0 || int64(time.Since(v.base)) >= u {
+		return ErrLeaseLost
+	}
+	return nil
+}
+
+// Read returns up to max pending rows of the view's epoch with rid > after, by rid, assigning
+// rids first when fewer are assigned. In one transaction that locks the meta row (so that relay
+// id assignments are serialized, also between two relays that overlap):
+//
+//  1. the assigned, pending rows with rid > after, by rid;
+//  2. if fewer than max: the unassigned visible rows with the smallest ids (FOR UPDATE), numbered
+//     last_rid+1, +2, … in id order; last_rid moves on.
+//
+// Why this never skips a row: a stream's seq is taken under its counter row's lock, held until
+// the writer commits, so the next writer of the stream takes its seq, and its id, only after
+// that commit. Per stream, id order is seq order is commit order, and the rows of a stream
+// visible in any snapshot are a prefix of its seqs. Each assignment extends every stream's
+// assigned prefix in seq order, and a row that becomes visible later is numbered later, so with
+// a rid larger than every rid already assigned: a reader by rid > after never passes over it.
+func (v *view) Read(ctx context.Context, after uint64, max int) ([]*journal.Entry, error) {
+	if err := v.held(); err != nil {
+		return nil, err
+	}
+	var out []*journal.Entry
+	var last int64
+	err := pgx.BeginTxFunc(ctx, v.o.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+		out = out[:0]
+		if err := tx.QueryRow(ctx, `SELECT last_rid FROM `+v.o.n.metaT+` WHERE k = 1 FOR UPDATE`).Scan(&last); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT `+entryCols+` FROM `+v.o.n.t+` WHERE rid > $1 AND NOT parked AND epoch = $2 ORDER BY rid LIMIT $3`,
+			int64(after), v.epoch, max)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			e, err := scanEntry(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			out = append(out, e)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(out) >= max {
+			return nil
+		}
+		rows, err = tx.Query(ctx, `WITH picked AS (
+				SELECT id, row_number() OVER (ORDER BY id) AS n FROM (
+					SELECT id FROM `+v.o.n.t+` WHERE rid IS NULL AND NOT parked AND epoch = $1 ORDER BY id LIMIT $2 FOR UPDATE) s)
+			UPDATE `+v.o.n.t+` AS t SET rid = $3 + picked.n FROM picked WHERE t.id = picked.id
+			RETURNING `+prefixed("t.", entryCols), v.epoch, max-len(out), last)
+		if err != nil {
+			return err
+		}
+		var fresh []*journal.Entry
+		for rows.Next() {
+			e, err := scanEntry(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			fresh = append(fresh, e)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(fresh) == 0 {
+			return nil
+		}
+		slices.SortFunc(fresh, func(a, b *journal.Entry) int { return cmp.Compare(a.ID, b.ID) }) // RETURNING has no order
+		last += int64(len(fresh))
+		if _, err := tx.Exec(ctx, `UPDATE `+v.o.n.metaT+` SET last_rid = $1 WHERE k = 1`, last); err != nil {
+			return err
+		}
+		out = append(out, fresh...)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgoutbox: read: %w", err)
+	}
+	for {
+		cur := v.o.lastRID.Load()
+		if uint64(last) <= cur || v.o.lastRID.CompareAndSwap(cur, uint64(last)) {
+			break
+		}
+	}
+	return out, nil
+}
+
+func prefixed(p, cols string) string {
+	out := ""
+	for i, c := range splitCols(cols) {
+		if i > 0 {
+			out += ", "
+		}
+		out += p + c
+	}
+	return out
+}
+
+func splitCols(cols string) []string {
+	var out []string
+	cur := ""
+	for _, r := range cols {
+		switch r {
+		case ',':
+			out = append(out, cur)
+			cur = ""
+		case ' ':
+		default:
+			cur += string(r)
+		}
+	}
+	return append(out, cur)
+}
+
+func rids(ids []uint64) []int64 {
+	a := make([]int64, len(ids))
+	for i, id := range ids {
+		a[i] = int64(id)
+	}
+	return a
+}
+
+// Delete removes confirmed rows (by rid) in one statement.
+func (v *view) Delete(ctx context.Context, ids ...uint64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := v.o.pool.Exec(ctx, `DELETE FROM `+v.o.n.t+` WHERE rid = ANY($1) AND NOT parked`, rids(ids)); err != nil {
+		return fmt.Errorf("pgoutbox: delete: %w", err)
+	}
+	return nil
+}
+
+// RecordAttempt counts a failed attempt on rows (by rid).
+func (v *view) RecordAttempt(ctx context.Context, ids []uint64, o journal.Outcome, reason string) error {
+	if _, err := v.o.pool.Exec(ctx, `UPDATE `+v.o.n.t+` SET attempts = attempts + 1, last_outcome = $2, last_error = $3
+		WHERE rid = ANY($1) AND NOT parked`, rids(ids), int16(o), reason); err != nil {
+		return fmt.Errorf("pgoutbox: record attempt: %w", err)
+	}
+	return nil
+}
+
+// Park parks a pending row (by rid) with the reason.
+func (v *view) Park(ctx context.Context, id uint64, reason string) error {
+	if _, err := v.o.pool.Exec(ctx, `UPDATE `+v.o.n.t+` SET parked = true, park_reason = $2, parked_at = now()
+		WHERE rid = $1 AND NOT parked`, int64(id), reason); err != nil {
+		return fmt.Errorf("pgoutbox: park: %w", err)
+	}
+	return nil
+}
+
+// Backlog returns the gauges the relay refreshes in the background (at most once a second).
+func (v *view) Backlog() journal.Backlog {
+	if b := v.o.backlog.Load(); b != nil {
+		return *b
+	}
+	return journal.Backlog{}
+}
