@@ -13,7 +13,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/internal/history"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
@@ -25,6 +25,7 @@ type cluster struct {
 	dir       string // journals, stores, process logs
 	bin       string
 	url       string // what the processes dial (the proxy)
+	consURL   string // what the consumers dial, when not url (a cluster's URLs in another order)
 	exchange  string
 	queue     string
 	queueType string
@@ -172,7 +173,7 @@ func (c *cluster) startConsumerAt(i int, exitIdle time.Duration) {
 		c.cons = append(c.cons, nil)
 	}
 	args := append([]string{
-		"-url", c.url, "-queue", c.queue, "-queue-type", c.queueType,
+		"-url", cmp.Or(c.consURL, c.url), "-queue", c.queue, "-queue-type", c.queueType,
 		"-gap-grace", c.gapGrace.String(), "-exit-idle", exitIdle.String(), "-stats-every", "1s",
 	}, c.storeArgs(c.pg)...)
 	if c.partitions > 0 {

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/internal/history"
 )
 
 // fault is one kind of failure the scheduler injects. inject runs on the test goroutine: it breaks

@@ -1,6 +1,6 @@
 // Package integration is the black-box chaos suite: it builds the example binaries, runs them as
 // real processes against a private RabbitMQ node behind a toxiproxy, injects faults and checks
-// that every accepted message was applied exactly once (examples/history.Check).
+// that every accepted message was applied exactly once (internal/history.Check).
 package integration
 
 import (

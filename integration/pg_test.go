@@ -10,8 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/rabbitkit/rabbitkit/examples/history"
-	"github.com/rabbitkit/rabbitkit/examples/ledger"
+	"github.com/rabbitkit/rabbitkit/internal/history"
+	"github.com/rabbitkit/rabbitkit/internal/ledger"
 	"github.com/rabbitkit/rabbitkit/internal/pgtest"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
 )

@@ -77,7 +77,7 @@ func writeReliability(t *testing.T, total, perKind int, reports []chaosReport) {
 	b.WriteString("one at a time in a shuffled order while they run. Publishers killed with SIGKILL are restarted on\n")
 	b.WriteString("the same journal, the consumer on the same store. At the end every publisher runs until all it\n")
 	b.WriteString("journaled is confirmed, the consumer drains the queue, and its ledger is compared with the\n")
-	b.WriteString("publishers' `accepted` lines (examples/history.Check, a Jepsen-style total-queue check).\n\n")
+	b.WriteString("publishers' `accepted` lines (internal/history.Check, a Jepsen-style total-queue check).\n\n")
 	fmt.Fprintf(&b, "Measured %s with binaries built at commit %s, on %s, %d CPUs (shared with other work), %s, RabbitMQ %s.\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04 MST"), buildCommit, hostDesc(), runtime.NumCPU(), runtime.Version(), rabbitVersion())
 	b.WriteString("The process table's counters come from each run's last `stats` line (printed every second), so a\n")

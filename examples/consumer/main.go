@@ -1,5 +1,5 @@
 // Command consumer is the reference consumer: it consumes a queue through rabbitkit's consumer with
-// a transactional handler whose effect is a ledger (examples/ledger), written in the same
+// a transactional handler whose effect is a ledger (internal/ledger), written in the same
 // transaction as the dedup mark: a counter per message in the consumer's bbolt file (-store), or
 // one row per message in a PostgreSQL table with no unique constraint (-pg, the PostgreSQL inbox
 // consumer/pginbox). Every message's count must therefore end at exactly 1, whatever crashes in
@@ -41,9 +41,9 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
-	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/internal/history"
 	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
-	"github.com/rabbitkit/rabbitkit/examples/ledger"
+	"github.com/rabbitkit/rabbitkit/internal/ledger"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/topology"

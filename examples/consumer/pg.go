@@ -19,8 +19,8 @@ import (
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/consumer/pginbox"
-	"github.com/rabbitkit/rabbitkit/examples/history"
-	"github.com/rabbitkit/rabbitkit/examples/ledger"
+	"github.com/rabbitkit/rabbitkit/internal/history"
+	"github.com/rabbitkit/rabbitkit/internal/ledger"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/topology"
 )

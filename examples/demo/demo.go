@@ -16,8 +16,8 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
-	"github.com/rabbitkit/rabbitkit/examples/history"
-	"github.com/rabbitkit/rabbitkit/examples/ledger"
+	"github.com/rabbitkit/rabbitkit/internal/history"
+	"github.com/rabbitkit/rabbitkit/internal/ledger"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"

@@ -3,7 +3,7 @@ package history_test
 import (
 	"fmt"
 
-	"github.com/rabbitkit/rabbitkit/examples/history"
+	"github.com/rabbitkit/rabbitkit/internal/history"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
