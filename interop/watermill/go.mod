@@ -1,6 +1,6 @@
 module github.com/rabbitkit/rabbitkit/interop/watermill
 
-go 1.26
+go 1.26.0
 
 replace github.com/rabbitkit/rabbitkit => ../..
 
@@ -22,5 +22,5 @@ require (
 	github.com/oklog/ulid v1.3.1 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
 	go.etcd.io/bbolt v1.5.0 // indirect
-	golang.org/x/sys v0.45.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
 )
