@@ -14,7 +14,8 @@ import (
 )
 
 // The worker's side of a ScopeShared store (docs/DESIGN.md, "Stores"). The worker's tracker is a
-// cache: refresh reloads the batch's streams from the store before they are classified, so a
+// cache of one batch's streams: refresh loads them from the store before they are classified (and
+// forget drops them after), so a
 // redelivery of what another replica committed is dropped before any handler runs. The verdict
 // that counts is the one the store takes under its row locks inside Commit; commitShared acts on
 // it, and on the store's events, never on the cache's. Shared batches are committed
@@ -63,6 +64,18 @@ func (w *worker) refresh(items []*item) bool {
 			return false
 		}
 	}
+}
+
+// forget drops items' streams from the cache once their batch is done: the next batch reloads
+// what it needs with Peek anyway, so the cache never holds more than one batch's streams and a
+// worker's memory stays bounded by MaxBatch, however many streams it has seen.
+func (w *worker) forget(items []*item) {
+	for _, it := range items {
+		if it.stampErr == nil {
+			w.tr.Drop(it.key)
+		}
+	}
+	w.streams.Store(int64(w.tr.Len()))
 }
 
 // storeRetry handles a failed call to a shared store: an error worth retrying is logged and

@@ -420,3 +420,22 @@ func TestSharedStoreOutageRequeues(t *testing.T) {
 	requireExactlyOnce(t, store.effectCounts(), want)
 	require.Zero(t, mem.Get(consumer.MetricHandlerErrors))
 }
+
+// With a shared store the worker's cache holds one batch's streams at most: a consumer that has
+// seen 300 streams does not keep them (the store has them; the next batch reloads what it needs).
+func TestSharedCacheBounded(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	store := newMemShared(dedup.Config{})
+	mem := &metrics.Memory{}
+	sharedReplica(t, f, store, nil, mem, nil) // MaxBatch 10
+	ch := f.channel()
+	var want []string
+	for s := range 300 {
+		stream := fmt.Sprintf("customer-%d", s)
+		want = append(want, key("src", stream, 1, 1))
+		f.publish(ch, stamped("src", stream, 1, 1, "x"))
+	}
+	eventually(t, 30*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
+	requireExactlyOnce(t, store.effectCounts(), want)
+	require.LessOrEqual(t, mem.Get(consumer.MetricStreams), 10.0, "streams cached beyond one batch")
+}

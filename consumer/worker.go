@@ -116,8 +116,11 @@ func (w *worker) process(items []*item) {
 // that followed them.
 func (w *worker) processOnce(items []*item) []*item {
 	r := w.r
-	if r.store.shared() && !w.refresh(items) {
-		return nil // stopping, or the run failed: the items stay unacked
+	if r.store.shared() {
+		defer w.forget(items)
+		if !w.refresh(items) {
+			return nil // stopping, or the run failed: the items stay unacked
+		}
 	}
 	b := r.store.newBatch(r.hctx, len(items))
 	ents := make([]entry, 0, len(items))
