@@ -41,8 +41,8 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
-	"github.com/rabbitkit/rabbitkit/internal/history"
 	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
+	"github.com/rabbitkit/rabbitkit/internal/history"
 	"github.com/rabbitkit/rabbitkit/internal/ledger"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"

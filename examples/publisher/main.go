@@ -29,8 +29,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/rabbitkit/rabbitkit/internal/history"
 	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
+	"github.com/rabbitkit/rabbitkit/internal/history"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
