@@ -31,6 +31,7 @@ type Node struct {
 
 	dir      string
 	distPort int
+	erlArgs  string // RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS, from WithErlArgs
 	mu       sync.Mutex
 }
 
@@ -38,6 +39,14 @@ type Node struct {
 // is stopped and its folder removed when the test ends.
 func StartNode(t testing.TB, opts ...NodeOption) *Node {
 	SkipShort(t)
+	t.Helper()
+	n := newNode(t, opts...)
+	n.Start(t)
+	return n
+}
+
+// newNode prepares a private node (name, ports, folder, cleanup) without starting it.
+func newNode(t testing.TB, opts ...NodeOption) *Node {
 	t.Helper()
 	var o nodeOptions
 	for _, opt := range opts {
@@ -54,7 +63,7 @@ func StartNode(t testing.TB, opts ...NodeOption) *Node {
 	if err != nil {
 		t.Fatalf("testbroker: %v", err)
 	}
-	n := &Node{dir: dir}
+	n := &Node{dir: dir, erlArgs: o.erlArgs}
 	n.Port = freePort(t)
 	n.distPort = freePort(t)
 	n.Name = fmt.Sprintf("rktest-%d-%s@localhost", os.Getpid(), filepath.Base(dir)[len("node-"):])
@@ -76,25 +85,31 @@ func StartNode(t testing.TB, opts ...NodeOption) *Node {
 		n.stop(20 * time.Second)
 		_ = os.RemoveAll(dir)
 	})
-	n.Start(t)
 	return n
 }
 
 // Start starts the node (first start, or after Kill/Stop) and waits until it accepts AMQP.
 func (n *Node) Start(t testing.TB) {
 	t.Helper()
+	if err := n.start(); err != nil {
+		t.Fatalf("testbroker: %v", err)
+	}
+}
+
+// start is Start without a testing.TB, so that several nodes can start at once.
+func (n *Node) start() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	cmd := exec.Command("rabbitmq-server", "-detached")
 	cmd.Env = n.env()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("testbroker: start node %s: %v\n%s", n.Name, err, out)
+		return fmt.Errorf("start node %s: %v\n%s", n.Name, err, out)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if err := WaitAMQP(ctx, n.URL); err != nil {
 		logs, _ := exec.Command("sh", "-c", "tail -n 40 "+filepath.Join(n.dir, "log")+"/*.log").CombinedOutput()
-		t.Fatalf("testbroker: node %s did not accept AMQP on %s: %v\n%s", n.Name, n.Addr, err, logs)
+		return fmt.Errorf("node %s did not accept AMQP on %s: %v\n%s", n.Name, n.Addr, err, logs)
 	}
 	if n.TLS != nil {
 		for {
@@ -104,11 +119,12 @@ func (n *Node) Start(t testing.TB) {
 				break
 			}
 			if ctx.Err() != nil {
-				t.Fatalf("testbroker: node %s: no TLS listener on %s: %v", n.Name, n.TLS.Addr, err)
+				return fmt.Errorf("node %s: no TLS listener on %s: %v", n.Name, n.TLS.Addr, err)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	return nil
 }
 
 // Kill kills the node's Erlang VM with SIGKILL, like a power cut of the broker.
@@ -208,7 +224,7 @@ func (n *Node) pid() int {
 
 func (n *Node) env() []string {
 	d := n.dir
-	return append(os.Environ(),
+	env := append(os.Environ(),
 		"RABBITMQ_NODENAME="+n.Name,
 		"RABBITMQ_NODE_IP_ADDRESS=127.0.0.1",
 		"RABBITMQ_NODE_PORT="+strconv.Itoa(n.Port),
@@ -220,6 +236,10 @@ func (n *Node) env() []string {
 		"RABBITMQ_CONFIG_FILE="+filepath.Join(d, "rabbitmq"),
 		"RABBITMQ_ADVANCED_CONFIG_FILE="+filepath.Join(d, "advanced.config"),
 	)
+	if n.erlArgs != "" {
+		env = append(env, "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+n.erlArgs)
+	}
+	return env
 }
 
 // reapLeftovers kills nodes whose owning test process no longer runs (a test binary killed by a

@@ -2,6 +2,8 @@ package testbroker
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -85,4 +87,71 @@ func TestPrivateNode(t *testing.T) {
 	c.Close()
 	n.Restart(t)
 	dial(t, n.URL).Close()
+}
+
+// TestCluster: three private nodes form one cluster; the helpers find a quorum queue's leader and
+// a connection's node; a quorum queue keeps a confirmed message through a kill -9 of its leader;
+// the killed node rejoins on Start; nothing is left behind afterwards.
+func TestCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three RabbitMQ nodes")
+	}
+	var names, dirs []string
+	t.Run("run", func(t *testing.T) {
+		c := StartCluster(t, 3, WithErlArgs(NoBusyWait))
+		require.Equal(t, []int{0, 1, 2}, c.RunningNodes(t))
+		for i := range 3 {
+			names = append(names, c.Node(i).Name)
+			dirs = append(dirs, c.Node(i).dir)
+		}
+
+		// Declared through node 1, the quorum queue is led from there.
+		q := Name(t, "cluster-q")
+		conn1 := dial(t, c.URLs()[1])
+		ch, err := conn1.Channel()
+		require.NoError(t, err)
+		_, err = ch.QueueDeclare(q, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
+		require.NoError(t, err)
+		require.Equal(t, 1, c.QueueLeader(t, q))
+		require.NoError(t, ch.Confirm(false))
+		dc, err := ch.PublishWithDeferredConfirm("", q, false, false, amqp.Publishing{DeliveryMode: amqp.Persistent, Body: []byte("kept")})
+		require.NoError(t, err)
+		ok, err := dc.WaitContext(context.Background())
+		require.NoError(t, err)
+		require.True(t, ok)
+		conn1.Close()
+
+		// A named connection to node 2 is found on node 2, by name and by address.
+		conn2, err := amqp.DialConfig(c.URLs()[2], amqp.Config{Properties: amqp.Table{"connection_name": "rk-cluster-probe"}})
+		require.NoError(t, err)
+		defer conn2.Close()
+		require.Equal(t, 2, c.NodeOfAddr(conn2.RemoteAddr().String()))
+		require.Equal(t, 2, c.WaitConnection(t, "rk-cluster-probe", 30*time.Second))
+
+		// kill -9 of the leader: another node leads, the confirmed message is still there.
+		start := time.Now()
+		c.Node(1).Kill(t)
+		leader := c.WaitQueueLeader(t, q, time.Minute)
+		require.NotEqual(t, 1, leader)
+		t.Logf("new leader: node %d, %v after the kill", leader, time.Since(start).Round(100*time.Millisecond))
+		ch2, err := conn2.Channel()
+		require.NoError(t, err)
+		d, ok, err := ch2.Get(q, true)
+		require.NoError(t, err)
+		require.True(t, ok, "the confirmed message is gone after the leader's kill -9")
+		require.Equal(t, "kept", string(d.Body))
+
+		start = time.Now()
+		c.Node(1).Start(t)
+		c.WaitRunning(t, time.Minute)
+		t.Logf("killed node back in the cluster %v after Start", time.Since(start).Round(100*time.Millisecond))
+		require.Equal(t, []int{0, 1, 2}, c.RunningNodes(t))
+	})
+	// Cleanup ran: no node process, no folder.
+	ps, _ := exec.Command("ps", "-eo", "args").Output()
+	for i, name := range names {
+		require.NotContains(t, string(ps), name, "node %d still runs after cleanup", i)
+		_, err := os.Stat(dirs[i])
+		require.True(t, os.IsNotExist(err), "node %d's folder %s is left: %v", i, dirs[i], err)
+	}
 }

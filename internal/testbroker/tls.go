@@ -22,8 +22,17 @@ import (
 type NodeOption func(*nodeOptions)
 
 type nodeOptions struct {
-	tls bool
+	tls     bool
+	erlArgs string
 }
+
+// NoBusyWait are Erlang VM flags that stop the schedulers from busy-waiting when idle (they spin by
+// default): pass them with WithErlArgs when several nodes share few cores.
+const NoBusyWait = "+sbwt none +sbwtdcpu none +sbwtdio none"
+
+// WithErlArgs passes extra flags to the node's Erlang VM (RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS), e.g.
+// NoBusyWait.
+func WithErlArgs(args string) NodeOption { return func(o *nodeOptions) { o.erlArgs = args } }
 
 // WithTLS gives the node a TLS listener (Node.TLS) that requires a client certificate signed by a
 // test CA made for this node alone, and certificate login (SASL EXTERNAL, the certificate's CN
