@@ -31,14 +31,16 @@ type BoltOptions struct {
 var _ Store[*bolt.Tx] = (*BoltStore)(nil)
 
 var (
-	bucketStreams = []byte("rabbitkit.consumer.streams") // dedup.AppendKey -> updated(8) + state
+	// dedup.AppendKey -> updated(8) + state, as of the last fold of the log (boltlog.go)
+	bucketStreams = []byte("rabbitkit.consumer.streams")
 )
 
 // BoltStore is the default Store, a Store[*bbolt.Tx] of ScopeExclusive: one bbolt file, one writer
 // goroutine that groups concurrent batches into one transaction and one fsync (like DB.Batch,
 // without its fixed delay). Transactional handlers (Consumer.RunTx) get the *bbolt.Tx of that
 // transaction, so their writes commit atomically with the dedup state that marks the message
-// handled.
+// handled. A commit appends its stream states to a log that the writer folds into the streams
+// bucket now and then (boltlog.go: file format 2).
 type BoltStore struct {
 	db   *bolt.DB
 	opts BoltOptions
@@ -51,6 +53,8 @@ type BoltStore struct {
 	closeMu    sync.Mutex
 	closed     bool
 	inUse      atomic.Bool // one Run at a time: the dedup window lives in that Run's memory
+
+	w logWriter // the writer goroutine's
 }
 
 // Claim implements Store: it reserves the store for one Run, and release gives it back. Two Runs
@@ -110,19 +114,12 @@ func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consumer: open store %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketStreams} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	lw, err := openFormat(db, path, opts.Logger)
 	if err != nil {
 		_ = db.Close()
-		return nil, fmt.Errorf("consumer: init store %s: %w", path, err)
+		return nil, fmt.Errorf("%w: %w", ErrStore, err)
 	}
-	s := &BoltStore{db: db, opts: opts, log: opts.Logger, reqs: make(chan *commitReq, 64), stop: make(chan struct{}), writerDone: make(chan struct{})}
+	s := &BoltStore{db: db, opts: opts, log: opts.Logger, reqs: make(chan *commitReq, 64), stop: make(chan struct{}), writerDone: make(chan struct{}), w: lw}
 	s.wg.Go(s.writer)
 	return s, nil
 }
@@ -156,17 +153,9 @@ func (s *BoltStore) Load(ctx context.Context) ([]StreamState, error) {
 	}
 	var out []StreamState
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketStreams).ForEach(func(k, v []byte) error {
-			key, err := dedup.ParseKey(k)
-			if err != nil {
-				return err
-			}
-			if len(v) < 8 {
-				return fmt.Errorf("consumer: stream %q/%q: state too short", key.Source, key.Stream)
-			}
-			out = append(out, StreamState{Key: key, State: append([]byte(nil), v[8:]...)})
-			return nil
-		})
+		var err error
+		out, err = loadStates(tx)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: load: %w", ErrStore, err)
@@ -246,8 +235,14 @@ func (s *BoltStore) writer() {
 				}
 			}
 			err := s.apply(group)
+			if err == nil && boltHook != nil && s.w.foldDue() {
+				_ = boltHook("record")
+			}
 			for _, r := range group {
 				r.done <- err
+			}
+			if err == nil {
+				s.maybeFold()
 			}
 		}
 	}
@@ -264,14 +259,17 @@ func (s *BoltStore) apply(group []*commitReq) error {
 	}
 	var stamp [8]byte
 	binary.BigEndian.PutUint64(stamp[:], uint64(time.Now().UnixNano()))
+	l := &s.w
 	for {
+		var logged int64
+		var recs uint64
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			for _, r := range group {
 				if failed := runEffects(tx, r.b); failed {
 					return errRerun
 				}
 			}
-			streams := tx.Bucket(bucketStreams)
+			l.keys, l.ents = l.keys[:0], l.ents[:0]
 			for _, r := range group {
 				if r.b.States == nil {
 					continue
@@ -281,29 +279,24 @@ func (s *BoltStore) apply(group []*commitReq) error {
 					applied[i] = r.b.Ops[i].Err == nil
 				}
 				for _, st := range r.b.States(applied) {
-					k := dedup.AppendKey(nil, st.Key)
-					if st.State == nil {
-						if err := streams.Delete(k); err != nil {
-							return err
-						}
-						continue
-					}
-					v := make([]byte, 8+len(st.State))
-					copy(v, stamp[:])
-					copy(v[8:], st.State)
-					if err := streams.Put(k, v); err != nil {
-						return err
-					}
+					off := len(l.keys)
+					l.keys = dedup.AppendKey(l.keys, st.Key)
+					l.ents = append(l.ents, logEnt{off: off, n: len(l.keys) - off, state: st.State})
 				}
 			}
-			return nil
+			var err error
+			logged, recs, err = l.logStates(tx, stamp[:])
+			return err
 		})
+		clear(l.ents) // drop the callers' states
 		if errors.Is(err, errRerun) {
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("%w: commit: %w", ErrStore, err)
 		}
+		l.next += recs
+		l.bytes += logged
 		return nil
 	}
 }

@@ -1,14 +1,18 @@
 package consumer_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -19,6 +23,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/rabbitkit/rabbitkit/consumer"
+	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/topology"
@@ -32,6 +37,7 @@ const (
 	childDB      = "RABBITKIT_CHILD_DB"
 	childWant    = "RABBITKIT_CHILD_WANT"       // exit cleanly once this many distinct effects are in the file
 	childKillKey = "RABBITKIT_CHILD_KILL_AFTER" // SIGKILL itself right after the commit holding this stamp's effect
+	childStates  = "RABBITKIT_CHILD_STATES"     // append the stream states of every commit to this file (stateRecorder)
 )
 
 // killingStore SIGKILLs the process right after the commit that holds the marked effect: the mark
@@ -39,10 +45,20 @@ const (
 type killingStore struct {
 	*consumer.BoltStore
 	armed atomic.Bool
+	rec   *stateRecorder // nil: none
 }
 
 func (k *killingStore) Commit(ctx context.Context, b *consumer.Batch[*bolt.Tx]) error {
+	var done func()
+	if k.rec != nil && b.States != nil {
+		bb := *b // Ops shared: their Err is the caller's
+		bb.States, done = k.rec.wrap(b.States)
+		b = &bb
+	}
 	err := k.BoltStore.Commit(ctx, b)
+	if err == nil && done != nil {
+		done()
+	}
 	if err == nil && k.armed.Load() {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // never returns
@@ -59,6 +75,14 @@ func crashChild() int {
 		return 2
 	}
 	store := &killingStore{BoltStore: bs}
+	if p := os.Getenv(childStates); p != "" {
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "states file:", err)
+			return 2
+		}
+		store.rec = &stateRecorder{f: f, prefix: strconv.Itoa(os.Getpid())}
+	}
 	mem := &metrics.Memory{}
 	q := os.Getenv(childQueue)
 	c, err := consumer.NewWithStore(consumer.Config{
@@ -116,11 +140,12 @@ func crashChild() int {
 	return 0
 }
 
-func runChild(t *testing.T, f *fixture, want int, killKey string) (*exec.Cmd, *strings.Builder) {
+func runChild(t *testing.T, f *fixture, want int, killKey string, env ...string) (*exec.Cmd, *strings.Builder) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"=1", childURL+"="+f.url, childQueue+"="+f.queue, childDB+"="+f.path,
 		childWant+"="+strconv.Itoa(want), childKillKey+"="+killKey)
+	cmd.Env = append(cmd.Env, env...)
 	var out strings.Builder
 	cmd.Stdout = &out
 	cmd.Stderr = &out
@@ -199,6 +224,207 @@ func TestCrashBetweenCommitAndAck(t *testing.T) {
 	require.NoError(t, err)
 	defer db.Close()
 	want := append(seqKeys("src", "a", 1, 1, 200), seqKeys("src", "b", 1, 1, 200)...)
+	requireExactlyOnce(t, effects(t, db), want)
+	require.Zero(t, f.messages(ch, f.queue), "every delivery acked in the end")
+}
+
+// stateRecorder writes what a child commits, for the parent to check Load against: a line with the
+// stream states of a commit, written inside its transaction (so before it is durable), and a line
+// "done" once Commit returned nil. A commit whose "done" line is missing may or may not be durable.
+type stateRecorder struct {
+	mu     sync.Mutex
+	f      *os.File
+	prefix string // the process: ids are unique over the children writing one file
+	n      atomic.Int64
+}
+
+type stateLine struct {
+	ID     string    `json:"id"`
+	Done   bool      `json:"done,omitempty"`
+	States []stateKV `json:"states,omitempty"`
+}
+
+type stateKV struct {
+	K []byte `json:"k"` // dedup.AppendKey
+	V []byte `json:"v"` // nil: deleted
+}
+
+func (r *stateRecorder) write(l stateLine) {
+	b, _ := json.Marshal(l)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, _ = r.f.Write(append(b, '\n')) // one write: a SIGKILL leaves whole lines (or a torn last one)
+}
+
+// wrap returns states, recording what it returns, and done, to be called once the commit succeeded.
+func (r *stateRecorder) wrap(states func([]bool) []consumer.StreamState) (func([]bool) []consumer.StreamState, func()) {
+	id := fmt.Sprint(r.prefix, "-", r.n.Add(1))
+	return func(applied []bool) []consumer.StreamState {
+		sts := states(applied)
+		l := stateLine{ID: id}
+		for _, st := range sts {
+			l.States = append(l.States, stateKV{K: dedup.AppendKey(nil, st.Key), V: st.State})
+		}
+		r.write(l)
+		return sts
+	}, func() { r.write(stateLine{ID: id, Done: true}) }
+}
+
+// requireCommittedStates checks that Load, after a restart, returns the committed states: for each
+// stream the state of its last commit that returned nil, or of one of its commits after that whose
+// outcome the child did not see (the kill came first).
+func requireCommittedStates(t *testing.T, dbPath, statesPath string) {
+	t.Helper()
+	raw, err := os.ReadFile(statesPath)
+	require.NoError(t, err)
+	type commit struct {
+		id     string
+		states []stateKV
+	}
+	var commits []commit
+	done := map[string]bool{}
+	for line := range strings.Lines(string(raw)) {
+		var l stateLine
+		if json.Unmarshal([]byte(line), &l) != nil {
+			require.False(t, strings.HasSuffix(line, "\n"), "malformed line %q", line) // only a torn last line
+			continue
+		}
+		if l.Done {
+			done[l.ID] = true
+		} else {
+			commits = append(commits, commit{l.ID, l.States})
+		}
+	}
+	type want struct {
+		last  []byte   // state as of the last commit that returned nil; nil: none (or deleted)
+		maybe [][]byte // states of later commits of unknown outcome (nil element: deleted)
+	}
+	wants := map[string]*want{}
+	for _, c := range commits {
+		for _, kv := range c.states {
+			w := wants[string(kv.K)]
+			if w == nil {
+				w = &want{}
+				wants[string(kv.K)] = w
+			}
+			if done[c.id] {
+				w.last, w.maybe = kv.V, nil
+			} else {
+				w.maybe = append(w.maybe, kv.V)
+			}
+		}
+	}
+	require.NotEmpty(t, wants, "no commits recorded")
+	s, err := consumer.OpenBoltStore(dbPath, consumer.BoltOptions{})
+	require.NoError(t, err)
+	defer s.Close()
+	got, err := s.Load(context.Background())
+	require.NoError(t, err)
+	gotM := map[string][]byte{}
+	for _, st := range got {
+		gotM[string(dedup.AppendKey(nil, st.Key))] = st.State
+	}
+	exact := 0
+	for k, w := range wants {
+		g, ok := gotM[k]
+		if !ok {
+			g = nil
+		}
+		if slices.ContainsFunc(append([][]byte{w.last}, w.maybe...), func(v []byte) bool { return (v == nil) == (g == nil) && bytes.Equal(v, g) }) {
+			if len(w.maybe) == 0 {
+				exact++
+			}
+			continue
+		}
+		t.Fatalf("Load after restart: stream %q: state %x; committed %x, unknown outcome %x", k, g, w.last, w.maybe)
+	}
+	for k := range gotM {
+		require.Contains(t, wants, k, "Load: stream %q never committed", k)
+	}
+	t.Logf("%d streams: %d exactly as committed, %d with a commit of unknown outcome", len(wants), exact, len(wants)-exact)
+}
+
+// logRecords counts the records in the store's stream log (a file of format 2), read offline.
+func logRecords(t *testing.T, path string) int {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, ReadOnly: true})
+	require.NoError(t, err)
+	defer db.Close()
+	n := 0
+	require.NoError(t, db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("rabbitkit.consumer.log"))
+		require.NotNil(t, b, "no stream log bucket")
+		n = b.Stats().KeyN
+		return nil
+	}))
+	return n
+}
+
+// The store's stream log under SIGKILL: the children fold it very often (EnvStoreFoldEvery) and are
+// killed right after a commit that makes it due for a fold (durable, not folded, not acked), inside
+// a fold's transaction, and at a random moment while folding after every commit. After each kill
+// Load returns exactly the committed states, and in the end every effect is in the file once: the
+// redeliveries of what was committed and not acked are duplicates.
+func TestCrashStreamLogFold(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	ch := f.channel()
+	states := f.path + ".states"
+	rng := rand.New(rand.NewPCG(1, 2))
+	names := make([]string, 80)
+	for i := range names {
+		names[i] = fmt.Sprintf("cust-%08x", rng.Uint32()) // random order, as customer ids
+	}
+	var want []string
+	publish := func(from, to int64) {
+		var msgs []amqp.Publishing
+		for seq := from; seq <= to; seq++ {
+			for _, i := range rng.Perm(len(names)) {
+				msgs = append(msgs, stamped("src", names[i], 1, seq, "x"))
+				want = append(want, key("src", names[i], 1, seq))
+			}
+		}
+		f.publish(ch, msgs...)
+	}
+	foldOften := consumer.EnvStoreFoldEvery + "=2500" // about every three commits of 16 messages
+	killed := func(what string, env ...string) {
+		t.Helper()
+		cmd, out := runChild(t, f, 0, "", append([]string{childStates + "=" + states}, env...)...)
+		if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, consumer.EnvStoreKillAt+"=") }) {
+			time.Sleep(time.Duration(200+rng.IntN(400)) * time.Millisecond)
+			require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+		}
+		err := waitChild(t, cmd, out, 60*time.Second)
+		require.True(t, killedBySIGKILL(err), "child killed %s: %v\n%s", what, err, out)
+		db, err := bolt.Open(f.path, 0o600, &bolt.Options{Timeout: 5 * time.Second, ReadOnly: true})
+		require.NoError(t, err)
+		t.Logf("killed %s: %d of %d effects in the file", what, len(effects(t, db)), len(want))
+		require.NoError(t, db.Close())
+		requireCommittedStates(t, f.path, states)
+	}
+	completes := func(env ...string) string {
+		t.Helper()
+		cmd, out := runChild(t, f, len(want), "", append([]string{childStates + "=" + states}, env...)...)
+		require.NoError(t, waitChild(t, cmd, out, 60*time.Second), "child to completion:\n%s", out)
+		requireCommittedStates(t, f.path, states)
+		return out.String()
+	}
+
+	publish(1, 6)
+	// Right after a commit that makes the log due, before its fold and before the acks.
+	killed("between a record and its fold", foldOften, consumer.EnvStoreKillAt+"=record:2")
+	require.Positive(t, logRecords(t, f.path), "killed before the fold: the log holds records")
+	require.Regexp(t, `duplicates=[1-9]`, completes(foldOften), "the committed, unacked deliveries came back as duplicates")
+
+	publish(7, 12)
+	killed("inside a fold", foldOften, consumer.EnvStoreKillAt+"=fold:2")
+	require.Positive(t, logRecords(t, f.path), "killed inside the fold: the log is not emptied")
+	publish(13, 40)
+	killed("at random, folding after every commit", consumer.EnvStoreFoldEvery+"=1")
+	completes(consumer.EnvStoreFoldEvery + "=1")
+
+	db, err := bolt.Open(f.path, 0o600, &bolt.Options{Timeout: 5 * time.Second, ReadOnly: true})
+	require.NoError(t, err)
+	defer db.Close()
 	requireExactlyOnce(t, effects(t, db), want)
 	require.Zero(t, f.messages(ch, f.queue), "every delivery acked in the end")
 }
