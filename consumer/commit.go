@@ -98,7 +98,7 @@ func (w *worker) finish(ents []entry, b batch, start time.Time) []*item {
 			r.cfg.Metrics.Add(MetricDuplicates, 1)
 		}
 	}
-	r.done.push(done...)
+	r.done.Push(done...)
 	w.report()
 	r.cfg.Metrics.Set(MetricStreams, float64(r.streamCount()))
 	return retry

@@ -11,6 +11,8 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/internal/callbacks"
+	"github.com/rabbitkit/rabbitkit/internal/fifo"
 )
 
 // Handler handles one message. A nil error means the message's effects are done: the Consumer then
@@ -244,10 +246,10 @@ type run struct {
 	wg          sync.WaitGroup // workers
 	workersLeft atomic.Int32   // workers not yet returned
 	workersDone chan struct{}  // closed by the last worker to return
-	aux         sync.WaitGroup // parker, event loop
+	aux         sync.WaitGroup // parker
 
-	done    *queue[doneTag] // finished deliveries, for the session goroutine to ack
-	events  *queue[func()]  // callback invocations, for the event goroutine
+	done    *fifo.Queue[doneTag] // finished deliveries, for the session goroutine to ack
+	events  *callbacks.Loop      // runs the user's callbacks, in order, on a goroutine of its own
 	auxStop chan struct{}
 
 	parker *parker
@@ -263,7 +265,7 @@ func newRun(ctx context.Context, cfg *Config, h Handler, be backend) (*run, erro
 	r := &run{
 		cfg: cfg, store: be, handler: h,
 		stopCh: make(chan struct{}), auxStop: make(chan struct{}),
-		done: newQueue[doneTag](), events: newQueue[func()](),
+		done: fifo.New[doneTag](),
 	}
 	r.dialer = &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff, Logger: cfg.Logger, Name: cfg.ConnectionName, TLS: cfg.TLS,
 		OnError: func(err error) { r.status.Fail(err) }}
@@ -273,7 +275,7 @@ func newRun(ctx context.Context, cfg *Config, h Handler, be backend) (*run, erro
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 		}
-		r.workers[i] = &worker{r: r, id: i, q: newQueue[*item](), tr: tr}
+		r.workers[i] = &worker{r: r, id: i, q: fifo.New[*item](), tr: tr}
 	}
 	var states []StreamState
 	if !be.shared() {
@@ -306,7 +308,7 @@ func newRun(ctx context.Context, cfg *Config, h Handler, be backend) (*run, erro
 func (r *run) run() error {
 	defer r.hcancel()
 	defer r.cancel(nil)
-	r.aux.Go(r.eventLoop)
+	r.events = callbacks.Start(r.cfg.Logger, "consumer")
 	r.aux.Go(r.parker.loop)
 	r.workersDone = make(chan struct{})
 	r.workersLeft.Store(int32(len(r.workers)))
@@ -320,6 +322,7 @@ func (r *run) run() error {
 	r.drainTimer.Stop()
 	close(r.auxStop)
 	r.aux.Wait()
+	r.events.Close() // the workers and the parker have stopped: nothing is pushed any more
 	r.fatalMu.Lock()
 	defer r.fatalMu.Unlock()
 	return r.fatal

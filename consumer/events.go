@@ -5,42 +5,13 @@ import (
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
-// eventLoop runs the user's callbacks one at a time, in order, on one goroutine, so that a slow
-// callback delays only other callbacks, never handling or acking.
-func (r *run) eventLoop() {
-	for {
-		select {
-		case <-r.events.signal:
-			r.runCallbacks()
-		case <-r.auxStop:
-			r.runCallbacks() // the workers have stopped: nothing is pushed any more
-			return
-		}
-	}
-}
-
-func (r *run) runCallbacks() {
-	for _, f := range r.events.take(0) {
-		r.callback(f)
-	}
-}
-
-func (r *run) callback(f func()) {
-	defer func() {
-		if p := recover(); p != nil {
-			r.cfg.Logger.Error("consumer: callback panicked", "panic", p)
-		}
-	}()
-	f()
-}
-
 func (w *worker) conflict(s protocol.Stamp, first, dup uint64) {
 	r := w.r
 	r.cfg.Metrics.Add(MetricConflicts, 1)
 	r.cfg.Logger.Error("consumer: duplicate stamp with a different body; dropped, the first body's effect stands", "stamp", s.String())
 	if cb := r.cfg.OnConflict; cb != nil {
 		c := Conflict{Stamp: s, FirstHash: first, DupHash: dup}
-		r.events.push(func() { cb(c) })
+		r.events.Push(func() { cb(c) })
 	}
 }
 
@@ -77,7 +48,7 @@ func (w *worker) report() {
 		}
 		if cb != nil {
 			ev := ev
-			r.events.push(func() { cb(ev) })
+			r.events.Push(func() { cb(ev) })
 		}
 	}
 	clear(w.evs)

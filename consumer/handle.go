@@ -139,7 +139,7 @@ func (w *worker) park(e *entry, reason string, accounted bool) bool {
 	r.cfg.Logger.Warn("consumer: message parked", "stamp", stampString(it), "queue", r.cfg.ParkingQueue, "reason", reason)
 	if cb := r.cfg.OnParked; cb != nil {
 		p := Parked{Stamp: it.stamp, Stamped: it.stampErr == nil, Reason: reason, Queue: r.cfg.ParkingQueue, Accounted: accounted}
-		r.events.push(func() { cb(p) })
+		r.events.Push(func() { cb(p) })
 	}
 	return true
 }

@@ -159,16 +159,6 @@ func TestAckWindow(t *testing.T) {
 	}
 }
 
-func TestQueueKeepsOrderAndSignals(t *testing.T) {
-	q := newQueue[int]()
-	q.push(1, 2, 3)
-	<-q.signal
-	require.Equal(t, []int{1, 2}, q.take(2))
-	<-q.signal // still items left: signalled again
-	require.Equal(t, []int{3}, q.take(0))
-	require.Nil(t, q.take(0))
-}
-
 func TestConfigValidation(t *testing.T) {
 	ok := Config{URLs: []string{"amqp://x"}, Queue: "q", StorePath: "x"}
 	tests := []struct {

@@ -101,6 +101,6 @@ func (r *run) setState(to State, url string, err error) {
 	}
 	if cb := r.cfg.OnStateChange; cb != nil {
 		sc := StateChange{From: from, To: to, URL: amqpconn.Redact(url), Err: err}
-		r.events.push(func() { cb(sc) })
+		r.events.Push(func() { cb(sc) })
 	}
 }

@@ -149,7 +149,7 @@ func (r *run) serve(s *session) (bool, error) {
 			}
 			s.acks.receive(d.DeliveryTag)
 			r.dispatch(s.gen, d)
-		case <-r.done.signal:
+		case <-r.done.Signal():
 			if err := r.flushAcks(s); err != nil {
 				log.Warn("consumer: ack failed; reconnecting", "err", err)
 				return false, fmt.Errorf("consumer: ack: %w", err)
@@ -201,7 +201,7 @@ func (r *run) drain(s *session) {
 	alive := true
 	for {
 		select {
-		case <-r.done.signal:
+		case <-r.done.Signal():
 			if alive && r.flushAcks(s) != nil {
 				alive = false
 			}
@@ -226,7 +226,7 @@ func (r *run) drain(s *session) {
 // flushAcks acks the finished prefix of this session's deliveries with one multiple ack.
 func (r *run) flushAcks(s *session) error {
 	now := time.Now()
-	for _, d := range r.done.take(0) {
+	for _, d := range r.done.Take(0) {
 		if d.gen != s.gen {
 			continue // an older channel's delivery: it will be redelivered and dropped as a duplicate
 		}
@@ -268,7 +268,7 @@ func (r *run) dispatch(gen uint64, d amqp.Delivery) {
 		// No stream to keep in order: spread by routing key.
 		it.key = dedup.Key{Stream: d.Exchange + "/" + d.RoutingKey}
 	}
-	r.workers[r.workerOf(it.key)].q.push(it)
+	r.workers[r.workerOf(it.key)].q.Push(it)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

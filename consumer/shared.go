@@ -182,7 +182,7 @@ func (w *worker) requeue(ents []entry, outage time.Duration) {
 	for i := range ents {
 		done = append(done, doneTag{gen: ents[i].it.gen, tag: ents[i].it.d.DeliveryTag, requeue: true})
 	}
-	r.done.push(done...)
+	r.done.Push(done...)
 	r.cfg.Metrics.Add(MetricRequeued, float64(len(done)))
 	r.cfg.Logger.Warn("consumer: store unavailable too long; deliveries given back to the queue", "deliveries", len(done), "outage", outage.Round(time.Second))
 }

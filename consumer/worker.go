@@ -11,6 +11,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
+	"github.com/rabbitkit/rabbitkit/internal/fifo"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
@@ -20,7 +21,7 @@ import (
 type worker struct {
 	r       *run
 	id      int
-	q       *queue[*item]
+	q       *fifo.Queue[*item]
 	tr      *dedup.Tracker
 	evs     []dedup.Event // events of the commit in progress
 	keys    []dedup.Key
@@ -71,9 +72,9 @@ func (w *worker) loop() {
 			return
 		case <-t.C:
 			w.expire()
-		case <-w.q.signal:
+		case <-w.q.Signal():
 			for !r.stopping.Load() {
-				items := w.q.take(r.cfg.MaxBatch)
+				items := w.q.Take(r.cfg.MaxBatch)
 				if len(items) == 0 {
 					break
 				}

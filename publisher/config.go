@@ -99,12 +99,15 @@ type Config struct {
 	// NoMandatory publishes without the mandatory flag: unroutable messages are then silently
 	// dropped by the broker (and confirmed). Default false: mandatory, so they are parked and reported.
 	NoMandatory bool
-	// OnParked is called when an entry is parked (unroutable, or MaxAttempts reached). It runs
-	// synchronously on the sender goroutine and must not block. Re-drive a parked entry only after
-	// its cause is fixed: re-driving from OnParked while it persists parks it again at once.
+	// OnParked is called when an entry is parked (unroutable, or MaxAttempts reached). Re-drive a
+	// parked entry only after its cause is fixed: re-driving from OnParked while it persists parks
+	// it again at once.
 	OnParked func(*ParkedError)
-	// OnStateChange is called on every connection state change. It runs synchronously on the sender
-	// goroutine and must not block.
+	// OnStateChange is called on every connection state change.
+	//
+	// Both callbacks run on the Publisher's callback goroutine, one at a time, in the order of their
+	// events (as the consumer's callbacks do): a slow callback delays only other callbacks, never
+	// sending; a panicking one is logged. Close returns after the callbacks queued before it ran.
 	OnStateChange func(StateChange)
 
 	dial connector // tests: replaces the amqp091-go connector

@@ -76,11 +76,12 @@
 //     journal in pages, publishes with confirms (at most MaxInFlight unconfirmed), drains every
 //     amqp091-go notification channel (confirms, returns, close, blocked) with buffers sized so the
 //     library never waits on it, records nacks, parks, and advances the receipts' frontier;
-//   - deleter: commits the deletes of confirmed entries in batches, off the sender's path.
+//   - deleter: commits the deletes of confirmed entries in batches, off the sender's path;
+//   - callbacks (internal/callbacks): runs OnParked and OnStateChange one at a time, in order, so
+//     that a slow callback never delays sending; Close stops it after the sender.
 //
 // Delivery tags are only compared within the channel that produced them. amqp091-go's automatic
-// recovery is not used. OnParked and OnStateChange run synchronously on the sender goroutine: they
-// must return quickly and must not call Close.
+// recovery is not used. Callbacks must not call Close (it waits for them).
 //
 // # Caveats
 //

@@ -24,8 +24,8 @@ func (s *sender) park(ctx context.Context, e *journal.Entry, pe *ParkedError) bo
 	s.p.rememberParked(pe)
 	s.log.Error("publisher: message parked", "stream", e.Stream, "seq", e.Seq, "exchange", e.Exchange,
 		"key", e.RoutingKey, "returned", pe.Returned, "reply_code", pe.ReplyCode, "reply_text", pe.ReplyText, "attempts", pe.Attempts)
-	if s.cfg.OnParked != nil {
-		s.cfg.OnParked(pe)
+	if cb := s.cfg.OnParked; cb != nil {
+		s.p.cb.Push(func() { cb(pe) })
 	}
 	return true
 }

@@ -90,6 +90,7 @@ func TestFakeReturnedParkFailureHoldsFrontierAndResends(t *testing.T) {
 	if c := parkCalls.Load(); c != 2 {
 		t.Errorf("park attempts %d, want 2", c)
 	}
+	eventually(t, 2*time.Second, "OnParked called", func() bool { mu.Lock(); defer mu.Unlock(); return len(parked) > 0 })
 	mu.Lock()
 	if len(parked) != 1 || parked[0].Seq != 2 || !parked[0].Returned {
 		t.Errorf("OnParked: %v", parked)

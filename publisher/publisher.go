@@ -12,6 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/internal/callbacks"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
 )
@@ -132,6 +133,7 @@ type Publisher struct {
 	state   atomic.Int32
 	blocked atomic.Bool
 	status  *amqpconn.Status // URL, readiness and the last connection error (ready.go)
+	cb      *callbacks.Loop  // runs OnParked and OnStateChange, in order, off the sender goroutine
 	c       counters
 
 	lastAccepted atomic.Uint64
@@ -188,6 +190,7 @@ func (p *Publisher) start(out Outbox, appender bool) {
 			topology: cfg.Topology,
 		}
 	}
+	p.cb = callbacks.Start(cfg.Logger, "publisher")
 	p.closing = make(chan struct{})
 	p.queue = make(chan *job, cfg.MaxBuffered)
 	p.drain = make(chan struct{})
@@ -353,6 +356,7 @@ func (p *Publisher) close(ctx context.Context) error {
 	}
 	p.connMu.Unlock()
 	p.wg.Wait()
+	p.cb.Close() // the sender has stopped: the callbacks it queued run before Close returns
 	p.fr.close()
 	if p.ownJournal {
 		if err := p.j.Close(); err != nil {

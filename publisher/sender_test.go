@@ -146,8 +146,8 @@ func TestFakeNackRetriedThenParked(t *testing.T) {
 }
 
 func TestFakeReturnParks(t *testing.T) {
-	var parked []*ParkedError
-	p, f, _ := fakePublisher(t, func(c *Config) { c.OnParked = func(pe *ParkedError) { parked = append(parked, pe) } })
+	var rec recorder[*ParkedError]
+	p, f, _ := fakePublisher(t, func(c *Config) { c.OnParked = rec.add })
 	rs := batch(t, p, 2)
 	ch := nextChan(t, nextConn(t, f))
 	p1, _ := recvPub(t, ch, time.Second), recvPub(t, ch, time.Second)
@@ -161,7 +161,8 @@ func TestFakeReturnParks(t *testing.T) {
 	if err := waitErr(t, rs[1]); err != nil {
 		t.Fatal(err)
 	}
-	if len(parked) != 1 || parked[0].Seq != 1 {
+	eventually(t, 2*time.Second, "OnParked called", func() bool { return len(rec.get()) > 0 })
+	if parked := rec.get(); len(parked) != 1 || parked[0].Seq != 1 {
 		t.Errorf("OnParked: %v", parked)
 	}
 	eventually(t, 2*time.Second, "1 parked 0 pending", func() bool {
@@ -247,8 +248,8 @@ func TestFakeChannelErrorProbesAndCharges(t *testing.T) {
 }
 
 func TestFakeBlocked(t *testing.T) {
-	var states []State
-	p, f, m := fakePublisher(t, func(c *Config) { c.OnStateChange = func(sc StateChange) { states = append(states, sc.To) } })
+	var rec recorder[State]
+	p, f, m := fakePublisher(t, func(c *Config) { c.OnStateChange = func(sc StateChange) { rec.add(sc.To) } })
 	c := nextConn(t, f)
 	ch := nextChan(t, c)
 	c.blocks <- amqp.Blocking{Active: true, Reason: "memory"}
@@ -267,6 +268,8 @@ func TestFakeBlocked(t *testing.T) {
 		t.Errorf("after unblock: blocked %v state %v", p.Blocked(), p.State())
 	}
 	want := []State{StateReady, StateBlocked, StateReady}
+	eventually(t, 2*time.Second, "three state changes", func() bool { return len(rec.get()) >= 3 })
+	states := rec.get()
 	if len(states) < 3 || states[0] != want[0] || states[1] != want[1] || states[2] != want[2] {
 		t.Errorf("state changes %v, want prefix %v", states, want)
 	}
@@ -398,5 +401,23 @@ func TestWindow(t *testing.T) {
 	}
 	if !w.markReturned("s", 4, &amqp.Return{}) || w.markReturned("s", 3, &amqp.Return{}) {
 		t.Error("markReturned")
+	}
+}
+
+// A callback that blocks delays only other callbacks: messages are still sent and confirmed.
+func TestFakeSlowCallbackDoesNotBlockSending(t *testing.T) {
+	release := make(chan struct{})
+	p, f, _ := fakePublisher(t, func(c *Config) { c.OnStateChange = func(StateChange) { <-release } })
+	t.Cleanup(func() { close(release) }) // before the Publisher's Close, which waits for callbacks
+	rs := batch(t, p, 3)
+	ch := nextChan(t, nextConn(t, f))
+	for range 3 {
+		recvPub(t, ch, time.Second)
+	}
+	ch.confirm(3, true, true, 1)
+	for _, r := range rs {
+		if err := waitErr(t, r); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

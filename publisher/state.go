@@ -38,8 +38,9 @@ func (s *sender) setState(st State, err error) {
 	}
 	s.m.Set(MetricConnected, connected)
 	s.log.Info("publisher: state", "from", from, "to", st, "url", redactURL(s.link.url), "err", err)
-	if s.cfg.OnStateChange != nil {
-		s.cfg.OnStateChange(StateChange{From: from, To: st, URL: redactURL(s.link.url), Err: err})
+	if cb := s.cfg.OnStateChange; cb != nil {
+		sc := StateChange{From: from, To: st, URL: redactURL(s.link.url), Err: err}
+		s.p.cb.Push(func() { cb(sc) })
 	}
 }
 
