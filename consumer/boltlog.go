@@ -112,10 +112,20 @@ func (l *logWriter) foldDue() bool {
 func openFormat(db *bolt.DB, path string, log interface{ Info(string, ...any) }) (logWriter, error) {
 	var format uint64
 	var hadStreams bool
-	err := db.View(func(tx *bolt.Tx) error {
+	err := boltView(db, func(tx *bolt.Tx) error {
 		hadStreams = tx.Bucket(bucketStreams) != nil
 		m := tx.Bucket(bucketMeta)
 		if m == nil {
+			// A store is recognised by its meta bucket, or (format 1) by its streams bucket;
+			// a file with neither is new if it has no bucket, another program's if it has.
+			var names []string
+			_ = tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+				names = append(names, string(name))
+				return nil
+			})
+			if !hadStreams && len(names) > 0 {
+				return notStore(path, names)
+			}
 			format = storeFormatNoLog
 			return nil
 		}
@@ -133,7 +143,7 @@ func openFormat(db *bolt.DB, path string, log interface{ Info(string, ...any) })
 	case format > storeFormat:
 		return logWriter{}, fmt.Errorf("consumer: store %s has file format %d, written by a later version of rabbitkit; this version reads formats 1 to %d", path, format, storeFormat)
 	case format == storeFormatNoLog:
-		err := db.Update(func(tx *bolt.Tx) error {
+		err := boltUpdate(db, func(tx *bolt.Tx) error {
 			streams, err := tx.CreateBucketIfNotExists(bucketStreams)
 			if err != nil {
 				return err
@@ -160,7 +170,7 @@ func openFormat(db *bolt.DB, path string, log interface{ Info(string, ...any) })
 		return logWriter{}, fmt.Errorf("consumer: store %s: file format %d unknown", path, format)
 	}
 	var l logWriter
-	err = db.View(func(tx *bolt.Tx) error {
+	err = boltView(db, func(tx *bolt.Tx) error {
 		streams, lb := tx.Bucket(bucketStreams), tx.Bucket(bucketLog)
 		if streams == nil || lb == nil {
 			return fmt.Errorf("consumer: store %s: format %d file without its buckets", path, storeFormat)
@@ -356,7 +366,7 @@ func (s *BoltStore) maybeFold() {
 		return
 	}
 	t0, logged := time.Now(), l.bytes
-	if err := s.db.Update(foldLog); err != nil {
+	if err := boltUpdate(s.db, foldLog); err != nil {
 		// Nothing is lost: the log still holds every state. A broken file fails the next commit.
 		l.foldFailed = time.Now()
 		s.log.Warn("consumer: folding the store's stream log failed; retrying later", "path", s.Path(), "err", err)
@@ -364,7 +374,7 @@ func (s *BoltStore) maybeFold() {
 	}
 	l.foldFailed = time.Time{}
 	l.next, l.bytes = 0, 0
-	_ = s.db.View(func(tx *bolt.Tx) error {
+	_ = boltView(s.db, func(tx *bolt.Tx) error {
 		l.streamsAlloc = int64(tx.Bucket(bucketStreams).Stats().LeafAlloc)
 		return nil
 	})

@@ -12,7 +12,6 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // BoltOptions configures OpenBoltStore. The zero value is valid.
@@ -26,7 +25,14 @@ type BoltOptions struct {
 	NoSync bool
 	// Logger receives compaction and error logs. Default slog.Default().
 	Logger *slog.Logger
+	// AllowReset lets OpenBoltStore start anew when the marker file <store>.id says a store
+	// existed at the path but the file is missing, empty or another store (ErrTruncated without
+	// it). The lost store's dedup state is gone: messages it had applied that the broker
+	// redelivers are applied again. It is logged at ERROR. Set it only when that is harmless.
+	AllowReset bool
 }
+
+const defaultLockTimeout = 5 * time.Second
 
 var _ Store[*bolt.Tx] = (*BoltStore)(nil)
 
@@ -92,10 +98,14 @@ type commitReq struct {
 	done chan error // buffered 1
 }
 
-// OpenBoltStore opens (creating if needed, mode 0600) the bbolt file at path.
+// OpenBoltStore opens (creating if needed, mode 0600) the bbolt file at path, and the marker file
+// <path>.id beside it (boltfile.go). It refuses, before bbolt maps it, a corrupt file
+// (ErrCorrupt), a file lost, emptied or replaced while its marker exists (ErrTruncated, unless
+// AllowReset), a bbolt file that is not a consumer store (ErrNotStore) and a file another
+// process holds (ErrLocked). A brand-new or empty file without a marker becomes a new store.
 func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 	if opts.LockTimeout <= 0 {
-		opts.LockTimeout = 5 * time.Second
+		opts.LockTimeout = defaultLockTimeout
 	}
 	if opts.MaxBatchOps <= 0 {
 		opts.MaxBatchOps = 10000
@@ -103,21 +113,27 @@ func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:      opts.LockTimeout,
-		NoSync:       opts.NoSync,
-		FreelistType: bolt.FreelistMapType,
-	})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s (waited %s)", ErrLocked, path, opts.LockTimeout)
-	}
+	db, mk, err := openBoltFile(path, opts)
 	if err != nil {
-		return nil, fmt.Errorf("consumer: open store %s: %w", path, err)
+		return nil, err
+	}
+	fail := func(err error) (*BoltStore, error) {
+		_ = db.Close()
+		return nil, err
+	}
+	id, err := identify(db, path, mk, opts)
+	if err != nil {
+		return fail(err)
 	}
 	lw, err := openFormat(db, path, opts.Logger)
 	if err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("%w: %w", ErrStore, err)
+		if errors.Is(err, ErrNotStore) || errors.Is(err, ErrCorrupt) {
+			return fail(err)
+		}
+		return fail(fmt.Errorf("%w: %w", ErrStore, err))
+	}
+	if err := commitIdentity(db, path, id, mk, opts.Logger); err != nil {
+		return fail(fmt.Errorf("%w: %w", ErrStore, err))
 	}
 	s := &BoltStore{db: db, opts: opts, log: opts.Logger, reqs: make(chan *commitReq, 64), stop: make(chan struct{}), writerDone: make(chan struct{}), w: lw}
 	s.wg.Go(s.writer)
@@ -137,7 +153,7 @@ func (s *BoltStore) View(ctx context.Context, fn func(tx *bolt.Tx) error) error 
 	if s.isClosed() {
 		return ErrClosed
 	}
-	return s.db.View(fn)
+	return boltTx(s.db, false, true, fn)
 }
 
 // Path returns the file's path.
@@ -152,7 +168,7 @@ func (s *BoltStore) Load(ctx context.Context) ([]StreamState, error) {
 		return nil, ErrClosed
 	}
 	var out []StreamState
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := boltView(s.db, func(tx *bolt.Tx) error {
 		var err error
 		out, err = loadStates(tx)
 		return err
@@ -164,7 +180,10 @@ func (s *BoltStore) Load(ctx context.Context) ([]StreamState, error) {
 }
 
 // Commit implements Store. It returns once the batch is durable (or failed). When ctx ends first,
-// Commit returns ctx's error and the batch may or may not be committed.
+// Commit returns ctx's error and the batch may or may not be committed. A failed commit wraps
+// ErrStore and nothing of the batch is applied: when the disk is full (ENOSPC, EDQUOT) the error
+// says so and names the file; Run ends with it, acking nothing of the batch, and the next Run
+// (once there is space) gets its messages again. A corrupt page met wraps ErrCorrupt too.
 func (s *BoltStore) Commit(ctx context.Context, b *Batch[*bolt.Tx]) error {
 	select {
 	case <-s.stop:
@@ -263,7 +282,7 @@ func (s *BoltStore) apply(group []*commitReq) error {
 	for {
 		var logged int64
 		var recs uint64
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := boltUpdate(s.db, func(tx *bolt.Tx) error {
 			for _, r := range group {
 				if failed := runEffects(tx, r.b); failed {
 					return errRerun
@@ -293,7 +312,7 @@ func (s *BoltStore) apply(group []*commitReq) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("%w: commit: %w", ErrStore, err)
+			return writeErr(s.Path(), "commit", err)
 		}
 		l.next += recs
 		l.bytes += logged

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rabbitkit/rabbitkit/internal/boltfile"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	bbolt "go.etcd.io/bbolt"
@@ -111,14 +113,14 @@ func TestTruncatedFile(t *testing.T) {
 	src := fillJournal(t, t.TempDir(), 2000)
 	orig, err := os.ReadFile(src)
 	require.NoError(t, err)
-	m := parseMeta(orig)
-	require.True(t, m.valid)
-	m1 := parseMeta(orig[m.pageSize:])
-	if m1.valid && m1.txid > m.txid {
+	m := boltfile.ParseMeta(orig)
+	require.True(t, m.Valid)
+	m1 := boltfile.ParseMeta(orig[m.PageSize:])
+	if m1.Valid && m1.TxID > m.TxID {
 		m = m1
 	}
-	hwm := int64(m.pgid) * int64(m.pageSize)
-	ps := int64(m.pageSize)
+	hwm := int64(m.Pgid) * int64(m.PageSize)
+	ps := int64(m.PageSize)
 	offsets := []int64{1, 15, 100, ps - 1, ps, ps + 80, 2*ps - 1, 2 * ps, 3 * ps, hwm / 3, hwm / 2, hwm - ps, hwm - 1, hwm, int64(len(orig)) - 1}
 	for range 10 {
 		offsets = append(offsets, 1+rand.Int64N(int64(len(orig))-1))
@@ -170,7 +172,7 @@ func TestGarbageDataPages(t *testing.T) {
 	src := fillJournal(t, t.TempDir(), 2000)
 	orig, err := os.ReadFile(src)
 	require.NoError(t, err)
-	ps := int(binary.LittleEndian.Uint32(orig[metaOff+8:]))
+	ps := int(binary.LittleEndian.Uint32(orig[boltfile.MetaOff+8:]))
 	pages := len(orig) / ps
 	for i := range 20 {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
@@ -381,19 +383,19 @@ func TestCorruptFreelist(t *testing.T) {
 	require.NoError(t, j.Close())
 	orig, err := os.ReadFile(src)
 	require.NoError(t, err)
-	m := parseMeta(orig)
-	if m1 := parseMeta(orig[m.pageSize:]); m1.valid && m1.txid > m.txid {
+	m := boltfile.ParseMeta(orig)
+	if m1 := boltfile.ParseMeta(orig[m.PageSize:]); m1.Valid && m1.TxID > m.TxID {
 		m = m1
 	}
-	require.NotEqual(t, pgidNoFreelist, m.freelist)
-	off := int(m.freelist) * int(m.pageSize)
+	require.NotEqual(t, boltfile.NoFreelist, m.Freelist)
+	off := int(m.Freelist) * int(m.PageSize)
 	count := binary.LittleEndian.Uint16(orig[off+10:])
 	require.Greater(t, count, uint16(2), "test needs free pages")
-	for name, id := range map[string]uint64{"past hwm": m.pgid + 5, "meta page": 1, "out of order": 2} {
+	for name, id := range map[string]uint64{"past hwm": m.Pgid + 5, "meta page": 1, "out of order": 2} {
 		t.Run(name, func(t *testing.T) {
 			path := copyJournal(t, src)
 			b := append([]byte(nil), orig...)
-			binary.LittleEndian.PutUint64(b[off+pageHeaderLen+8:], id) // the second id
+			binary.LittleEndian.PutUint64(b[off+boltfile.PageHeaderLen+8:], id) // the second id
 			require.NoError(t, os.WriteFile(path, b, 0o600))
 			_, err := Open(path, Options{Source: "test-src"})
 			require.ErrorIs(t, err, ErrCorrupt)

@@ -257,13 +257,9 @@ func dump(w io.Writer, path string) error {
 	if _, err := os.Stat(path); err != nil {
 		return err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
-	if err != nil {
-		return fmt.Errorf("open %s: %w", path, err)
-	}
-	defer db.Close()
 	bw := bufio.NewWriter(w)
-	err = db.View(func(tx *bolt.Tx) error {
+	// ViewBoltFile validates the file first and turns a fault on a corrupt page into an error.
+	err := consumer.ViewBoltFile(path, func(tx *bolt.Tx) error {
 		return ledger.Dump(tx, func(s protocol.Stamp, n int64) error {
 			_, err := bw.WriteString(history.FormatApplied(history.Applied{Stamp: s, Count: n}) + "\n")
 			return err
