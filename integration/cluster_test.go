@@ -46,6 +46,7 @@ type cluster struct {
 	pg         string               // when set, consumers keep their state in this PostgreSQL (-pg) instead of -store
 	pgDirect   string               // the DSN -dump reads (pg may go through a faulty proxy); default pg
 	partitions int                  // > 0: route and consume topology.Partitions (<queue>.0..N-1) with consumer groups
+	pgPub      []string             // when set, publishers run with these flags (-pg DSN ...) instead of -journal
 	consStats  []map[string]float64 // per consumer run, its last "stats" line; guarded by mu
 	consRuns   int
 	consKills  int
@@ -55,6 +56,7 @@ type cluster struct {
 
 type source struct {
 	name    string
+	replica string // tells apart in process names the sources that share a name (pgPub replicas)
 	journal string
 	target  int // messages this source must accept over all its runs
 	cur     *pubRun
@@ -103,16 +105,20 @@ func (c *cluster) startPublisher(src *source) {
 	src.runs++
 	run := &pubRun{src: src, confirmed: -1}
 	args := []string{
-		"-url", c.url, "-source", src.name, "-journal", src.journal, "-exchange", c.exchange,
-		"-routing-key", c.queue, "-queue", c.queue, "-queue-type", c.queueType,
+		"-url", c.url, "-source", src.name, "-exchange", c.exchange, "-routing-key", c.queue, "-queue", c.queue, "-queue-type", c.queueType,
 		"-count", strconv.Itoa(remaining), "-rate", strconv.FormatFloat(c.rate, 'f', -1, 64),
 		"-size", "256", "-streams", strconv.Itoa(c.streams), "-stats-every", "1s",
+	}
+	if c.pgPub != nil {
+		args = append(args, c.pgPub...)
+	} else {
+		args = append(args, "-journal", src.journal)
 	}
 	if c.partitions > 0 {
 		args = append(args, "-partitions", strconv.Itoa(c.partitions))
 	}
 	run.proc = startProc(c.t, c.dir, procSpec{
-		name: fmt.Sprintf("publisher-%s#%d", src.name, src.runs), bin: filepath.Join(c.bin, "publisher"), args: args,
+		name: fmt.Sprintf("publisher-%s%s#%d", src.name, src.replica, src.runs), bin: filepath.Join(c.bin, "publisher"), args: args,
 		onStdout: func(line string) { c.publisherLine(run, line) },
 		onStderr: func(line string) {
 			if st, ok := parseStats(line); ok {

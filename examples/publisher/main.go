@@ -12,6 +12,12 @@
 // prints "confirmed <n>" and exits 0. SIGTERM or SIGINT stop publishing new messages and close
 // gracefully: what is not confirmed stays in the journal. Restarted on the same journal after any
 // kind of death, it first sends what the journal holds; -count 0 only does that.
+//
+// With -pg DSN instead of -journal it publishes through the PostgreSQL transactional outbox
+// (publisher/pgoutbox; see pg.go): each message in one transaction with a row of an example
+// business table, the accepted line printed once COMMIT succeeded. Processes with the same -pg
+// and -source are replicas sharing one outbox; each exits 0 with "confirmed <n>" once every
+// message it committed was confirmed, whichever replica relayed it.
 package main
 
 import (
@@ -34,6 +40,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
+	"github.com/rabbitkit/rabbitkit/publisher/pgoutbox"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
 
@@ -54,6 +61,9 @@ type options struct {
 	statsEvery time.Duration
 	verbose    bool
 	partitions int
+	pg         string
+	pgTable    string
+	leaseTTL   time.Duration
 }
 
 func main() {
@@ -61,7 +71,7 @@ func main() {
 	fs := flag.NewFlagSet("publisher", flag.ContinueOnError)
 	fs.StringVar(&o.urls, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL; several separated by commas (a cluster, tried in turn). TLS: amqps://host:5671/?cacertfile=CA.pem&certfile=C.pem&keyfile=K.pem")
 	fs.StringVar(&o.source, "source", "", "stable name of this publisher (rk-source); required")
-	fs.StringVar(&o.journal, "journal", "", "journal file (created if missing); required. Reuse it after a crash: what it holds is sent first")
+	fs.StringVar(&o.journal, "journal", "", "journal file (created if missing); required unless -pg. Reuse it after a crash: what it holds is sent first")
 	fs.StringVar(&o.exchange, "exchange", "rabbitkit.example", "exchange to publish to (declared durable, direct)")
 	fs.StringVar(&o.routingKey, "routing-key", "", "routing key (default: the queue name)")
 	fs.StringVar(&o.queue, "queue", "", "queue to declare and bind to the exchange with the routing key; empty: declare nothing but the exchange")
@@ -75,7 +85,14 @@ func main() {
 	fs.DurationVar(&o.closeWait, "close-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for confirms of messages in flight")
 	fs.DurationVar(&o.statsEvery, "stats-every", 0, "print \"stats confirmed=N resent=N unknown=N reconnects=N\" to stderr this often (0: never)")
 	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
-	cli.Parse(fs, "Usage:\n  publisher -source NAME -journal FILE -queue Q [flags]\n\n"+
+	fs.StringVar(&o.pg, "pg", "", "PostgreSQL DSN: publish through the transactional outbox (publisher/pgoutbox) instead of a journal; -journal must then be unset. "+
+		"Each message is inserted in one transaction with a row of the example table "+pgOrdersTable+" (created if missing), and its accepted line printed once COMMIT succeeded "+
+		"(a COMMIT whose outcome was lost is settled with pg_xact_status: accepted if it committed, else another message is published). "+
+		"Processes with the same -pg and -source are replicas of one service sharing one outbox: all write, one at a time relays (a lease). "+
+		"A run exits 0 printing \"confirmed <n>\" once every message it committed is confirmed, whichever replica sent it; -count 0 waits until the outbox holds nothing pending")
+	fs.StringVar(&o.pgTable, "pg-table", pgoutbox.DefaultTable, "with -pg: the outbox table (schema.name allowed)")
+	fs.DurationVar(&o.leaseTTL, "lease-ttl", pgoutbox.DefaultLeaseTTL, "with -pg: the relay lease's lifetime; another replica takes over within about 1.2x this after the relay's process dies")
+	cli.Parse(fs, "Usage:\n  publisher -source NAME -journal FILE -queue Q [flags]\n  publisher -source NAME -pg DSN -queue Q [flags]\n\n"+
 		"Prints \"accepted <source> <epoch> <stream> <seq>\" per journaled message and \"confirmed <n>\"\n"+
 		"once the broker confirmed everything.\n", os.Args[1:])
 	cli.Exit("publisher", run(o), 1)
@@ -85,8 +102,10 @@ func run(o options) error {
 	switch {
 	case o.source == "":
 		return errors.New("-source is required")
-	case o.journal == "":
-		return errors.New("-journal is required")
+	case o.journal == "" && o.pg == "":
+		return errors.New("-journal (or -pg) is required")
+	case o.journal != "" && o.pg != "":
+		return errors.New("-journal and -pg exclude each other: -pg publishes through the PostgreSQL outbox")
 	case o.count < 0 || o.size < 0 || o.rate < 0 || o.streams < 1:
 		return errors.New("-count, -size and -rate must be >= 0, -streams >= 1")
 	}
@@ -114,6 +133,9 @@ func run(o options) error {
 	} else if o.queue != "" {
 		topo.Queues = []topology.Queue{{Name: o.queue, Type: o.queueType}}
 		topo.Bindings = []topology.Binding{{Queue: o.queue, Exchange: o.exchange, Key: key}}
+	}
+	if o.pg != "" {
+		return runPG(sig, o, log, topo, parts, key)
 	}
 
 	var mem metrics.Memory
