@@ -169,32 +169,7 @@ func run(o options) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { printErr = printAccepted(receipts) })
 
-	stats := func() {
-		fmt.Fprintf(os.Stderr, "stats confirmed=%.0f resent=%.0f unknown=%.0f reconnects=%.0f\n",
-			mem.Get(publisher.MetricConfirmed), mem.Get(publisher.MetricResent),
-			mem.Get(publisher.MetricUnknown), mem.Get(publisher.MetricReconnects))
-	}
-	if o.statsEvery > 0 {
-		statsCtx, stopStats := context.WithCancel(context.Background())
-		var statsWG sync.WaitGroup
-		statsWG.Go(func() {
-			t := time.NewTicker(o.statsEvery)
-			defer t.Stop()
-			for {
-				select {
-				case <-statsCtx.Done():
-					return
-				case <-t.C:
-					stats()
-				}
-			}
-		})
-		defer func() {
-			stopStats()
-			statsWG.Wait()
-			stats()
-		}()
-	}
+	defer startStats(&mem, o.statsEvery)()
 
 	start := time.Now()
 	base := protocol.DefaultStream(o.exchange, key)
@@ -320,4 +295,36 @@ func makeBody(size int, source string, i int) []byte {
 		b[j] = 'x'
 	}
 	return b
+}
+
+// startStats prints "stats confirmed=N resent=N unknown=N reconnects=N" to stderr every d (not at
+// all when d is 0), and once more when the returned stop is called.
+func startStats(mem *metrics.Memory, d time.Duration) (stop func()) {
+	if d <= 0 {
+		return func() {}
+	}
+	stats := func() {
+		fmt.Fprintf(os.Stderr, "stats confirmed=%.0f resent=%.0f unknown=%.0f reconnects=%.0f\n",
+			mem.Get(publisher.MetricConfirmed), mem.Get(publisher.MetricResent),
+			mem.Get(publisher.MetricUnknown), mem.Get(publisher.MetricReconnects))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				stats()
+			}
+		}
+	})
+	return func() {
+		cancel()
+		wg.Wait()
+		stats()
+	}
 }

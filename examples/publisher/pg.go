@@ -105,32 +105,7 @@ func runPG(sig context.Context, o options, log *slog.Logger, topo topology.Topol
 	}
 	defer stop()
 
-	stats := func() {
-		fmt.Fprintf(os.Stderr, "stats confirmed=%.0f resent=%.0f unknown=%.0f reconnects=%.0f\n",
-			mem.Get(publisher.MetricConfirmed), mem.Get(publisher.MetricResent),
-			mem.Get(publisher.MetricUnknown), mem.Get(publisher.MetricReconnects))
-	}
-	if o.statsEvery > 0 {
-		statsCtx, stopStats := context.WithCancel(context.Background())
-		var statsWG sync.WaitGroup
-		statsWG.Go(func() {
-			t := time.NewTicker(o.statsEvery)
-			defer t.Stop()
-			for {
-				select {
-				case <-statsCtx.Done():
-					return
-				case <-t.C:
-					stats()
-				}
-			}
-		})
-		defer func() {
-			stopStats()
-			statsWG.Wait()
-			stats()
-		}()
-	}
+	defer startStats(&mem, o.statsEvery)()
 
 	// Write. Each accepted line is written and flushed right after its COMMIT (a SIGKILL can lose
 	// at most the line of the one transaction committed last).
