@@ -242,7 +242,9 @@ func TestMissingExchangeMany(t *testing.T) {
 					t.Fatalf("message to exchange %s: %v, want parked with %d", badX, err, tc.code)
 				}
 			}
-			if got := parkedN.Load(); got != bad {
+			// OnParked runs on the callback goroutine, after the receipts were settled.
+			eventually(t, 5*time.Second, "every OnParked call", func() bool { return parkedN.Load() >= int64(bad) })
+			if got := parkedN.Load(); got != int64(bad) {
 				t.Errorf("OnParked called %d times, want %d", got, bad)
 			}
 			// Grace, then one channel reopen per message; a backoff per message would take far longer.

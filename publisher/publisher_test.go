@@ -97,6 +97,8 @@ func TestUnroutableParked(t *testing.T) {
 	if err := r2.Wait(wctx); err != nil {
 		t.Fatalf("routable message after the unroutable one: %v", err)
 	}
+	// OnParked runs on the callback goroutine, after the receipt was settled.
+	eventually(t, 5*time.Second, "OnParked called", func() bool { mu.Lock(); defer mu.Unlock(); return len(parked) > 0 })
 	mu.Lock()
 	if len(parked) != 1 || parked[0].Seq != bad.Stamp().Seq {
 		t.Errorf("OnParked got %v", parked)

@@ -175,6 +175,7 @@ func TestInvalidEntryParkedUnsent(t *testing.T) {
 	}
 	p := mustNew(t, cfg)
 	flush(t, p, 20*time.Second)
+	eventually(t, 5*time.Second, "OnParked called 3 times", func() bool { mu.Lock(); defer mu.Unlock(); return len(parked) >= 3 })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(parked) != 3 {
