@@ -122,24 +122,7 @@ func fillStamps(b *testing.B, conn *amqp.Connection, q string, n, size int, stre
 		b.Fatal(err)
 	}
 	body := make([]byte, size)
-	var window []*amqp.DeferredConfirmation
-	for i := range n {
-		stream, seq := streamOf(i)
-		s := protocol.Stamp{Source: "bench", Epoch: 1, Stream: stream, Seq: seq}
-		dc, err := ch.PublishWithDeferredConfirm("", q, false, false, amqp.Publishing{MessageId: s.String(), DeliveryMode: amqp.Persistent, Body: body})
-		if err != nil {
-			b.Fatal(err)
-		}
-		window = append(window, dc)
-		if len(window) == 512 || i == n-1 {
-			for _, dc := range window {
-				if !dc.Wait() {
-					b.Fatal("fill: publish not confirmed")
-				}
-			}
-			window = window[:0]
-		}
-	}
+	testbroker.PublishStamped(b, ch, "", func(string) string { return q }, n, body, streamOf)
 }
 
 func drainRaw(b *testing.B, conn *amqp.Connection, q string, n int) float64 {

@@ -139,10 +139,19 @@ func runChaos(t *testing.T, p chaosParams) chaosReport {
 	r.text = b.String()
 	t.Log(r.text)
 
-	if d := queueDepth(node.URL, c.queue+".parked"); d != 0 {
+	c.requireChaosVerdict(t, node.URL, res, p.sources*p.perSource)
+	return r
+}
+
+// requireChaosVerdict fails t unless the run left nothing behind and kept the promise: the queue
+// and its parking queue empty (read through url), no unparseable output, no process that died on
+// its own, the exactly-once check passed, and at least want messages accepted.
+func (c *cluster) requireChaosVerdict(t *testing.T, url string, res history.Result, want int) {
+	t.Helper()
+	if d := queueDepth(url, c.queue+".parked"); d != 0 {
 		t.Errorf("parking queue holds %d messages (-1: could not tell)", d)
 	}
-	if d := queueDepth(node.URL, c.queue); d != 0 {
+	if d := queueDepth(url, c.queue); d != 0 {
 		t.Errorf("queue still holds %d messages after the final consumer (-1: could not tell)", d)
 	}
 	c.mu.Lock()
@@ -157,8 +166,7 @@ func runChaos(t *testing.T, p chaosParams) chaosReport {
 	if !res.OK() {
 		t.Errorf("exactly-once violated:\n%s", strings.Join(res.Samples, "\n"))
 	}
-	if res.Accepted < p.sources*p.perSource {
-		t.Errorf("only %d messages accepted, want at least %d", res.Accepted, p.sources*p.perSource)
+	if res.Accepted < want {
+		t.Errorf("only %d messages accepted, want at least %d", res.Accepted, want)
 	}
-	return r
 }

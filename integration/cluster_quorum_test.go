@@ -173,27 +173,7 @@ func runClusterQuorum(t *testing.T, p clusterParams) {
 	t.Log(b.String())
 
 	live := urls[0]
-	if d := queueDepth(live, c.queue+".parked"); d != 0 {
-		t.Errorf("parking queue holds %d messages (-1: could not tell)", d)
-	}
-	if d := queueDepth(live, c.queue); d != 0 {
-		t.Errorf("queue still holds %d messages after the final consumer (-1: could not tell)", d)
-	}
-	c.mu.Lock()
-	junk := c.junk
-	c.mu.Unlock()
-	if len(junk) > 0 {
-		t.Errorf("%d unparseable output lines, first: %q", len(junk), junk[0])
-	}
-	for _, f := range c.failures {
-		t.Errorf("a process died on its own: %s", f)
-	}
-	if !res.OK() {
-		t.Errorf("exactly-once violated:\n%s", strings.Join(res.Samples, "\n"))
-	}
-	if res.Accepted < p.sources*p.perSource {
-		t.Errorf("only %d messages accepted, want at least %d", res.Accepted, p.sources*p.perSource)
-	}
+	c.requireChaosVerdict(t, live, res, p.sources*p.perSource)
 }
 
 // declareVia declares what the examples declare (exchange, quorum queue, binding, the consumer's

@@ -209,24 +209,7 @@ func publishStamps(b *testing.B, conn *amqp.Connection, exchange string, keyOf f
 		b.Fatal(err)
 	}
 	body := make([]byte, drainBody)
-	var window []*amqp.DeferredConfirmation
-	for i := range n {
-		stream, seq := stampOf(i)
-		s := protocol.Stamp{Source: "bench", Epoch: 1, Stream: stream, Seq: seq}
-		dc, err := ch.PublishWithDeferredConfirm(exchange, keyOf(stream), false, false, amqp.Publishing{MessageId: s.String(), DeliveryMode: amqp.Persistent, Body: body})
-		if err != nil {
-			b.Fatal(err)
-		}
-		window = append(window, dc)
-		if len(window) == 512 || i == n-1 {
-			for _, dc := range window {
-				if !dc.Wait() {
-					b.Fatal("fill: publish not confirmed")
-				}
-			}
-			window = window[:0]
-		}
-	}
+	testbroker.PublishStamped(b, ch, exchange, keyOf, n, body, stampOf)
 }
 
 // roundRobin is the i-th message's stamp over streams "s0".."s<streams-1>", in turn.
