@@ -50,7 +50,7 @@ func (s *sender) endSession(ctx context.Context, end sessionEnd) {
 		}
 	}
 	s.m.Set(MetricInFlight, 0)
-	s.flushDeletes(ctx, true)
+	s.flushDeletes(true)
 	// Unknown flights were forgotten with the window: the next pass starts over from the first pending
 	// entry, and the frontier must not move past them meanwhile.
 	s.restartPass(0)

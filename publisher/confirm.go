@@ -55,14 +55,14 @@ func (s *sender) resolve(ctx context.Context) error {
 		s.settle(ctx, f)
 	}
 	if len(s.deletes) >= deleteBatch || (s.win.len() == 0 && len(s.deletes) > 0) {
-		s.flushDeletes(ctx, false)
+		s.flushDeletes(false)
 	}
 	if s.fault.rewindTo != 0 && s.win.len() == 0 {
 		// Every flight of the nacked window is settled: record the nacks, then resend from the
 		// oldest nacked entry, one at a time up to what was sent, after a backoff.
 		s.recordNacks(ctx)
 		s.fault.probeUntil = max(s.fault.probeUntil, s.link.maxSent)
-		s.flushDeletes(ctx, true)
+		s.flushDeletes(true)
 		s.restartPass(s.fault.rewindTo - 1)
 		s.fault.rewindTo = 0
 		s.pauseRetry()

@@ -76,7 +76,9 @@
 //     journal in pages, publishes with confirms (at most MaxInFlight unconfirmed), drains every
 //     amqp091-go notification channel (confirms, returns, close, blocked) with buffers sized so the
 //     library never waits on it, records nacks, parks, and advances the receipts' frontier;
-//   - deleter: commits the deletes of confirmed entries in batches, off the sender's path;
+//   - deleter: commits the deletes of confirmed entries in batches, off the sender's path, and
+//     retries a failed delete with backoff; the sender skips confirmed entries still waiting for
+//     their delete, so they are not resent by this Publisher (a new one resends them, same stamps);
 //   - callbacks (internal/callbacks): runs OnParked and OnStateChange one at a time, in order, so
 //     that a slow callback never delays sending; Close stops it after the sender.
 //

@@ -99,6 +99,17 @@ func (s *sender) next(ctx context.Context) (*journal.Entry, error) {
 		return nil, err
 	}
 	clear(s.pass.page)
+	for len(page) > 0 {
+		// Confirmed entries whose delete has not committed are settled: never sent again.
+		last := page[len(page)-1].ID
+		if page = s.del.skipPending(page); len(page) > 0 {
+			break
+		}
+		s.pass.cursor = last
+		if page, err = s.j.Read(ctx, s.pass.cursor, s.cfg.ReadBatch); err != nil {
+			return nil, err
+		}
+	}
 	s.pass.page, s.pass.idx = page, 0
 	if len(page) == 0 {
 		// Nothing pending after the cursor: every ID up to the last accepted one is settled.

@@ -223,7 +223,7 @@ func (p *Publisher) start(out Outbox, appender bool) {
 		out = cfg.outbox(out)
 	}
 	p.out = out
-	del := &deleter{j: out, in: make(chan delReq, 16), p: p}
+	del := newDeleter(out, p)
 	s := &sender{p: p, cfg: p.cfg, j: out, log: p.log, m: p.m, win: newWindow(cfg.MaxInFlight), del: del,
 		shutdown: shutdownState{signal: p.stopCtx.Done()}, state: StateConnecting, spells: spellTracker{grace: cfg.MissingExchangeGrace}}
 	if appender {

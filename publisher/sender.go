@@ -109,7 +109,7 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 	s.ticker = time.NewTicker(time.Second)
 	defer s.ticker.Stop()
 	defer s.setState(StateClosed, nil)
-	defer s.flushDeletes(ctx, true)
+	defer s.flushDeletes(true)
 	connBO := s.cfg.ReconnectBackoff()
 	s.fault.backoff = s.cfg.RetryBackoff()
 	var c conn

@@ -14,7 +14,7 @@ import (
 // session runs one channel until it closes or the sender stops.
 func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 	s.win.reset()
-	s.flushDeletes(ctx, true) // the pass re-reads the journal: confirmed entries must be gone first
+	s.flushDeletes(true) // the pass re-reads the journal: confirmed entries must be skipped
 	s.restartPass(0)
 	s.link.maxSent = 0
 	confirms, returns := ch.confirms(), ch.returns()

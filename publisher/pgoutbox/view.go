@@ -196,30 +196,17 @@ func rids(ids []uint64) []int64 {
 	return a
 }
 
-// Delete removes confirmed rows (by rid) in one statement. It is idempotent (a row's rid is never
-// given to another row), so a failure is retried a few times, for about 3 s: the sender does not
-// read confirmed rows again in this lease term, and a row left behind would count as pending
-// until the next term resends it (a connection cut would otherwise leave the outbox undrained).
+// Delete removes confirmed rows (by rid) in one statement, one attempt. It is idempotent (a
+// row's rid is never given to another row); a failure is retried by the publisher's deleter, with
+// backoff, which keeps the rids out of this relay's resends meanwhile (docs/DESIGN.md, deleter).
 func (v *view) Delete(ctx context.Context, ids ...uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	wait := 50 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		_, err := v.o.pool.Exec(ctx, `DELETE FROM `+v.o.n.t+` WHERE rid = ANY($1) AND NOT parked`, rids(ids))
-		if err == nil {
-			return nil
-		}
-		if attempt == 6 || ctx.Err() != nil {
-			return fmt.Errorf("pgoutbox: delete: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("pgoutbox: delete: %w", err)
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Second)
+	if _, err := v.o.pool.Exec(ctx, `DELETE FROM `+v.o.n.t+` WHERE rid = ANY($1) AND NOT parked`, rids(ids)); err != nil {
+		return fmt.Errorf("pgoutbox: delete: %w", err)
 	}
+	return nil
 }
 
 // RecordAttempt counts a failed attempt on rows (by rid).
