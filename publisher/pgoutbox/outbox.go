@@ -206,28 +206,47 @@ func (o *Outbox) checkIdentity(ctx context.Context, tx pgx.Tx, when string) erro
 // retry the transaction. A transaction that publishes to several streams one by one can deadlock
 // (40P01) with another taking them in another order; PublishBatchTx locks them in sorted order.
 func (o *Outbox) PublishTx(ctx context.Context, tx pgx.Tx, msg publisher.Message) (protocol.Stamp, error) {
-	e, err := publisher.NewEntry(o.opts.Source, math.MaxInt64, &msg, !o.opts.NoMandatory)
+	q, args, stream, err := o.publishArgs(&msg)
 	if err != nil {
 		return protocol.Stamp{}, err
 	}
+	st := protocol.Stamp{Source: o.opts.Source, Stream: stream}
+	if err := o.scanStamp(tx.QueryRow(ctx, q, args...), &st); err != nil {
+		return protocol.Stamp{}, err
+	}
+	return st, nil
+}
+
+// publishArgs validates msg and returns PublishTx's statement, its arguments and the stream.
+func (o *Outbox) publishArgs(msg *publisher.Message) (string, []any, string, error) {
+	e, err := publisher.NewEntry(o.opts.Source, math.MaxInt64, msg, !o.opts.NoMandatory)
+	if err != nil {
+		return "", nil, "", err
+	}
 	h, err := journal.EncodeHeaders(e.Headers)
 	if err != nil {
-		return protocol.Stamp{}, fmt.Errorf("%w: headers: %w", publisher.ErrInvalidMessage, err)
+		return "", nil, "", fmt.Errorf("%w: headers: %w", publisher.ErrInvalidMessage, err)
 	}
 	args := []any{[]byte(e.Stream), []byte(e.Exchange), []byte(e.RoutingKey), e.Mandatory, encodeProps(&e.Properties), h, body(e.Body)}
 	q := o.sqlPublish
-	var epoch, seq int64
-	var dummy bool
-	dest := []any{&epoch, &seq}
 	if o.opts.Notify {
 		q = o.sqlPublishNotify
 		args = append(args, o.n.channel)
+	}
+	return q, args, e.Stream, nil
+}
+
+// scanStamp reads PublishTx's result row into st's Epoch and Seq.
+func (o *Outbox) scanStamp(row pgx.Row, st *protocol.Stamp) error {
+	var dummy bool
+	dest := []any{&st.Epoch, &st.Seq}
+	if o.opts.Notify {
 		dest = append(dest, &dummy)
 	}
-	if err := tx.QueryRow(ctx, q, args...).Scan(dest...); err != nil {
-		return protocol.Stamp{}, fmt.Errorf("pgoutbox: publish: %w", err)
+	if err := row.Scan(dest...); err != nil {
+		return fmt.Errorf("pgoutbox: publish: %w", err)
 	}
-	return protocol.Stamp{Source: o.opts.Source, Epoch: epoch, Stream: e.Stream, Seq: seq}, nil
+	return nil
 }
 
 // body never passes nil for a NOT NULL column.
