@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
 )
@@ -19,7 +20,7 @@ type Relay struct{ p *Publisher }
 // MaxBuffered is unused. The Relay never closes ob.
 func NewRelay(cfg Config, ob Outbox) (*Relay, error) {
 	if ob == nil {
-		return nil, ErrInvalidConfig
+		return nil, fmt.Errorf("%w: nil Outbox", ErrInvalidConfig)
 	}
 	cfg, err := cfg.check(ob)
 	if err != nil {
