@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
 	"github.com/rabbitkit/rabbitkit/publisher/pgoutbox"
 )
@@ -126,4 +127,87 @@ func TestDeleteRetriedThroughCuts(t *testing.T) {
 		t.Errorf("%d duplicate deliveries, %v resent: a confirmed row was sent again", dup, m.get(publisher.MetricResent))
 	}
 	t.Logf("%d messages, %d cuts during DELETE, %d DELETEs failed (and were retried)", len(gs), min(dc.cuts.Load(), dc.max), dc.failed.Load())
+}
+
+// downOnDelete takes the database away for good at the first DELETE of confirmed rows.
+type downOnDelete struct {
+	px   *testbroker.Proxy
+	t    testing.TB
+	done atomic.Bool
+}
+
+func (d *downOnDelete) TraceQueryStart(ctx context.Context, _ *pgx.Conn, q pgx.TraceQueryStartData) context.Context {
+	if isConfirmedDelete(q.SQL) && d.done.CompareAndSwap(false, true) {
+		d.px.Down(d.t)
+	}
+	return ctx
+}
+
+func (d *downOnDelete) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// The relay stops while the delete of confirmed rows cannot reach the database: the rows stay,
+// and the next relay sends them again with their original stamps, which a consumer drops as
+// duplicates (the documented outcome of a delete that never committed).
+func TestUndeletedRowsResentWithTheirStamps(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, 6)
+	px := testbroker.NewTCPProxy(t, pgHost(t, e.dsn))
+	dd := &downOnDelete{px: px, t: t}
+	pcfg, err := pgxpool.ParseConfig(pgURLVia(t, e.dsn, px.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcfg.MaxConns = 4
+	pcfg.ConnConfig.Tracer = dd
+	relayPool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relayPool.Close()
+	writer := open(t, e.pool, pgoutbox.Options{})
+	relayOB := open(t, relayPool, pgoutbox.Options{LeaseTTL: 3 * time.Second})
+	c := collect(t, e.url, e.queue)
+	for i := range 5 {
+		if _, err := publishOrder(ctx, e.pool, writer, e.msg("orders", fmt.Sprintf("m%d", i)), true, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := runRelay(t, relayOB, e.relayConfig(t, nil))
+	c.waitDistinct(t, 5, 15*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for !dd.done.Load() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop() // the deleter gives up after its bound: the rows stay
+	px.Up(t)
+	var left int
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM rabbitkit_outbox`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left == 0 {
+		t.Skip("the rows were deleted before the cut took effect")
+	}
+	first := c.snapshot()
+	// A new relay (the lease was not released: it takes it at expiry) resends what is left.
+	runRelay(t, open(t, e.pool, pgoutbox.Options{LeaseTTL: 3 * time.Second}), e.relayConfig(t, nil))
+	deadline = time.Now().Add(20 * time.Second)
+	for len(c.snapshot()) < len(first)+left && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	all := c.snapshot()
+	if len(all) < len(first)+left {
+		t.Fatalf("%d deliveries after the restart, want %d resent", len(all)-len(first), left)
+	}
+	byBody := map[string]protocol.Stamp{}
+	for _, g := range first {
+		byBody[g.body] = g.stamp
+	}
+	for _, g := range all[len(first):] {
+		if st, ok := byBody[g.body]; !ok || st != g.stamp {
+			t.Fatalf("resent %q with stamp %v, first sent with %v: a consumer could not drop it", g.body, g.stamp, st)
+		}
+	}
+	if c.distinct() != 5 {
+		t.Fatalf("%d distinct stamps, want 5", c.distinct())
+	}
 }
