@@ -17,14 +17,19 @@ import (
 // Where a writer's transaction spends its time beside the business row (16 writers, 64 streams):
 // one more round trip that does nothing (SELECT 1), the outbox row alone (a fixed seq, no
 // counter), the counter upsert alone, PublishTx (both in one statement), and the business row
-// and PublishTx sent in one pgx.Batch (one round trip for both). docs/BENCHMARKS.md has the
-// numbers.
+// and PublishTx sent in one pgx.Batch (one round trip for both), and PublishTx without the id
+// primary key (a measurement, not a schema). docs/BENCHMARKS.md has the numbers.
 func BenchmarkWriterCost(b *testing.B) {
 	ctx := context.Background()
-	for _, v := range []string{"row-only", "row+select1", "row+outbox-row", "row+counter", "row+PublishTx", "row+PublishTx-batched"} {
+	for _, v := range []string{"row-only", "row+select1", "row+outbox-row", "row+counter", "row+PublishTx", "row+PublishTx-batched", "row+PublishTx-noPK"} {
 		b.Run(v, func(b *testing.B) {
 			e := benchEnv(b)
 			o := open(b, e.pool, pgoutbox.Options{})
+			if v == "row+PublishTx-noPK" { // a measurement only: what the id index costs a writer
+				if _, err := e.pool.Exec(ctx, `ALTER TABLE rabbitkit_outbox DROP CONSTRAINT rabbitkit_outbox_pkey`); err != nil {
+					b.Fatal(err)
+				}
+			}
 			b.ResetTimer()
 			d := writers(b, b.N, func(i int) error {
 				tx, err := e.pool.Begin(ctx)
@@ -58,7 +63,7 @@ func BenchmarkWriterCost(b *testing.B) {
 				case "row+counter":
 					_, err = tx.Exec(ctx, `INSERT INTO rabbitkit_outbox_counters AS c (epoch, stream, next) VALUES (1, $1, 1)
 						ON CONFLICT (epoch, stream) DO UPDATE SET next = c.next + 1`, []byte(stream))
-				case "row+PublishTx":
+				case "row+PublishTx", "row+PublishTx-noPK":
 					_, err = o.PublishTx(ctx, tx, msg)
 				}
 				if err != nil {
