@@ -165,7 +165,7 @@ type ackRecorder struct {
 	lat   []float64
 }
 
-func (r *ackRecorder) Observe(name string, v float64) {
+func (r *ackRecorder) Observe(name string, v float64, _ ...metrics.Label) {
 	if name != consumer.MetricAckSeconds {
 		return
 	}

@@ -465,7 +465,7 @@ type ackCounter struct {
 
 func newAckCounter(n int) *ackCounter { return &ackCounter{n: int64(n), done: make(chan struct{})} }
 
-func (r *ackCounter) Observe(name string, v float64) {
+func (r *ackCounter) Observe(name string, v float64, _ ...metrics.Label) {
 	switch name {
 	case consumer.MetricAckSeconds:
 		if r.acked.Add(1) >= r.n {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/internal/pgtest"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
 	"github.com/rabbitkit/rabbitkit/publisher/pgoutbox"
@@ -234,7 +235,7 @@ type countingRecorder struct {
 	v  map[string]float64
 }
 
-func (r *countingRecorder) Add(name string, d float64) {
+func (r *countingRecorder) Add(name string, d float64, _ ...metrics.Label) {
 	r.mu.Lock()
 	if r.v == nil {
 		r.v = map[string]float64{}
@@ -242,8 +243,8 @@ func (r *countingRecorder) Add(name string, d float64) {
 	r.v[name] += d
 	r.mu.Unlock()
 }
-func (r *countingRecorder) Set(string, float64)     {}
-func (r *countingRecorder) Observe(string, float64) {}
+func (r *countingRecorder) Set(string, float64, ...metrics.Label)     {}
+func (r *countingRecorder) Observe(string, float64, ...metrics.Label) {}
 func (r *countingRecorder) get(name string) float64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
