@@ -28,7 +28,8 @@ type Outbox interface {
 	// Changed returns a channel that is closed at the next commit that adds or re-drives entries.
 	// Take it before Read, so that a commit after the Read still wakes the sender.
 	Changed() <-chan struct{}
-	// Delete removes confirmed entries. IDs that are no longer pending are ignored.
+	// Delete removes confirmed entries. IDs that are no longer pending are ignored. Make one
+	// attempt: the sender's deleter retries a failed Delete, with backoff, with the same IDs.
 	Delete(ctx context.Context, ids ...uint64) error
 	// RecordAttempt counts one failed attempt (a nack, a channel error charged to the entry) on
 	// each of ids, with the outcome and its reason, durably.
