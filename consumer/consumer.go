@@ -53,6 +53,8 @@ type Consumer[T any] struct {
 	storeClosed bool
 	cur         *run          // the active Run, nil when none
 	curDone     chan struct{} // closed when cur's Run returned
+
+	releaseMetrics func() // gives back the metrics identity claimed in New
 }
 
 // New validates cfg and opens a BoltStore at cfg.StorePath, which Close closes. It does not
@@ -65,11 +67,16 @@ func New(cfg Config) (*Consumer[*bolt.Tx], error) {
 	if cfg.StorePath == "" {
 		return nil, fmt.Errorf("%w: no StorePath", ErrInvalidConfig)
 	}
-	s, err := OpenBoltStore(cfg.StorePath, BoltOptions{Logger: cfg.Logger})
+	release, err := claimMetrics(&cfg)
 	if err != nil {
 		return nil, err
 	}
-	return newConsumer[*bolt.Tx](cfg, s, true), nil
+	s, err := OpenBoltStore(cfg.StorePath, BoltOptions{Logger: cfg.Logger})
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return newConsumer[*bolt.Tx](cfg, s, true, release), nil
 }
 
 // NewWithStore validates cfg (whose StorePath must be empty) and returns a Consumer keeping its
@@ -99,11 +106,16 @@ func NewWithStore[T any](cfg Config, store Store[T]) (*Consumer[T], error) {
 	if err != nil {
 		return nil, err
 	}
-	return newConsumer(cfg, store, false), nil
+	release, err := claimMetrics(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	return newConsumer(cfg, store, false, release), nil
 }
 
-func newConsumer[T any](cfg Config, store Store[T], owns bool) *Consumer[T] {
-	return &Consumer[T]{cfg: cfg, store: store, ownsStore: owns, status: amqpconn.NewStatus(), closing: make(chan struct{})}
+func newConsumer[T any](cfg Config, store Store[T], owns bool, release func()) *Consumer[T] {
+	return &Consumer[T]{cfg: cfg, store: store, ownsStore: owns, status: amqpconn.NewStatus(), closing: make(chan struct{}),
+		releaseMetrics: release}
 }
 
 // Store returns the store in use (a *BoltStore for a Consumer made by New).
@@ -156,6 +168,7 @@ func (c *Consumer[T]) Close(ctx context.Context) error {
 	close(c.closing)
 	r, done := c.cur, c.curDone
 	c.closeMu.Unlock()
+	defer c.releaseMetrics()
 	if r != nil {
 		r.stopWorkers()
 		r.cancel(nil)

@@ -109,9 +109,11 @@ func NewGroup[T any](cfg GroupConfig, store Store[T]) (*Group[T], error) {
 		return bad("LeaseTTL %v below 100ms", cfg.LeaseTTL)
 	}
 	// Check the per-partition config once, here.
-	if _, err := NewWithStore(cfg.partitionConfig(0), store); err != nil {
+	c, err := NewWithStore(cfg.partitionConfig(0), store)
+	if err != nil {
 		return nil, err
 	}
+	_ = c.Close(context.Background()) // never run: gives back its metrics identity
 	return &Group[T]{cfg: cfg, store: store}, nil
 }
 

@@ -1,5 +1,11 @@
 package consumer
 
+import (
+	"fmt"
+
+	"github.com/rabbitkit/rabbitkit/metrics"
+)
+
 // Metric names reported through Config.Metrics (a metrics.Recorder). Counters end in _total,
 // latencies are observations in seconds.
 const (
@@ -58,3 +64,25 @@ const (
 	// MetricStreams is a gauge of the streams held in the dedup state.
 	MetricStreams = "rabbitkit_consumer_streams"
 )
+
+// Labels on every metric of a Consumer. Both are fixed by configuration: together they tell two
+// consumers in one process apart (a consumer group's partitions differ by queue).
+const (
+	// LabelClient is Config.ConnectionName (default "rabbitkit-consumer").
+	LabelClient = "client"
+	// LabelQueue is Config.Queue.
+	LabelQueue = "queue"
+)
+
+// claimMetrics labels cfg.Metrics with LabelClient and LabelQueue and claims that identity on the
+// Recorder (see metrics.Claimer): a second live Consumer with the same ConnectionName and Queue on
+// the same registry is refused with metrics.ErrIdentityInUse. Close releases it.
+func claimMetrics(cfg *Config) (release func(), err error) {
+	cfg.Metrics = metrics.With(cfg.Metrics,
+		metrics.Label{Name: LabelClient, Value: cfg.ConnectionName}, metrics.Label{Name: LabelQueue, Value: cfg.Queue})
+	release, err = metrics.Claim(cfg.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w (give each Consumer of a queue its own Config.ConnectionName)", err)
+	}
+	return release, nil
+}

@@ -1,5 +1,11 @@
 package publisher
 
+import (
+	"fmt"
+
+	"github.com/rabbitkit/rabbitkit/metrics"
+)
+
 // Metric names reported through Config.Metrics. Counters end in _total; latencies are in seconds.
 const (
 	// MetricAccepted counts messages durably journaled by this Publisher.
@@ -39,3 +45,21 @@ const (
 	// MetricConfirmLatency observes the time from journaling to the positive confirm.
 	MetricConfirmLatency = "rabbitkit_publisher_confirm_latency_seconds"
 )
+
+// LabelClient is the label on every metric that names the Publisher: Config.ConnectionName
+// (default "rabbitkit-publisher <source>"). It is the only label; it tells two publishers in one
+// process apart.
+const LabelClient = "client"
+
+// claimMetrics labels p's metrics with LabelClient and claims that identity on the Recorder (see
+// metrics.Claimer): a second live Publisher or Relay with the same ConnectionName on the same
+// registry is refused with metrics.ErrIdentityInUse.
+func (p *Publisher) claimMetrics() error {
+	p.m = metrics.With(p.cfg.Metrics, metrics.Label{Name: LabelClient, Value: p.cfg.ConnectionName})
+	release, err := metrics.Claim(p.m)
+	if err != nil {
+		return fmt.Errorf("publisher: %w (give each Publisher its own Config.ConnectionName)", err)
+	}
+	p.releaseMetrics = release
+	return nil
+}

@@ -139,6 +139,8 @@ type Publisher struct {
 	lastAccepted atomic.Uint64
 	fr           frontier
 
+	releaseMetrics func() // gives back the metrics identity claimed in New
+
 	closeOnce sync.Once
 	closeDone chan struct{}
 	closeErr  error
@@ -152,7 +154,10 @@ func New(cfg Config) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{cfg: cfg, j: cfg.Journal, log: cfg.Logger, m: cfg.Metrics, status: amqpconn.NewStatus()}
+	p := &Publisher{cfg: cfg, j: cfg.Journal, log: cfg.Logger, status: amqpconn.NewStatus()}
+	if err := p.claimMetrics(); err != nil {
+		return nil, err
+	}
 	if p.j == nil {
 		opts := cfg.JournalOptions
 		if opts.Source == "" {
@@ -168,11 +173,13 @@ func New(cfg Config) (*Publisher, error) {
 		}
 		p.j, err = journal.Open(cfg.JournalPath, opts)
 		if err != nil {
+			p.releaseMetrics()
 			return nil, fmt.Errorf("publisher: open journal: %w", err)
 		}
 		p.ownJournal = true
 		if p.j.Source() != cfg.Source {
 			_ = p.j.Close()
+			p.releaseMetrics()
 			return nil, fmt.Errorf("%w: Source %q does not match the journal's %q", ErrInvalidConfig, cfg.Source, p.j.Source())
 		}
 	}
@@ -321,6 +328,7 @@ func (p *Publisher) Flush(ctx context.Context) error {
 func (p *Publisher) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
 		defer close(p.closeDone)
+		defer p.releaseMetrics()
 		p.closeErr = p.close(ctx)
 	})
 	select {

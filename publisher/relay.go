@@ -27,7 +27,10 @@ func NewRelay(cfg Config, ob Outbox) (*Relay, error) {
 		return nil, err
 	}
 	cfg.MaxBuffered = 1
-	p := &Publisher{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, status: amqpconn.NewStatus()}
+	p := &Publisher{cfg: cfg, log: cfg.Logger, status: amqpconn.NewStatus()}
+	if err := p.claimMetrics(); err != nil {
+		return nil, err
+	}
 	p.start(ob, false)
 	return &Relay{p: p}, nil
 }
