@@ -60,7 +60,7 @@ func binaries(t testing.TB) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
-		args = append(args, "./examples/publisher", "./examples/consumer", "./examples/demo", "./examples/httpservice", "./examples/rkjournal")
+		args = append(args, "./examples/publisher", "./examples/consumer", "./examples/demo", "./examples/httpservice", "./cmd/rabbitkit")
 		buildCommit = gitCommit(root)
 		start := time.Now()
 		cmd := exec.Command(goTool(), args...)

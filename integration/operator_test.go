@@ -15,7 +15,7 @@ import (
 
 // TestOperatorRedrive walks the operator's path for undeliverable messages with the binaries:
 // the publisher sends to an exchange with no queue bound, so every message is returned and parked,
-// and the run fails saying so; rkjournal lists the parked messages with the reason; the operator
+// and the run fails saying so; `rabbitkit journal parked` lists the parked messages with the reason; the operator
 // binds the queue (a publisher run that declares it), re-drives, and the consumer applies every
 // message exactly once, with its original stamp.
 func TestOperatorRedrive(t *testing.T) {
@@ -40,7 +40,7 @@ func TestOperatorRedrive(t *testing.T) {
 
 	// 1. No queue bound: 5 messages returned as unroutable, parked; the run fails and says what to do.
 	out := run(false, "publisher", append(pub, "-count", "5")...)
-	if !strings.Contains(out, "5 messages parked") || !strings.Contains(out, "rkjournal") {
+	if !strings.Contains(out, "5 messages parked") || !strings.Contains(out, "rabbitkit journal") {
 		t.Fatalf("the failed run does not say what happened and what to do:\n%s", out)
 	}
 	var accepted []protocol.Stamp
@@ -53,19 +53,19 @@ func TestOperatorRedrive(t *testing.T) {
 		t.Fatalf("%d accepted lines, want 5:\n%s", len(accepted), out)
 	}
 
-	// 2. rkjournal shows them with the reason.
-	out = run(true, "rkjournal", "-journal", journalPath, "parked")
+	// 2. rabbitkit journal shows them with the reason.
+	out = run(true, "rabbitkit", "journal", "parked", journalPath)
 	if strings.Count(out, "NO_ROUTE") != 5 {
-		t.Fatalf("rkjournal parked: want 5 unroutable entries:\n%s", out)
+		t.Fatalf("rabbitkit journal parked: want 5 unroutable entries:\n%s", out)
 	}
 
 	// 3. The cause is fixed (the queue is declared and bound), the messages are re-driven and sent.
-	out = run(true, "rkjournal", "-journal", journalPath, "redrive", "all")
+	out = run(true, "rabbitkit", "journal", "redrive", journalPath, "all")
 	if !strings.Contains(out, "re-driven 5") {
-		t.Fatalf("rkjournal redrive: %s", out)
+		t.Fatalf("rabbitkit journal redrive: %s", out)
 	}
 	run(true, "publisher", append(pub, "-queue", queue, "-count", "0")...)
-	if out = run(true, "rkjournal", "-journal", journalPath, "-json", "stats"); !strings.Contains(out, `"pending":0,`) || !strings.Contains(out, `"parked":0,`) {
+	if out = run(true, "rabbitkit", "journal", "-json", "stats", journalPath); !strings.Contains(out, `"pending":0,`) || !strings.Contains(out, `"parked":0,`) {
 		t.Fatalf("journal after the re-drive: %s", out)
 	}
 

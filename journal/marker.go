@@ -37,7 +37,7 @@ func readMarker(path string) (*marker, error) {
 }
 
 // SourceOf returns the source recorded when the journal at path was created (in its marker file
-// <path>.id), for tools that open a journal they did not create, such as examples/rkjournal. When
+// <path>.id), for tools that open a journal they did not create, such as cmd/rabbitkit. When
 // no journal was ever created at path the error wraps fs.ErrNotExist.
 func SourceOf(path string) (string, error) {
 	m, err := readMarker(path)

@@ -231,7 +231,7 @@ publish:
 		return err
 	}
 	if st.Parked > 0 {
-		return fmt.Errorf("%d messages parked: list them with `rkjournal -journal %s parked`, fix the cause, then `rkjournal -journal %s redrive all` and run again", st.Parked, o.journal, o.journal)
+		return fmt.Errorf("%d messages parked: list them with `rabbitkit journal parked %s`, fix the cause, then `rabbitkit journal redrive %s all` and run again", st.Parked, o.journal, o.journal)
 	}
 	fmt.Printf("confirmed %d\n", st.Confirmed)
 	return nil

@@ -72,7 +72,7 @@ func parked(ctx context.Context, w io.Writer, j *journal.Journal, asJSON bool) e
 // act applies fn (Redrive or DropParked) to the parked entries named by args: IDs, or "all".
 func act(ctx context.Context, w io.Writer, j *journal.Journal, args []string, done string, fn func(context.Context, uint64) error) error {
 	if len(args) == 0 {
-		return errors.New("name the parked entries: IDs (from `rkjournal parked`) or all")
+		return errors.New("name the parked entries: IDs (from `rabbitkit journal parked FILE`) or all")
 	}
 	var ids []uint64
 	if len(args) == 1 && args[0] == "all" {

@@ -139,7 +139,7 @@ func TestRefusals(t *testing.T) {
 	require.NoError(t, err)
 	_, err = runCmd(t, path, options{}, "stats")
 	require.ErrorIs(t, err, journal.ErrLocked)
-	require.ErrorContains(t, err, "stop the publisher")
+	require.ErrorContains(t, err, "a running publisher holds")
 	require.NoError(t, j.Close())
 
 	// Never creates a journal.
@@ -147,11 +147,47 @@ func TestRefusals(t *testing.T) {
 	_, err = runCmd(t, missing, options{}, "stats")
 	require.True(t, errors.Is(err, fs.ErrNotExist), "%v", err)
 	_, statErr := os.Stat(missing)
-	require.True(t, errors.Is(statErr, fs.ErrNotExist), "rkjournal created %s", missing)
+	require.True(t, errors.Is(statErr, fs.ErrNotExist), "rabbitkit created %s", missing)
 }
 
 func TestText(t *testing.T) {
 	for b, want := range map[string]bool{`{"order": 7}`: true, "two\nlines\ttab": true, "é ü": true, "\x00": false, "\xff\xfe": false, "": true} {
 		require.Equal(t, want, text([]byte(b)), "%q", b)
 	}
+}
+
+func TestExitCodes(t *testing.T) {
+	path := newJournal(t)
+	var out, errb bytes.Buffer
+	code := func(args ...string) int {
+		out.Reset()
+		errb.Reset()
+		return runMain(context.Background(), args, &out, &errb)
+	}
+	require.Equal(t, 0, code("journal", "-json", "stats", path))
+	require.Contains(t, out.String(), `"pending":2`)
+	require.Equal(t, 0, code("journal", "stats", path, "-json"), "flags after the arguments")
+	require.Contains(t, out.String(), `"pending":2`)
+	require.Equal(t, 2, code())
+	require.Equal(t, 2, code("nope"))
+	require.Equal(t, 2, code("journal", "stats"))
+	require.Equal(t, 2, code("journal", "-bogus", "stats", path))
+	require.Equal(t, 0, code("journal", "-h"))
+	require.Equal(t, 1, code("journal", "show", path, "99"))
+	require.Contains(t, errb.String(), "rabbitkit: entry 99")
+
+	// Not a journal, and a corrupt one.
+	foreign := filepath.Join(t.TempDir(), "notes.txt")
+	require.NoError(t, os.WriteFile(foreign, []byte("hello, not a journal\n"), 0o600))
+	require.Equal(t, 1, code("journal", "stats", foreign))
+	require.NotEmpty(t, errb.String())
+	corrupt := filepath.Join(t.TempDir(), "outbox.db")
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	for i := 0; i < len(b) && i < 8192; i++ {
+		b[i] ^= 0x5a
+	}
+	require.NoError(t, os.WriteFile(corrupt, b, 0o600))
+	require.Equal(t, 1, code("journal", "stats", corrupt))
+	require.NotEmpty(t, errb.String())
 }
