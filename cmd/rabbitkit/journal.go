@@ -16,9 +16,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-		"time"
+	"time"
 
-		"github.com/rabbitkit/rabbitkit/journal"
+	"github.com/rabbitkit/rabbitkit/journal"
 )
 
 type options struct {
