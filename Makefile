@@ -4,14 +4,14 @@ SHELL := /bin/bash
 GOENV = PATH="$$(bash $(CURDIR)/scripts/ensure-go.sh)"
 GOTEST_FLAGS ?=
 
-.PHONY: demo test lint unit soak bench fuzz broker node postgres
+.PHONY: demo test lint unit soak bench fuzz broker node postgres promtool
 
 ## demo: the guarantee, live: publisher + consumer through a faulty proxy against a real broker.
 demo: broker
 	$(GOENV) go run ./examples/demo
 
 ## test: vet, staticcheck, gofmt and the whole race-enabled test suite, integration and chaos included.
-test: broker node postgres lint
+test: broker node postgres promtool lint
 	$(GOENV) go test -race -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
 	cd interop/watermill && $(GOENV) go test -race -count=1 -timeout 5m $(GOTEST_FLAGS) ./...
 
@@ -34,6 +34,10 @@ broker:
 ## postgres: make sure PostgreSQL answers on 127.0.0.1:5432 with trust auth for postgres (consumer/pginbox's tests).
 postgres:
 	@bash scripts/ensure-postgres.sh
+
+## promtool: Prometheus's promtool (Debian's prometheus package, no server left running), for deploy/'s rule and dashboard tests.
+promtool:
+	@bash scripts/ensure-promtool.sh
 
 ## node: Node.js, npm and the interop publisher's npm package (integration/interop/node), for TestNodeInterop.
 node:
