@@ -44,3 +44,15 @@ func TestLabels(t *testing.T) {
 	require.NoError(t, err)
 	release()
 }
+
+func TestMulti(t *testing.T) {
+	var a, b Memory
+	m := Multi(&a, nil, With(&b, Label{"client", "x"}))
+	m.Add("c_total", 2)
+	m.Observe("l_seconds", 1)
+	require.Equal(t, 2.0, a.Get("c_total"))
+	require.Equal(t, 2.0, b.GetWith("c_total", Label{"client", "x"}))
+	release, err := Claim(m)
+	require.NoError(t, err)
+	release()
+}

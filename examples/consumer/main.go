@@ -42,6 +42,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
+	"github.com/rabbitkit/rabbitkit/examples/internal/metricsserve"
 	"github.com/rabbitkit/rabbitkit/internal/history"
 	"github.com/rabbitkit/rabbitkit/internal/ledger"
 	"github.com/rabbitkit/rabbitkit/metrics"
@@ -50,24 +51,25 @@ import (
 )
 
 type options struct {
-	urls       string
-	queue      string
-	queueType  string
-	exchange   string
-	routingKey string
-	store      string
-	pg         string
-	pgTable    string
-	ledger     string
-	partitions int
-	member     string
-	prefetch   int
-	workers    int
-	exitIdle   time.Duration
-	statsEvery time.Duration
-	gapGrace   time.Duration
-	dump       bool
-	verbose    bool
+	urls        string
+	metricsAddr string
+	queue       string
+	queueType   string
+	exchange    string
+	routingKey  string
+	store       string
+	pg          string
+	pgTable     string
+	ledger      string
+	partitions  int
+	member      string
+	prefetch    int
+	workers     int
+	exitIdle    time.Duration
+	statsEvery  time.Duration
+	gapGrace    time.Duration
+	dump        bool
+	verbose     bool
 }
 
 func main() {
@@ -91,6 +93,7 @@ func main() {
 	fs.DurationVar(&o.gapGrace, "gap-grace", dedup.DefaultGapGrace, "how long a missing sequence range may stay open before it is reported as a gap")
 	fs.BoolVar(&o.dump, "dump", false, "print the ledger (<source> <epoch> <stream> <seq> <count>) and exit")
 	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port) at /metrics; empty: none")
 	cli.Parse(fs, "Usage:\n  consumer -queue Q -store FILE [flags]\n  consumer -queue Q -pg DSN [flags]\n  consumer -dump -store FILE | -pg DSN\n\n"+
 		"Consumes with exactly-once effects: the message's ledger entry (a counter in the bbolt file, or a\n"+
 		"row in PostgreSQL) is written in the same transaction that marks the message handled.\n", os.Args[1:])
@@ -133,6 +136,11 @@ func run(o options) error {
 		topo.Bindings = []topology.Binding{{Queue: o.queue, Exchange: o.exchange, Key: key}}
 	}
 
+	promRec, stopMetrics, err := metricsserve.Start(o.metricsAddr, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	out := &lineOut{w: os.Stderr}
 	var mem metrics.Memory
 	cfg := consumer.Config{
@@ -145,7 +153,7 @@ func run(o options) error {
 		Dedup:          dedup.Config{GapGrace: o.gapGrace},
 		ConnectionName: "rabbitkit-example-consumer",
 		Logger:         log,
-		Metrics:        &mem,
+		Metrics:        metrics.Multi(&mem, promRec),
 		OnGap: func(e dedup.Event) {
 			out.line(history.FormatGap(history.Gap{Source: e.Key.Source, Epoch: e.Epoch, Stream: e.Key.Stream, From: e.From, To: e.To}))
 		},
@@ -203,7 +211,7 @@ func run(o options) error {
 	if o.statsEvery > 0 {
 		wg.Go(func() { every(ctx, o.statsEvery, stats) })
 	}
-	err := runTx(ctx)
+	err = runTx(ctx)
 	cancel()
 	wg.Wait()
 	if o.statsEvery > 0 {

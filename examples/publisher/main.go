@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
+	"github.com/rabbitkit/rabbitkit/examples/internal/metricsserve"
 	"github.com/rabbitkit/rabbitkit/internal/history"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
@@ -45,25 +46,26 @@ import (
 )
 
 type options struct {
-	urls       string
-	source     string
-	journal    string
-	exchange   string
-	routingKey string
-	queue      string
-	queueType  string
-	count      int
-	rate       float64
-	size       int
-	streams    int
-	inFlight   int
-	closeWait  time.Duration
-	statsEvery time.Duration
-	verbose    bool
-	partitions int
-	pg         string
-	pgTable    string
-	leaseTTL   time.Duration
+	urls        string
+	source      string
+	journal     string
+	exchange    string
+	routingKey  string
+	queue       string
+	queueType   string
+	count       int
+	rate        float64
+	size        int
+	streams     int
+	inFlight    int
+	closeWait   time.Duration
+	statsEvery  time.Duration
+	verbose     bool
+	partitions  int
+	pg          string
+	pgTable     string
+	metricsAddr string
+	leaseTTL    time.Duration
 }
 
 func main() {
@@ -85,6 +87,7 @@ func main() {
 	fs.DurationVar(&o.closeWait, "close-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for confirms of messages in flight")
 	fs.DurationVar(&o.statsEvery, "stats-every", 0, "print \"stats confirmed=N resent=N unknown=N reconnects=N\" to stderr this often (0: never)")
 	fs.BoolVar(&o.verbose, "v", false, "log at debug level")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port) at /metrics; empty: none")
 	fs.StringVar(&o.pg, "pg", "", "PostgreSQL DSN: publish through the transactional outbox (publisher/pgoutbox) instead of a journal; -journal must then be unset. "+
 		"Each message is inserted in one transaction with a row of the example table "+pgOrdersTable+" (created if missing), and its accepted line printed once COMMIT succeeded "+
 		"(a COMMIT whose outcome was lost is settled with pg_xact_status: accepted if it committed, else another message is published). "+
@@ -134,8 +137,13 @@ func run(o options) error {
 		topo.Queues = []topology.Queue{{Name: o.queue, Type: o.queueType}}
 		topo.Bindings = []topology.Binding{{Queue: o.queue, Exchange: o.exchange, Key: key}}
 	}
+	promRec, stopMetrics, err := metricsserve.Start(o.metricsAddr, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	if o.pg != "" {
-		return runPG(sig, o, log, topo, parts, key)
+		return runPG(sig, o, log, topo, parts, key, promRec)
 	}
 
 	var mem metrics.Memory
@@ -145,7 +153,7 @@ func run(o options) error {
 		JournalPath: o.journal,
 		Topology:    topo,
 		Logger:      log,
-		Metrics:     &mem,
+		Metrics:     metrics.Multi(&mem, promRec),
 		MaxInFlight: o.inFlight,
 		OnParked: func(pe *publisher.ParkedError) {
 			log.Error("message parked", "err", pe)

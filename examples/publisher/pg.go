@@ -32,7 +32,7 @@ const pgOrdersTable = "rabbitkit_example_orders"
 // with its outcome lost, once pgoutbox.Settle said it committed). It relays meanwhile (one
 // replica holds the lease), then waits until every row it committed is confirmed, whichever
 // replica sent it, and prints "confirmed <n>".
-func runPG(sig context.Context, o options, log *slog.Logger, topo topology.Topology, parts *topology.Partitions, key string) error {
+func runPG(sig context.Context, o options, log *slog.Logger, topo topology.Topology, parts *topology.Partitions, key string, promRec metrics.Recorder) error {
 	pc, err := pgxpool.ParseConfig(o.pg)
 	if err != nil {
 		return fmt.Errorf("-pg: %w", err)
@@ -82,7 +82,7 @@ func runPG(sig context.Context, o options, log *slog.Logger, topo topology.Topol
 			URLs:        strings.Split(o.urls, ","),
 			Topology:    topo,
 			Logger:      log,
-			Metrics:     &mem,
+			Metrics:     metrics.Multi(&mem, promRec),
 			MaxInFlight: o.inFlight,
 			OnParked: func(pe *publisher.ParkedError) {
 				log.Error("message parked", "err", pe)
