@@ -117,7 +117,7 @@ func TestScrapePublisherAndConsumer(t *testing.T) {
 	waitFor("rabbitkit_publisher_reconnects_total"+pl, 1)
 	waitFor("rabbitkit_consumer_reconnects_total"+cl, 1)
 	publish("n1", "poison", "n2")
-	m = waitFor("rabbitkit_consumer_parked_total"+cl, 1)
+	waitFor("rabbitkit_consumer_parked_total"+cl, 1)
 	m = waitFor("rabbitkit_consumer_handled_total"+cl, 12)
 	require.Equal(t, 13.0, m["rabbitkit_publisher_accepted_total"+pl])
 	require.Equal(t, 13.0, m["rabbitkit_publisher_confirmed_total"+pl])
