@@ -12,12 +12,9 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/rabbitkit/rabbitkit/journal"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // newJournal makes a journal with entries 1..3 on stream "s" and parks entry 2.
 func newJournal(t *testing.T) string {
