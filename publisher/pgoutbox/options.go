@@ -47,6 +47,10 @@ const (
 	MetricLeaseTakeovers = "rabbitkit_outbox_relay_lease_acquired_total"
 )
 
+// LabelTable is the label on every Metric* of an Outbox: Options.Table. (A relay's publisher
+// metrics carry the publisher's labels, publisher.LabelClient.)
+const LabelTable = "table"
+
 // Options configure an Outbox.
 type Options struct {
 	// Table is the outbox table, "name" or "schema.name" (letters, digits, _; at most 48 bytes

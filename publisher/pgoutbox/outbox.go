@@ -66,7 +66,7 @@ func Open(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Outbox, error
 		_, _ = rand.Read(b)
 		opts.Owner = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
 	}
-	o := &Outbox{pool: pool, opts: opts, n: n, log: opts.Logger, m: opts.Metrics, ch: make(chan struct{})}
+	o := &Outbox{pool: pool, opts: opts, n: n, log: opts.Logger, m: metrics.With(opts.Metrics, metrics.Label{Name: LabelTable, Value: opts.Table}), ch: make(chan struct{})}
 	o.sql()
 	err = pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 		if err := migrate(ctx, tx, n, func(msg string, args ...any) { o.log.Info(msg, args...) }); err != nil {
