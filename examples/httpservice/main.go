@@ -35,21 +35,23 @@ import (
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/examples/internal/cli"
+	"github.com/rabbitkit/rabbitkit/examples/internal/metricsserve"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/publisher"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
 
 type options struct {
-	listen     string
-	urls       string
-	source     string
-	journal    string
-	exchange   string
-	routingKey string
-	queue      string
-	queueType  string
-	maxBody    int64
+	listen      string
+	urls        string
+	source      string
+	journal     string
+	exchange    string
+	routingKey  string
+	queue       string
+	queueType   string
+	maxBody     int64
+	metricsAddr string
 }
 
 func main() {
@@ -64,6 +66,7 @@ func main() {
 	fs.StringVar(&o.queue, "queue", "", "queue to declare and bind; empty: declare only the exchange")
 	fs.StringVar(&o.queueType, "queue-type", topology.Classic, "type of the queue to declare: classic or quorum")
 	fs.Int64Var(&o.maxBody, "max-body", 1<<20, "largest request body accepted, in bytes")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port) at /metrics; empty: none")
 	cli.Parse(fs, "Usage:\n  httpservice -source NAME -journal FILE [flags]\n\n"+
 		"POST /messages answers 202 once the body is journaled, whether the broker is up or not.\n", os.Args[1:])
 	cli.Exit("httpservice", run(o), 1)
@@ -87,8 +90,13 @@ func run(o options) error {
 		topo.Queues = []topology.Queue{{Name: o.queue, Type: o.queueType}}
 		topo.Bindings = []topology.Binding{{Queue: o.queue, Exchange: o.exchange, Key: key}}
 	}
+	rec, stopMetrics, err := metricsserve.Start(o.metricsAddr, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	pub, err := publisher.New(publisher.Config{
-		URLs: strings.Split(o.urls, ","), Source: o.source, JournalPath: o.journal, Topology: topo, Logger: log,
+		URLs: strings.Split(o.urls, ","), Source: o.source, JournalPath: o.journal, Topology: topo, Logger: log, Metrics: rec,
 		OnParked: func(pe *publisher.ParkedError) { log.Error("message parked", "err", pe) },
 	})
 	if err != nil {
