@@ -10,6 +10,7 @@
 //
 //	rabbitkit journal [-json] [-limit N] [-yes] stats|pending|parked|show|redrive|drop|compact FILE [ARGS]
 //	rabbitkit consumer [-json] state FILE | -pg DSN [-table NAME]
+//	rabbitkit outbox [-json] [-limit N] stats|pending|parked|redrive -pg DSN [-table NAME] [ARGS]
 //
 // Exit codes: 0 done, 1 an error (printed on stderr as "rabbitkit: ..."), 2 a usage error (bad
 // flag, unknown command or missing argument). Output is a table for people, or with -json a stable
@@ -28,6 +29,7 @@ import (
 const mainUsage = `Usage:
   rabbitkit journal COMMAND FILE [ARGS]   a publisher's bbolt journal (rabbitkit journal -h)
   rabbitkit consumer state FILE | -pg DSN the dedup state of a consumer's store (rabbitkit consumer -h)
+  rabbitkit outbox COMMAND -pg DSN        a PostgreSQL outbox's backlog, re-drive (rabbitkit outbox -h)
 
 Exit codes: 0 ok, 1 error, 2 usage.
 `
@@ -56,6 +58,8 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = journalMain(ctx, args[1:], stdout, stderr)
 	case "consumer":
 		err = consumerMain(ctx, args[1:], stdout, stderr)
+	case "outbox":
+		err = outboxMain(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, mainUsage)
 		return 0
