@@ -80,9 +80,9 @@ func (s *sender) settle(ctx context.Context, f flight) {
 			s.spells.end(f.e) // the exchange exists and takes this key
 		}
 		s.deletes = append(s.deletes, f.e.ID)
-		s.m.Add(MetricConfirmed, 1)
+		s.m.Add(MetricConfirmed, 1, exchangeLabel(f.e))
 		s.p.c.confirmed.Add(1)
-		s.m.Observe(MetricConfirmLatency, time.Since(f.e.Created).Seconds())
+		s.m.Observe(MetricConfirmLatency, time.Since(f.e.Created).Seconds(), exchangeLabel(f.e))
 		s.link.recovered = true
 		if s.fault.failing {
 			s.fault.failing = false
@@ -100,7 +100,7 @@ func (s *sender) settle(ctx context.Context, f flight) {
 			}
 		}
 	default: // nacked: resend after the window drains
-		s.m.Add(MetricNacked, 1)
+		s.m.Add(MetricNacked, 1, exchangeLabel(f.e))
 		s.p.c.nacked.Add(1)
 		s.fault.nacked = append(s.fault.nacked, f.e)
 		if s.fault.rewindTo == 0 || f.e.ID < s.fault.rewindTo {

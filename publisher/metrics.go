@@ -3,6 +3,7 @@ package publisher
 import (
 	"fmt"
 
+	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
 )
 
@@ -46,10 +47,21 @@ const (
 	MetricConfirmLatency = "rabbitkit_publisher_confirm_latency_seconds"
 )
 
-// LabelClient is the label on every metric that names the Publisher: Config.ConnectionName
-// (default "rabbitkit-publisher <source>"). It is the only label; it tells two publishers in one
-// process apart.
-const LabelClient = "client"
+// Labels of the Publisher's metrics. Both are bounded: by configuration and by topology.
+const (
+	// LabelClient is on every metric and names the Publisher: Config.ConnectionName (default
+	// "rabbitkit-publisher <source>"). It tells two publishers in one process apart.
+	LabelClient = "client"
+	// LabelExchange is the message's exchange ("" for the default exchange), on the per-message
+	// metrics: MetricPublished, MetricResent, MetricConfirmed, MetricConfirmLatency, MetricNacked
+	// and MetricParked.
+	LabelExchange = "exchange"
+)
+
+// exchangeLabel is e's LabelExchange.
+func exchangeLabel(e *journal.Entry) metrics.Label {
+	return metrics.Label{Name: LabelExchange, Value: e.Exchange}
+}
 
 // claimMetrics labels p's metrics with LabelClient and claims that identity on the Recorder (see
 // metrics.Claimer): a second live Publisher or Relay with the same ConnectionName on the same

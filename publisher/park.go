@@ -19,7 +19,7 @@ func (s *sender) park(ctx context.Context, e *journal.Entry, pe *ParkedError) bo
 		s.log.Error("publisher: parking failed; the message stays pending", "stream", e.Stream, "seq", e.Seq, "err", err)
 		return false
 	}
-	s.m.Add(MetricParked, 1)
+	s.m.Add(MetricParked, 1, exchangeLabel(e))
 	s.p.c.parked.Add(1)
 	s.p.rememberParked(pe)
 	s.log.Error("publisher: message parked", "stream", e.Stream, "seq", e.Seq, "exchange", e.Exchange,

@@ -68,9 +68,9 @@ func (s *sender) fill(ctx context.Context, ch channel) (sessionEnd, bool) {
 		s.pass.idx++
 		now := time.Now()
 		s.win.push(e, now)
-		s.m.Add(MetricPublished, 1)
+		s.m.Add(MetricPublished, 1, exchangeLabel(e))
 		if e.ID <= s.maxSent {
-			s.m.Add(MetricResent, 1)
+			s.m.Add(MetricResent, 1, exchangeLabel(e))
 		} else {
 			s.maxSent = e.ID
 		}

@@ -122,17 +122,24 @@ func (r *Recorder) Observe(name string, value float64, labels ...metrics.Label) 
 // get returns name's vector and labels' values in its label order, creating and registering the
 // vector on first use; nil when labels do not have the vector's label names.
 func get[V prometheus.Collector](r *Recorder, m map[string]vec[V], name string, labels []metrics.Label, mk func([]string) V) (V, []string) {
-	ls := slices.Clone(labels)
-	slices.SortFunc(ls, func(a, b metrics.Label) int { return strings.Compare(a.Name, b.Name) })
-	names := make([]string, len(ls))
+	byName := func(a, b metrics.Label) int { return strings.Compare(a.Name, b.Name) }
+	ls := labels
+	if !slices.IsSortedFunc(ls, byName) { // rabbitkit's own label sets come sorted: no copy
+		ls = slices.Clone(labels)
+		slices.SortFunc(ls, byName)
+	}
 	vals := make([]string, len(ls))
 	for i, l := range ls {
-		names[i], vals[i] = l.Name, l.Value
+		vals[i] = l.Value
 	}
 	r.mu.RLock()
 	c, ok := m[name]
 	r.mu.RUnlock()
 	if !ok {
+		names := make([]string, len(ls))
+		for i, l := range ls {
+			names[i] = l.Name
+		}
 		r.mu.Lock()
 		if c, ok = m[name]; !ok {
 			c = vec[V]{v: mk(names), names: names}
@@ -147,11 +154,23 @@ func get[V prometheus.Collector](r *Recorder, m map[string]vec[V], name string, 
 		}
 		r.mu.Unlock()
 	}
-	if !slices.Equal(c.names, names) {
+	if !sameNames(c.names, ls) {
 		var zero V
 		return zero, nil
 	}
 	return c.v, vals
+}
+
+func sameNames(names []string, ls []metrics.Label) bool {
+	if len(names) != len(ls) {
+		return false
+	}
+	for i, l := range ls {
+		if names[i] != l.Name {
+			return false
+		}
+	}
+	return true
 }
 
 func help(name string) string {

@@ -92,6 +92,7 @@ func TestScrapePublisherAndConsumer(t *testing.T) {
 		require.NoError(t, pub.Flush(wctx))
 	}
 	pl := `{client="pub-a"}`
+	pe := `{client="pub-a",exchange=""}` // the per-message metrics carry the exchange
 	cl := fmt.Sprintf(`{client="con-a",queue=%q}`, q)
 	waitFor := func(series string, want float64) map[string]float64 {
 		var m map[string]float64
@@ -107,9 +108,9 @@ func TestScrapePublisherAndConsumer(t *testing.T) {
 	publish(bodies...)
 	m := waitFor("rabbitkit_consumer_handled_total"+cl, 10)
 	require.Equal(t, 10.0, m["rabbitkit_publisher_accepted_total"+pl])
-	require.Equal(t, 10.0, m["rabbitkit_publisher_confirmed_total"+pl])
-	require.Equal(t, 10.0, m["rabbitkit_publisher_confirm_latency_seconds_count"+pl])
-	require.Equal(t, 10.0, m[`rabbitkit_publisher_confirm_latency_seconds_bucket{client="pub-a",le="+Inf"}`])
+	require.Equal(t, 10.0, m["rabbitkit_publisher_confirmed_total"+pe])
+	require.Equal(t, 10.0, m["rabbitkit_publisher_confirm_latency_seconds_count"+pe])
+	require.Equal(t, 10.0, m[`rabbitkit_publisher_confirm_latency_seconds_bucket{client="pub-a",exchange="",le="+Inf"}`])
 	require.Equal(t, 1.0, m["rabbitkit_publisher_connected"+pl])
 	require.Zero(t, m["rabbitkit_publisher_reconnects_total"+pl])
 
@@ -120,7 +121,8 @@ func TestScrapePublisherAndConsumer(t *testing.T) {
 	waitFor("rabbitkit_consumer_parked_total"+cl, 1)
 	m = waitFor("rabbitkit_consumer_handled_total"+cl, 12)
 	require.Equal(t, 13.0, m["rabbitkit_publisher_accepted_total"+pl])
-	require.Equal(t, 13.0, m["rabbitkit_publisher_confirmed_total"+pl])
+	require.Equal(t, 13.0, m["rabbitkit_publisher_confirmed_total"+pe])
+	require.GreaterOrEqual(t, m["rabbitkit_publisher_published_total"+pe], 13.0)
 	require.Equal(t, 12.0, m["rabbitkit_consumer_handled_total"+cl])
 	require.Equal(t, 1.0, m["rabbitkit_consumer_parked_total"+cl])
 	require.Equal(t, 2.0, m["rabbitkit_consumer_handler_errors_total"+cl], "MaxAttempts 2")
