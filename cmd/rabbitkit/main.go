@@ -11,6 +11,7 @@
 //	rabbitkit journal [-json] [-limit N] [-yes] stats|pending|parked|show|redrive|drop|compact FILE [ARGS]
 //	rabbitkit consumer [-json] state FILE | -pg DSN [-table NAME]
 //	rabbitkit outbox [-json] [-limit N] stats|pending|parked|redrive -pg DSN [-table NAME] [ARGS]
+//	rabbitkit parked [-json] list|show|redrive QUEUE -url URL [INDEX...|all|-id MESSAGE-ID]
 //
 // Exit codes: 0 done, 1 an error (printed on stderr as "rabbitkit: ..."), 2 a usage error (bad
 // flag, unknown command or missing argument). Output is a table for people, or with -json a stable
@@ -30,6 +31,7 @@ const mainUsage = `Usage:
   rabbitkit journal COMMAND FILE [ARGS]   a publisher's bbolt journal (rabbitkit journal -h)
   rabbitkit consumer state FILE | -pg DSN the dedup state of a consumer's store (rabbitkit consumer -h)
   rabbitkit outbox COMMAND -pg DSN        a PostgreSQL outbox's backlog, re-drive (rabbitkit outbox -h)
+  rabbitkit parked COMMAND QUEUE -url URL a consumer's parking queue: list, show, redrive (rabbitkit parked -h)
 
 Exit codes: 0 ok, 1 error, 2 usage.
 `
@@ -60,6 +62,8 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = consumerMain(ctx, args[1:], stdout, stderr)
 	case "outbox":
 		err = outboxMain(ctx, args[1:], stdout, stderr)
+	case "parked":
+		err = parkedMain(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, mainUsage)
 		return 0
