@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -187,4 +188,24 @@ func TestExitCodes(t *testing.T) {
 	require.NoError(t, os.WriteFile(corrupt, b, 0o600))
 	require.Equal(t, 1, code("journal", "stats", corrupt))
 	require.NotEmpty(t, errb.String())
+}
+
+func TestJournalGolden(t *testing.T) {
+	path := newJournal(t)
+	mask := func(s string) string {
+		s = strings.ReplaceAll(s, path, "FILE")
+		s = regexp.MustCompile(`rk2:orders-api-1:[0-9]+:`).ReplaceAllString(s, "rk2:orders-api-1:EPOCH:")
+		s = regexp.MustCompile(`epoch +[0-9]+`).ReplaceAllString(s, "epoch EPOCH")
+		s = regexp.MustCompile(`\([0-9]+(m[0-9]+)?(\.[0-9]+)?[a-zµ]*s ago\)`).ReplaceAllString(s, "(AGE ago)")
+		s = regexp.MustCompile(`\([0-9]+ bytes\)`).ReplaceAllString(s, "(N bytes)")
+		return regexp.MustCompile(`[0-9]+ bytes, [0-9]+ free`).ReplaceAllString(s, "SIZE bytes, FREE free")
+	}
+	for _, c := range []struct{ name, cmd string }{{"journal_stats", "stats"}, {"journal_pending", "pending"}, {"journal_parked", "parked"}} {
+		code, out, stderr := cli(t, "journal", c.cmd, path)
+		require.Equal(t, 0, code, stderr)
+		golden(t, c.name, mask(out))
+	}
+	code, out, stderr := cli(t, "journal", "show", path, "2")
+	require.Equal(t, 0, code, stderr)
+	golden(t, "journal_show", mask(out))
 }
