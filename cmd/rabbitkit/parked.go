@@ -32,7 +32,13 @@ message was first published to (rk-park-exchange, rk-park-routing-key), with its
 headers and stamp unchanged, the park headers removed and its expiration restored (not its
 user-id: the broker refuses another user's); it waits for the
 publisher confirm and only then acks the parked copy. An unroutable or refused copy leaves the parked
-one in place and is an error. The consumer then applies it once (its dedup store never marked it).
+one in place and is an error.
+
+CAUTION: a message the consumer parked after MaxAttempts is accounted for in its dedup store (its
+seq is marked): a re-driven copy with the same stamp is then dropped by that consumer as a
+duplicate, not handled. redrive helps for copies whose stamp was never marked (a malformed or
+suspicious stamp) or for a consumer without that dedup state; the parked copy carries no header
+telling which. For an accounted message, apply its effect by hand from the copy (show).
 Reading holds every parked message unacked (at most -max), then returns them to the queue in order.
 `
 
