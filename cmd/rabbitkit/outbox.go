@@ -27,8 +27,9 @@ const outboxUsage = `Usage:
 
 The outbox is shared by the service's replicas: these commands run while they do (no need to stop
 them). Rows are named by their id (the ID column). A re-driven row keeps its epoch, stream and seq:
-the relay sends it next. The commands open the outbox as the source recorded in its table; they
-never create a table.
+the relay sends it next. The commands open the outbox as the source recorded in its table (they
+never create a table); opening it checks the database's identity as a publisher does, so on a
+restored database it starts the new epoch the next publisher would.
 `
 
 // outboxStatsOut is what outbox stats prints.
