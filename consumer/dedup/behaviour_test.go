@@ -335,7 +335,7 @@ func TestLoadRejects(t *testing.T) {
 	}{
 		{"empty", nil, ErrCorrupt},
 		{"short", []byte{1, 0, 0}, ErrCorrupt},
-		{"newer version", withCRC(2, 0), ErrVersion},
+		{"newer version", withCRC(3, 0), ErrVersion},
 		{"version zero", withCRC(0, 0), ErrCorrupt},
 		{"bad checksum", append(good[:len(good)-1:len(good)-1], good[len(good)-1]^1), ErrCorrupt},
 		{"no epochs", withCRC(1, 0, 0), ErrCorrupt},

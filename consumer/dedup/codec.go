@@ -7,8 +7,13 @@ import (
 	"math"
 )
 
-// stateVersion is the first byte of every encoded stream state.
-const stateVersion = 1
+// stateVersion is the first byte of an encoded stream state: 1, or 2 when the stream has parked
+// stamps. A stream without parked stamps is written as version 1, which releases before parked
+// stamps existed still read.
+const (
+	stateVersion       = 1
+	stateVersionParked = 2
+)
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -23,6 +28,9 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 //	    uvarint number of lost ranges, then per range: uvarint lo-prev (prev = 0, then the previous
 //	        range's hi), uvarint hi-lo
 //	uvarint number of retired epochs, then per epoch, oldest first: 8 bytes epoch, varint retired at
+//	version 2 only: uvarint number of parked stamps (at least 1), then per stamp, in (epoch, seq)
+//	    order: uvarint epoch-prev epoch (prev = 0), uvarint seq (seq-prev seq when the epoch is the
+//	    previous stamp's), varint parked at (unix seconds) - prev parked at (prev = 0)
 //	4 bytes CRC-32C (Castagnoli, little endian) of everything before
 //
 // The body-hash history is not persisted.
@@ -37,7 +45,11 @@ func (t *Tracker) AppendState(dst []byte, k Key) ([]byte, bool) {
 		return dst, false
 	}
 	start := len(dst)
-	dst = append(dst, stateVersion)
+	if len(st.parked) > 0 {
+		dst = append(dst, stateVersionParked)
+	} else {
+		dst = append(dst, stateVersion)
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(st.wins)))
 	for _, x := range st.wins {
 		dst = binary.LittleEndian.AppendUint64(dst, uint64(x.epoch))
@@ -70,6 +82,20 @@ func (t *Tracker) AppendState(dst []byte, k Key) ([]byte, bool) {
 	for _, r := range st.retired {
 		dst = binary.LittleEndian.AppendUint64(dst, uint64(r.epoch))
 		dst = binary.AppendVarint(dst, r.at)
+	}
+	if len(st.parked) > 0 {
+		dst = binary.AppendUvarint(dst, uint64(len(st.parked)))
+		var pe, ps, pa int64
+		for _, p := range st.parked {
+			dst = binary.AppendUvarint(dst, uint64(p.epoch-pe))
+			if p.epoch == pe {
+				dst = binary.AppendUvarint(dst, uint64(p.seq-ps))
+			} else {
+				dst = binary.AppendUvarint(dst, uint64(p.seq))
+			}
+			dst = binary.AppendVarint(dst, p.at-pa)
+			pe, ps, pa = p.epoch, p.seq, p.at
+		}
 	}
 	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli)), true
 }
@@ -187,8 +213,8 @@ func decodeState(k Key, data []byte) (*stream, error) {
 	if len(data) < 1+4 {
 		return nil, fmt.Errorf("%w: %d bytes is too short", ErrCorrupt, len(data))
 	}
-	if data[0] != stateVersion {
-		if data[0] > stateVersion {
+	if data[0] != stateVersion && data[0] != stateVersionParked {
+		if data[0] > stateVersionParked {
 			return nil, fmt.Errorf("%w: version %d", ErrVersion, data[0])
 		}
 		return nil, fmt.Errorf("%w: version byte %d", ErrCorrupt, data[0])
@@ -272,6 +298,33 @@ func decodeState(k Key, data []byte) (*stream, error) {
 		}
 		seen[r.epoch] = true
 		st.retired = append(st.retired, r)
+	}
+	if data[0] == stateVersionParked {
+		np := d.count("parked count", 3)
+		if d.err == nil && np == 0 {
+			d.fail("version 2 with no parked stamps")
+		}
+		var pe, ps, pa int64
+		for i := 0; i < np && d.err == nil; i++ {
+			de := d.pos("parked epoch")
+			p := parked{epoch: d.add(pe, de, "parked epoch")}
+			if de == 0 && i > 0 {
+				p.seq = d.add(ps, d.pos("parked seq"), "parked seq")
+			} else {
+				p.seq = d.pos("parked seq")
+			}
+			if da := d.varint("parked time"); d.err == nil {
+				if da > 0 && pa > math.MaxInt64-da || da < 0 && pa < math.MinInt64-da {
+					d.fail("parked time overflows")
+				}
+				p.at = pa + da
+			}
+			if d.err == nil && (p.epoch < 1 || p.seq < 1 || i > 0 && cmpParked(p, pe, ps) <= 0) {
+				d.fail("parked stamp %d (epoch %d, seq %d) invalid or out of order", i, p.epoch, p.seq)
+			}
+			st.parked = append(st.parked, p)
+			pe, ps, pa = p.epoch, p.seq, p.at
+		}
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("%d trailing bytes", len(d.b))

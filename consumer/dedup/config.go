@@ -16,6 +16,7 @@ const (
 	DefaultMaxEpochs        = 4
 	DefaultMaxRetiredEpochs = 16
 	DefaultHashHistory      = 16
+	DefaultMaxParked        = 1024
 )
 
 // Config bounds a Tracker. The zero value of every field means its default; negative values are
@@ -57,6 +58,13 @@ type Config struct {
 	// When set it must be at least IdleRetention.
 	ForgetAfter time.Duration
 
+	// MaxParked bounds, per stream, how many parked stamps are remembered for a re-drive
+	// (CommitParked, Unpark). When exceeded, the one parked longest ago is forgotten
+	// (EventParkedForgotten): a re-driven copy of it is then a duplicate and must be applied by
+	// hand. Each remembered stamp adds about 4 bytes to the stream's encoded state, which is written
+	// on every commit to the stream. Default 1024.
+	MaxParked int
+
 	// MaxEpochs bounds how many epochs per stream keep full state. A new epoch beyond it retires the
 	// least recently active one early (EventEpochRetired). Default 4.
 	MaxEpochs int
@@ -96,6 +104,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"ForgetAfter", c.ForgetAfter < 0},
 		{"MaxEpochs", c.MaxEpochs < 0},
 		{"MaxRetiredEpochs", c.MaxRetiredEpochs < 0},
+		{"MaxParked", c.MaxParked < 0},
 		{"HashHistory", c.HashHistory < -1},
 	} {
 		if ch.bad {
@@ -125,6 +134,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxRetiredEpochs == 0 {
 		c.MaxRetiredEpochs = DefaultMaxRetiredEpochs
+	}
+	if c.MaxParked == 0 {
+		c.MaxParked = DefaultMaxParked
 	}
 	switch c.HashHistory {
 	case 0:

@@ -164,6 +164,14 @@ func sampleStates(tb testing.TB) [][]byte {
 	out = append(out, b)
 	tr.Commit(protocol.Stamp{Source: "src", Stream: "t", Epoch: 1, Seq: 1}, 0, now)
 	b, _ = tr.AppendState(nil, Key{"src", "t"})
+	out = append(out, b)
+	// Parked stamps (version 2): across epochs, one re-driven already.
+	for _, c := range []struct{ epoch, seq int64 }{{5, 21}, {5, 22}, {7, 10}, {7, 12}} {
+		now = now.Add(1500 * time.Millisecond)
+		tr.CommitParked(protocol.Stamp{Source: "src", Stream: "s", Epoch: c.epoch, Seq: c.seq}, 0, now)
+	}
+	tr.Unpark(protocol.Stamp{Source: "src", Stream: "s", Epoch: 7, Seq: 10})
+	b, _ = tr.AppendState(nil, Key{"src", "s"})
 	return append(out, b)
 }
 

@@ -48,6 +48,7 @@ type stream struct {
 	key     Key
 	wins    []*window // wins[0] is the most recently active epoch; len >= 1
 	retired []retired // oldest first
+	parked  []parked  // parked stamps awaiting a re-drive, in (epoch, seq) order
 	dirty   bool      // changed since the last TakeDirty
 	watched bool      // in Tracker.watch: has unreported gaps or more than one epoch
 	compact bool      // compacted by the idle scan and not committed to since
@@ -292,9 +293,11 @@ type WindowInfo struct {
 	W int64
 	// H is the highest committed number; H == W when nothing is missing.
 	H int64
-	// Missing are the open gaps in (W, H), oldest first; Reported says whether each was reported.
+	// Missing are the open gaps in (W, H), oldest first; Reported says whether each was reported,
+	// Since when it was first noticed.
 	Missing  []Range
 	Reported []bool
+	Since    []time.Time
 	// Lost are the given-up ranges below W, including the unseen prefix of an adopted stream.
 	Lost []Range
 	// Floor is the number below which an adopted stream was never waited for (Config.AdoptStreams).
@@ -315,6 +318,7 @@ func (t *Tracker) Info(k Key) ([]WindowInfo, bool) {
 		for _, g := range x.missing {
 			wi.Missing = append(wi.Missing, Range{g.lo, g.hi})
 			wi.Reported = append(wi.Reported, g.reported)
+			wi.Since = append(wi.Since, time.Unix(0, g.since))
 		}
 		for _, s := range x.lost {
 			wi.Lost = append(wi.Lost, Range{s.lo, s.hi})

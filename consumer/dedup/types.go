@@ -128,6 +128,9 @@ const (
 	EventLostForgotten
 	// EventStreamForgotten: the stream's state was deleted after Config.ForgetAfter without commits.
 	EventStreamForgotten
+	// EventParkedForgotten: the parked stamp From (== To) of Epoch was forgotten to stay within
+	// Config.MaxParked: a re-driven copy of it is now a duplicate, and must be applied by hand.
+	EventParkedForgotten
 )
 
 // String returns the event kind's name.
@@ -147,6 +150,8 @@ func (k EventKind) String() string {
 		return "lost-forgotten"
 	case EventStreamForgotten:
 		return "stream-forgotten"
+	case EventParkedForgotten:
+		return "parked-forgotten"
 	}
 	return fmt.Sprintf("event(%d)", uint8(k))
 }
