@@ -56,7 +56,8 @@ type cluster struct {
 
 type source struct {
 	name    string
-	replica string // tells apart in process names the sources that share a name (pgPub replicas)
+	replica string   // tells apart in process names the sources that share a name (pgPub replicas)
+	args    []string // extra flags of this source's runs, after the common ones (the last of a repeated flag wins)
 	journal string
 	target  int // messages this source must accept over all its runs
 	cur     *pubRun
@@ -114,6 +115,7 @@ func (c *cluster) startPublisher(src *source) {
 	} else {
 		args = append(args, "-journal", src.journal)
 	}
+	args = append(args, src.args...)
 	if c.partitions > 0 {
 		args = append(args, "-partitions", strconv.Itoa(c.partitions))
 	}
