@@ -9,6 +9,7 @@ package topology
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -35,6 +36,10 @@ type Queue struct {
 	Name string     // must not be empty
 	Type string     // Classic (default) or Quorum
 	Args amqp.Table // optional arguments (x-overflow, x-max-length, ...); x-queue-type is set from Type
+	// NoDeadLetter turns off the dead-letter and delivery-limit defaults of a quorum queue
+	// (DeclareArgs), for a queue whose dead-letter target comes from a policy. Without a
+	// dead-letter target a quorum queue drops messages past its delivery limit.
+	NoDeadLetter bool
 }
 
 // Binding binds a queue to an exchange.
@@ -48,6 +53,9 @@ type Topology struct {
 	Exchanges []Exchange
 	Queues    []Queue
 	Bindings  []Binding
+	// Logger receives Declare's warning about an existing quorum queue without a dead-letter
+	// target. Default slog.Default().
+	Logger *slog.Logger
 }
 
 // Validate reports the first declaration that can never succeed. The error wraps ErrInvalid.
@@ -69,6 +77,9 @@ func (t Topology) Validate() error {
 		if q.Type != "" && q.Type != Classic && q.Type != Quorum {
 			return fmt.Errorf("%w: queue %q has unknown type %q (want %q or %q)", ErrInvalid, q.Name, q.Type, Classic, Quorum)
 		}
+		if _, err := q.DeclareArgs(); err != nil {
+			return err
+		}
 	}
 	for _, b := range t.Bindings {
 		if b.Queue == "" || b.Exchange == "" {
@@ -78,9 +89,16 @@ func (t Topology) Validate() error {
 	return nil
 }
 
-// Declare declares everything on ch, in order. It is idempotent. A declaration that conflicts with an
-// existing one (e.g. a queue redeclared with another type) closes the channel with 406
-// PRECONDITION_FAILED; the returned error wraps the *amqp.Error.
+// Declare declares everything on ch, in order: exchanges, queues (with Queue.DeclareArgs), the
+// parking queues of quorum queues that the topology does not declare (durable classic queues),
+// bindings. It is idempotent. A declaration that conflicts with an existing one (e.g. a queue
+// redeclared with another type) closes the channel with 406 PRECONDITION_FAILED; the returned
+// error wraps the *amqp.Error.
+//
+// A quorum queue that exists without the dead-letter defaults (declared by an older rabbitkit)
+// fails once with that 406; the next Declare (the caller's reconnect) checks it against its own
+// Args only, declares its parking queue, and logs a warning with the policy that gives it a
+// dead-letter target (PolicyHint).
 func (t Topology) Declare(ch *amqp.Channel) error {
 	if err := t.Validate(); err != nil {
 		return err
@@ -94,18 +112,23 @@ func (t Topology) Declare(ch *amqp.Channel) error {
 			return fmt.Errorf("topology: declare exchange %q: %w", e.Name, err)
 		}
 	}
+	declared := map[string]bool{}
 	for _, q := range t.Queues {
-		args := amqp.Table{}
-		for k, v := range q.Args {
-			args[k] = v
+		declared[q.Name] = true
+	}
+	for _, q := range t.Queues {
+		if err := t.declareQueue(ch, q); err != nil {
+			return err
 		}
-		typ := q.Type
-		if typ == "" {
-			typ = Classic
-		}
-		args[amqp.QueueTypeArg] = typ
-		if _, err := ch.QueueDeclare(q.Name, true, false, false, false, args); err != nil {
-			return fmt.Errorf("topology: declare queue %q: %w", q.Name, err)
+	}
+	// The dead-letter targets of quorum queues, unless declared above: a dead-lettered message with
+	// nowhere to go is dropped.
+	for _, q := range t.Queues {
+		if p := q.parkingQueue(); p != "" && !declared[p] {
+			declared[p] = true
+			if _, err := ch.QueueDeclare(p, true, false, false, false, amqp.Table{amqp.QueueTypeArg: Classic}); err != nil {
+				return fmt.Errorf("topology: declare parking queue %q of %q: %w", p, q.Name, err)
+			}
 		}
 	}
 	for _, b := range t.Bindings {
