@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
 	"github.com/rabbitkit/rabbitkit/publisher/pgoutbox"
@@ -60,6 +61,35 @@ func (dc *deleteCutter) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, d pgx.Tr
 	}
 }
 
+// gaugeRecorder keeps the last and the highest value of one gauge, and afterFail: the highest
+// value a failed DELETE left it at (a non-zero value followed by another non-zero Set, i.e. the
+// next attempt came before any success).
+type gaugeRecorder struct {
+	name string
+
+	mu                    sync.Mutex
+	last, peak, afterFail float64
+}
+
+func (g *gaugeRecorder) Add(string, float64, ...metrics.Label) {}
+func (g *gaugeRecorder) Set(name string, v float64, _ ...metrics.Label) {
+	if name != g.name {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.last > 0 && v > 0 { // a DELETE left the gauge up and a retry came: the last one failed
+		g.afterFail = max(g.afterFail, g.last)
+	}
+	g.last, g.peak = v, max(g.peak, v)
+}
+func (g *gaugeRecorder) Observe(string, float64, ...metrics.Label) {}
+func (g *gaugeRecorder) get() (last, peak, afterFail float64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.last, g.peak, g.afterFail
+}
+
 // The relay's database connection is cut while it deletes confirmed rows: the deleter retries
 // until every row is gone, the relay keeps sending meanwhile, nothing is lost, and no confirmed
 // row is sent a second time (the relay's connection to the broker never dropped).
@@ -80,7 +110,8 @@ func TestDeleteRetriedThroughCuts(t *testing.T) {
 	}
 	defer func() { dc.wg.Wait(); relayPool.Close() }()
 	writer := open(t, e.pool, pgoutbox.Options{})
-	relayOB := open(t, relayPool, pgoutbox.Options{LeaseTTL: 10 * time.Second})
+	g := &gaugeRecorder{name: pgoutbox.MetricDeletesPending}
+	relayOB := open(t, relayPool, pgoutbox.Options{LeaseTTL: 10 * time.Second, Metrics: g})
 	c := collect(t, e.url, e.queue)
 	m := &countingRecorder{}
 	cfg := e.relayConfig(t, m)
@@ -120,6 +151,10 @@ func TestDeleteRetriedThroughCuts(t *testing.T) {
 	}
 	if dc.failed.Load() == 0 || dc.cuts.Load() == 0 {
 		t.Errorf("no DELETE failed (cuts %d): the test did not test anything", dc.cuts.Load())
+	}
+	if last, peak, afterFail := g.get(); last != 0 || peak == 0 || afterFail == 0 {
+		t.Errorf("%s: last %v (want 0: every row deleted), peak %v, highest left by a failed DELETE %v (want > 0)",
+			pgoutbox.MetricDeletesPending, last, peak, afterFail)
 	}
 	gs := c.snapshot()
 	checkOrder(t, gs)
