@@ -55,6 +55,9 @@ type parkedOut struct {
 	ParkedAt   *time.Time `json:"parked_at,omitempty"`
 	Attempts   int64      `json:"attempts"`
 	BodyBytes  int        `json:"body_bytes"`
+	// DeathReason is the x-death reason of a message the broker dead-lettered here (no rk-park-*
+	// headers): delivery_limit, rejected, expired or maxlen.
+	DeathReason string `json:"death_reason,omitempty"`
 }
 
 type parkedOpts struct {
@@ -201,6 +204,9 @@ func toParkedOut(i int, d *amqp.Delivery) parkedOut {
 		p.Stamp = st
 	} else {
 		p.StampError = err.Error()
+	}
+	if x, ok := deadLettered(d); ok {
+		p.fromDeath(x)
 	}
 	return p
 }

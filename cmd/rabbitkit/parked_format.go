@@ -114,6 +114,9 @@ func original(d *amqp.Delivery) amqp.Publishing {
 		}
 	}
 	exp, _ := d.Headers[protocol.HeaderParkExpiration].(string)
+	if dexp := stripDeath(d, h); dexp != "" {
+		exp = dexp
+	}
 	return amqp.Publishing{
 		Headers: h, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding, DeliveryMode: d.DeliveryMode,
 		Priority: d.Priority, CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo, Expiration: exp,
@@ -141,7 +144,11 @@ func redriveParked(ctx context.Context, w io.Writer, conn *amqp.Connection, get 
 		}
 		x, _ := d.Headers[protocol.HeaderParkExchange].(string)
 		rk, _ := d.Headers[protocol.HeaderParkRoutingKey].(string)
-		if _, ok := d.Headers[protocol.HeaderParkExchange]; !ok {
+		dead, isDead := deadLettered(d)
+		if isDead {
+			x, rk = dead.Exchange, dead.RoutingKey // x-death: where the broker took it from
+		}
+		if _, ok := d.Headers[protocol.HeaderParkExchange]; !ok && !isDead {
 			return fmt.Errorf("message %d (%s) has no %s header: not a parked copy (%d re-driven before it)", i+1, d.MessageId, protocol.HeaderParkExchange, n)
 		}
 		dc, err := pub.PublishWithDeferredConfirmWithContext(ctx, x, rk, true, false, original(d))
