@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -234,6 +235,9 @@ func (r *relay) lease(ctx context.Context) (got bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.tick)
 	defer cancel()
 	err = pgx.BeginTxFunc(ctx, r.o.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT `+idleGuardSQL, r.o.idleGuard()); err != nil {
+			return err
+		}
 		var owner string
 		err := tx.QueryRow(ctx, `INSERT INTO `+r.o.n.leasesT+` AS l (name, owner, expires) VALUES ($1, $2, now() + $3 * interval '1 microsecond')
 			ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires = excluded.expires
@@ -249,6 +253,23 @@ func (r *relay) lease(ctx context.Context) (got bool, err error) {
 		return r.o.checkIdentity(ctx, tx, "relay")
 	})
 	return got, err
+}
+
+// idleGuardSQL sets idle_in_transaction_session_timeout for the rest of the transaction. The
+// relay's transactions that lock the lease or meta row (lease, Read) carry it: when the relay's
+// database link goes dark mid-transaction (a black hole, a partition, a frozen process), the
+// server would otherwise keep that transaction open, and its row locks, for as long as the socket
+// lives (TCP keepalive, about 2 hours, and forever behind a proxy that answers keepalives): the
+// next holder's lease and relay-id transactions would wait on those locks, and no replica could
+// take over. With the guard the server ends such an orphan after LeaseTTL/5 of silence, before
+// the lease it was written under can expire (its holder stops reading LeaseTTL/5 +
+// min(CloseTimeout, LeaseTTL/5) before the expiry). A client that really idles that long inside
+// one of these transactions loses the connection and retries.
+const idleGuardSQL = `set_config('idle_in_transaction_session_timeout', $1, true)`
+
+// idleGuard is idleGuardSQL's argument: LeaseTTL/5, in milliseconds.
+func (o *Outbox) idleGuard() string {
+	return strconv.FormatInt(max((o.opts.LeaseTTL/5).Milliseconds(), 1), 10)
 }
 
 // release frees the lease (best effort) so that another replica takes over at once.

@@ -94,7 +94,9 @@ func (v *view) Read(ctx context.Context, after uint64, max int) ([]*journal.Entr
 	var last int64
 	err := pgx.BeginTxFunc(ctx, v.o.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 		out = out[:0]
-		if err := tx.QueryRow(ctx, `SELECT last_rid FROM `+v.o.n.metaT+` WHERE k = 1 FOR UPDATE`).Scan(&last); err != nil {
+		// The lock and, in the same statement, the orphan guard (idleGuard).
+		var guard string
+		if err := tx.QueryRow(ctx, `SELECT last_rid, `+idleGuardSQL+` FROM `+v.o.n.metaT+` WHERE k = 1 FOR UPDATE`, v.o.idleGuard()).Scan(&last, &guard); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT `+entryCols+` FROM `+v.o.n.t+` WHERE rid > $1 AND NOT parked AND epoch = $2 ORDER BY rid LIMIT $3`,
