@@ -130,8 +130,10 @@ var legacyQueues sync.Map // queue name -> struct{}
 // PolicyHint is the rabbitmqctl command that gives an existing quorum queue the dead-letter target
 // topology would have declared it with (arguments cannot be changed on an existing queue; a policy
 // can). A queue takes one policy only (the highest priority): merge these keys into an existing one.
+// It applies to "queues" (its pattern names the one queue): RabbitMQ 3.10 refuses
+// --apply-to quorum_queues, which came with 3.12.
 func PolicyHint(queue string) string {
-	return fmt.Sprintf(`rabbitmqctl set_policy --apply-to quorum_queues --priority 10 rk-dlx-%s '^%s$' '{"dead-letter-exchange":"","dead-letter-routing-key":"%s","dead-letter-strategy":"at-least-once","overflow":"reject-publish"}'`,
+	return fmt.Sprintf(`rabbitmqctl set_policy --apply-to queues --priority 10 rk-dlx-%s '^%s$' '{"dead-letter-exchange":"","dead-letter-routing-key":"%s","dead-letter-strategy":"at-least-once","overflow":"reject-publish"}'`,
 		queue, regexpQuote(queue), ParkingQueueOf(queue))
 }
 

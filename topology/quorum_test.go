@@ -172,7 +172,7 @@ func TestDeclareExistingQuorumQueueWithoutDefaultsWarns(t *testing.T) {
 	require.Equal(t, 1, strings.Count(out, "level=WARN"), out)
 	require.Contains(t, out, "DROPS messages")
 	require.Contains(t, out, "queue="+q)
-	require.Contains(t, out, `rabbitmqctl set_policy --apply-to quorum_queues`)
+	require.Contains(t, out, `rabbitmqctl set_policy --apply-to queues`)
 	require.Contains(t, out, `dead-letter-routing-key\":\"`+q+`.parked`)
 	ch, err := conn.Channel()
 	require.NoError(t, err)
