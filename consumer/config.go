@@ -4,13 +4,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"maps"
 	"math"
 	"slices"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
@@ -238,22 +236,9 @@ func (c *Config) parkingTopology() topology.Topology {
 	if t.Logger == nil {
 		t.Logger = c.Logger
 	}
-	// A quorum queue dead-letters to its parking queue (topology.Queue.DeclareArgs): to this one.
-	if c.ParkingQueue != topology.ParkingQueueOf(c.Queue) {
-		for i, q := range t.Queues {
-			_, dlx := q.Args[topology.ArgDeadLetterExchange]
-			_, dlrk := q.Args[topology.ArgDeadLetterRoutingKey]
-			if q.Name == c.Queue && q.Type == topology.Quorum && !q.NoDeadLetter && !dlx && !dlrk {
-				q.Args = maps.Clone(q.Args)
-				if q.Args == nil {
-					q.Args = amqp.Table{}
-				}
-				q.Args[topology.ArgDeadLetterRoutingKey] = c.ParkingQueue
-				t.Queues = slices.Clone(t.Queues)
-				t.Queues[i] = q
-			}
-		}
-	}
+	// A quorum queue dead-letters to topology.ParkingQueueOf(its name) unless its Args say
+	// otherwise, not to a custom ParkingQueue: every declarer of the queue (publishers too) must
+	// give it the same arguments, or the second gets 406.
 	for _, q := range t.Queues {
 		if q.Name == c.ParkingQueue {
 			return t
