@@ -32,6 +32,8 @@ type opSpec struct {
 	stamp   protocol.Stamp
 	mark    bool
 	hash    uint64
+	park    bool // Op.Park
+	redrive bool // Op.Redrive
 	verdict dedup.Verdict
 	msg     *Message // non-nil: run the transactional handler on it inside the transaction
 }
@@ -89,7 +91,7 @@ type typedBatch[T any] struct {
 }
 
 func (b *typedBatch[T]) add(o opSpec) int {
-	op := Op[T]{Key: o.key, Stamp: o.stamp, Mark: o.mark, Hash: o.hash, Verdict: o.verdict}
+	op := Op[T]{Key: o.key, Stamp: o.stamp, Mark: o.mark, Hash: o.hash, Park: o.park, Redrive: o.redrive, Verdict: o.verdict}
 	if o.msg != nil {
 		h, hctx, rec, msg := b.be.h, b.hctx, b.be.rec, o.msg
 		op.Effect = func(tx T) error {

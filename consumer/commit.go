@@ -23,13 +23,16 @@ type pendingCommit struct {
 // nothing is published after a failed commit.
 func (w *worker) commitAsync(ents []entry, b batch) {
 	now := time.Now()
-	var evs []dedup.Event
+	// commitMark adds to w.evs, which earlier commits' events must reach first (settle).
+	saved := w.evs
+	w.evs = nil
 	for i := range ents {
 		if e := &ents[i]; e.mark {
-			_, ev := w.tr.Commit(e.it.stamp, e.hash, now)
-			evs = append(evs, ev...)
+			w.commitMark(e, now)
 		}
 	}
+	evs := w.evs
+	w.evs = saved
 	w.keys = w.tr.TakeDirty(w.keys[:0])
 	states := w.states(w.keys)
 	b.setStates(func([]bool) []StreamState { return states })

@@ -43,6 +43,8 @@ func (w *worker) report() {
 		case dedup.EventEpochRetired:
 			cb = r.cfg.OnEpoch
 			r.cfg.Logger.Info("consumer: epoch retired", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch)
+		case dedup.EventParkedForgotten:
+			r.cfg.Logger.Error("consumer: parked stamp forgotten (MaxParked): a re-driven copy of it will be dropped as a duplicate; apply it by hand", "source", ev.Key.Source, "stream", ev.Key.Stream, "epoch", ev.Epoch, "seq", ev.From)
 		default:
 			r.cfg.Logger.Warn("consumer: dedup event", "event", ev.String())
 		}

@@ -26,11 +26,14 @@ func (w *worker) handle(b batch, e *entry, stamped bool) bool {
 		if !stamped {
 			e.kind = outPassed
 		}
-		e.op = b.add(w.opOf(e, stamped, newMessage(&it.d, it.stamp, stamped, it.attempt+1)))
+		msg := newMessage(&it.d, it.stamp, stamped, it.attempt+1)
+		msg.Redriven = e.unpark
+		e.op = b.add(w.opOf(e, stamped, msg))
 		return true
 	}
 	for {
 		msg := newMessage(&it.d, it.stamp, stamped, it.attempt+1)
+		msg.Redriven = e.unpark
 		start := time.Now()
 		err := callHandler(r.hctx, r.handler, msg)
 		e.at = time.Now()
@@ -64,6 +67,7 @@ func (w *worker) opOf(e *entry, stamped bool, msg *Message) opSpec {
 	o := opSpec{key: e.it.key, msg: msg}
 	if stamped {
 		o.stamp, o.mark, o.hash, o.verdict = e.it.stamp, true, e.hash, dedup.Verdict{Kind: dedup.KindNew}
+		o.redrive = e.unpark
 	}
 	return o
 }
@@ -132,6 +136,7 @@ func (w *worker) park(e *entry, reason string, accounted bool) bool {
 		}
 	}
 	e.kind, e.at, e.mark = outParked, time.Now(), accounted
+	e.unpark = false // a re-driven copy parked again stays parked
 	if accounted {
 		e.op = -1
 	}

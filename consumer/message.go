@@ -43,6 +43,10 @@ type Message struct {
 	Redelivered bool
 	// Attempt counts handler attempts for this delivery, from 1.
 	Attempt int
+	// Redriven is set for a copy an operator re-drove from the parking queue
+	// (protocol.HeaderRedrive) whose stamp the store remembered as parked after its handler had
+	// failed: it is applied once, out of its stream's order (later messages went on without it).
+	Redriven bool
 }
 
 func newMessage(d *amqp.Delivery, s protocol.Stamp, stamped bool, attempt int) *Message {

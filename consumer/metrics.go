@@ -23,6 +23,9 @@ const (
 	MetricEpochChanges = "rabbitkit_consumer_epoch_changes_total"
 	// MetricParked counts messages published to the parking queue.
 	MetricParked = "rabbitkit_consumer_parked_total"
+	// MetricRedriven counts re-driven copies of parked messages that were applied (their stamps
+	// remembered as parked after a handler failure; see protocol.HeaderRedrive).
+	MetricRedriven = "rabbitkit_consumer_redriven_total"
 	// MetricConflicts counts duplicates whose body differs from the one handled.
 	MetricConflicts = "rabbitkit_consumer_conflicts_total"
 	// MetricUnstamped counts messages without a stamp (passed through or parked per policy).

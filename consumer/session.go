@@ -24,6 +24,7 @@ type item struct {
 	attempt   int             // handler attempts so far
 	lastErr   error           // last handler error (transactional handlers are retried across batches)
 	retry     backoff.BackOff // its handler retry schedule, made on the first failure
+	redrive   bool            // carries protocol.HeaderRedrive: an operator re-drove it from the parking queue
 	nextDelay time.Duration   // retry's wait before the next attempt (backoff.Stop: park it)
 }
 
@@ -264,6 +265,7 @@ func (r *run) dispatch(gen uint64, d amqp.Delivery) {
 	}
 	if it.stampErr == nil {
 		it.key = dedup.KeyOf(it.stamp)
+		_, it.redrive = d.Headers[protocol.HeaderRedrive]
 	} else {
 		// No stream to keep in order: spread by routing key.
 		it.key = dedup.Key{Stream: d.Exchange + "/" + d.RoutingKey}

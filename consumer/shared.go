@@ -115,7 +115,7 @@ func (w *worker) commitShared(ents []entry, b batch) []*item {
 	for i := range ents {
 		e := &ents[i]
 		if e.mark && e.op < 0 { // parked after MaxAttempts, accounted: record its mark
-			e.op = b.add(opSpec{key: e.it.key, stamp: e.it.stamp, mark: true, hash: e.hash, verdict: dedup.Verdict{Kind: dedup.KindNew}})
+			e.op = b.add(opSpec{key: e.it.key, stamp: e.it.stamp, mark: true, park: true, hash: e.hash, verdict: dedup.Verdict{Kind: dedup.KindNew}})
 		}
 	}
 	start := time.Now()
@@ -147,6 +147,9 @@ func (w *worker) commitShared(ents []entry, b batch) []*item {
 			switch v := b.verdict(e.op); v.Kind {
 			case dedup.KindNew:
 				w.tr.Commit(e.it.stamp, e.hash, now) // the cache's events are not reported: the store's are
+				if e.unpark {
+					r.cfg.Metrics.Add(MetricRedriven, 1)
+				}
 			case dedup.KindDuplicate:
 				if e.kind == outHandled && !r.store.transactional() {
 					r.cfg.Metrics.Add(MetricRaced, 1)

@@ -56,6 +56,16 @@ type Op[T any] struct {
 	Stamp protocol.Stamp
 	Mark  bool
 	Hash  uint64
+	// Park (with Mark) records the mark as a message parked after its handler failed, not applied
+	// (dedup.Tracker.CommitParked), so that a re-driven copy can still be applied once.
+	Park bool
+	// Redrive (with Mark) says the message is a copy an operator re-drove from the parking queue
+	// (protocol.HeaderRedrive), which the Run found parked in its window. A ScopeShared store
+	// applies it, running Effect and removing the stamp from the parked set (dedup.Tracker.Unpark),
+	// only if the stamp is still parked in the state it locked, and otherwise sets Verdict to
+	// KindDuplicate and runs nothing. A ScopeExclusive store ignores Park and Redrive: the Run
+	// records both in the states it hands to Batch.States.
+	Redrive bool
 	// Effect is the transactional handler's work, run inside the transaction that records the
 	// dedup state. nil: nothing to run (a plain handler's mark, or a duplicate kept in order).
 	Effect func(tx T) error

@@ -38,9 +38,12 @@ type entry struct {
 	it   *item
 	op   int  // index in Batch.Ops, or -1
 	mark bool // commit the stamp to the tracker when the op is applied
-	hash uint64
-	kind outcome
-	at   time.Time // when its handling ended
+	// unpark: a re-driven copy of a parked stamp, being applied: on commit the stamp leaves the
+	// tracker's parked set (it is committed already).
+	unpark bool
+	hash   uint64
+	kind   outcome
+	at     time.Time // when its handling ended
 }
 
 type outcome uint8
@@ -151,6 +154,17 @@ func (w *worker) processOnce(items []*item) []*item {
 			ok = w.park(&e, it.stampErr.Error(), false)
 		default:
 			e.hash = dedup.BodyHash(it.d.Body)
+			if _, seen := local[it.stamp]; it.redrive && !seen && w.tr.IsParked(it.stamp) {
+				// An operator re-drove a message parked after its handler failed: apply it once.
+				if local == nil {
+					local = map[protocol.Stamp]uint64{}
+				}
+				local[it.stamp] = e.hash
+				e.mark, e.unpark = true, true
+				r.cfg.Logger.Info("consumer: applying a re-driven parked message", "stamp", it.stamp.String())
+				ok = w.handle(b, &e, true)
+				break
+			}
 			v := w.tr.Classify(it.stamp)
 			if h, dup := local[it.stamp]; dup {
 				v = dedup.Verdict{Kind: dedup.KindDuplicate, StoredHash: h}
@@ -164,6 +178,9 @@ func (w *worker) processOnce(items []*item) []*item {
 				e.mark = true
 				ok = w.handle(b, &e, true)
 			case dedup.KindDuplicate:
+				if it.redrive {
+					r.cfg.Logger.Info("consumer: re-driven copy dropped as a duplicate: its stamp was applied already, or was never parked after a handler failure", "stamp", it.stamp.String())
+				}
 				if v.StoredHash != 0 && v.StoredHash != e.hash {
 					w.conflict(it.stamp, v.StoredHash, e.hash)
 				}
@@ -200,8 +217,7 @@ func (w *worker) processOnce(items []*item) []*item {
 		for i := range ents {
 			e := &ents[i]
 			if e.mark && (e.op < 0 || applied[e.op]) {
-				_, evs := w.tr.Commit(e.it.stamp, e.hash, now)
-				w.evs = append(w.evs, evs...)
+				w.commitMark(e, now)
 			}
 		}
 		w.keys = w.tr.TakeDirty(w.keys[:0])
@@ -215,6 +231,22 @@ func (w *worker) processOnce(items []*item) []*item {
 		return nil
 	}
 	return w.finish(ents, b, start)
+}
+
+// commitMark records e's mark in the tracker: a parked message's stamp as parked, a re-driven
+// copy's as no longer parked, any other as handled.
+func (w *worker) commitMark(e *entry, now time.Time) {
+	var evs []dedup.Event
+	switch {
+	case e.kind == outParked:
+		_, evs = w.tr.CommitParked(e.it.stamp, e.hash, now)
+	case e.unpark:
+		w.tr.Unpark(e.it.stamp)
+		w.r.cfg.Metrics.Add(MetricRedriven, 1)
+	default:
+		_, evs = w.tr.Commit(e.it.stamp, e.hash, now)
+	}
+	w.evs = append(w.evs, evs...)
 }
 
 // expire reports gaps past their grace and compacts idle streams, persisting what changed.

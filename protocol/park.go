@@ -32,6 +32,13 @@ const (
 	HeaderParkHeadersDropped = "rk-park-headers-dropped"
 )
 
+// HeaderRedrive (long string: when, RFC 3339, and by what) marks a copy that an operator re-drove
+// from a parking queue to its original exchange, with its stamp unchanged (`rabbitkit parked
+// redrive`). A consumer applies such a copy once if its store remembers the stamp as parked after
+// its handler failed (it was accounted for then, so that a resend is a duplicate); any other copy
+// of the stamp, re-driven or not, stays a duplicate. A publisher never sends it.
+const HeaderRedrive = "rk-redrive"
+
 // MaxParkReason bounds HeaderParkReason, in bytes: a handler's error text can be of any length. A
 // longer reason is cut at a UTF-8 boundary and ends in "…".
 const MaxParkReason = 1024

@@ -161,8 +161,15 @@ func (c *core[T]) attempt(ctx context.Context, b *consumer.Batch[T], keys []dedu
 			continue // excluded by an earlier attempt
 		}
 		if op.Mark {
-			op.Verdict = tr.Classify(op.Stamp)
-			if op.Verdict.Kind != dedup.KindNew {
+			if op.Redrive {
+				// A re-driven parked message: applied once, while the locked state still holds
+				// its stamp as parked.
+				if !tr.IsParked(op.Stamp) {
+					op.Verdict = dedup.Verdict{Kind: dedup.KindDuplicate}
+					continue
+				}
+				op.Verdict = dedup.Verdict{Kind: dedup.KindNew}
+			} else if op.Verdict = tr.Classify(op.Stamp); op.Verdict.Kind != dedup.KindNew {
 				continue
 			}
 		}
@@ -185,7 +192,14 @@ func (c *core[T]) attempt(ctx context.Context, b *consumer.Batch[T], keys []dedu
 				return nil, errRerun
 			}
 		}
-		if op.Mark {
+		switch {
+		case !op.Mark:
+		case op.Redrive:
+			tr.Unpark(op.Stamp)
+		case op.Park:
+			_, e := tr.CommitParked(op.Stamp, op.Hash, now)
+			evs = append(evs, e...)
+		default:
 			_, e := tr.Commit(op.Stamp, op.Hash, now)
 			evs = append(evs, e...)
 		}
