@@ -94,8 +94,10 @@ func (r *run) setState(to State, url string, err error) {
 	if url == "" { // keep the last session's URL
 		url = r.status.Snapshot().URL
 	}
-	r.status.Set(url, to == StateConsuming)
+	// The state first: WaitReady returns as soon as Set marks the session ready, and its caller
+	// may read Status at once.
 	from := State(r.state.Swap(int32(to)))
+	r.status.Set(url, to == StateConsuming)
 	if from == to {
 		return
 	}
