@@ -13,11 +13,15 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 )
 
-// StreamInfo is one stream of a consumer store, as InspectBoltFile reads it: its key and the
-// state of each of its epochs, most recently active first (dedup.Tracker.Info).
+// StreamInfo is one stream of a consumer store, as InspectBoltFile reads it: its key, the state
+// of each of its epochs, most recently active first (dedup.Tracker.Info), its retired epochs
+// (Tracker.Retired) and the stamps parked after a handler failure that a re-drive would still
+// apply (Tracker.Parked).
 type StreamInfo struct {
 	Key     dedup.Key
 	Windows []dedup.WindowInfo
+	Retired []dedup.RetiredInfo
+	Parked  []dedup.ParkedInfo
 }
 
 // InspectBoltFile reads the dedup state of every stream of the consumer store at path, read-only,
@@ -93,7 +97,7 @@ func InspectStates(states []StreamState) ([]StreamInfo, error) {
 			return nil, fmt.Errorf("%w: stream %s: %w", ErrCorrupt, s.Key, err)
 		}
 		wins, _ := t.Info(s.Key)
-		out = append(out, StreamInfo{Key: s.Key, Windows: wins})
+		out = append(out, StreamInfo{Key: s.Key, Windows: wins, Retired: t.Retired(s.Key), Parked: t.Parked(s.Key)})
 		t.Drop(s.Key)
 	}
 	return out, nil

@@ -24,9 +24,10 @@ const consumerUsage = `Usage:
 
 Per stream and epoch: source, epoch, stream, watermark (every seq up to it is applied or given up),
 highest seen, open gaps (the missing ranges between them, and whether each was reported), ranges
-given up as lost, and the floor of an adopted stream; the time of the last commit; then totals.
-Not printed: when each gap was first noticed and the retired epochs of a stream (the stores record
-them, the read API does not expose them yet), and the body hashes (never persisted).
+given up as lost, and the floor of an adopted stream; the time of the last commit. Then, per open
+gap, when it was first noticed and its age; per stream, its retired epochs (their stragglers are
+parked as stale) and its parked stamps (parked after a handler failure, applied once by a
+re-drive: rabbitkit parked redrive); then totals. Not printed: the body hashes (never persisted).
 
 A bbolt store is locked by the consumer that uses it: stop it first, or read its state on its
 metrics endpoint; the lock wait is 1s.
@@ -45,17 +46,37 @@ type windowOut struct {
 	LastCommit time.Time  `json:"last_commit"`
 }
 
-// rangeOut is an open gap: lo..hi missing, reported or not yet.
+// rangeOut is an open gap: lo..hi missing since Since, reported or not yet.
 type rangeOut struct {
-	Lo       int64 `json:"lo"`
-	Hi       int64 `json:"hi"`
-	Reported bool  `json:"reported"`
+	Lo       int64     `json:"lo"`
+	Hi       int64     `json:"hi"`
+	Reported bool      `json:"reported"`
+	Since    time.Time `json:"since"`
+}
+
+// retiredOut is a retired epoch of a stream.
+type retiredOut struct {
+	Source    string    `json:"source"`
+	Stream    string    `json:"stream"`
+	Epoch     int64     `json:"epoch"`
+	RetiredAt time.Time `json:"retired_at"`
+}
+
+// parkedStampOut is a stamp parked after a handler failure, awaiting a re-drive.
+type parkedStampOut struct {
+	Source   string    `json:"source"`
+	Stream   string    `json:"stream"`
+	Epoch    int64     `json:"epoch"`
+	Seq      int64     `json:"seq"`
+	ParkedAt time.Time `json:"parked_at"`
 }
 
 // stateOut is what consumer state prints with -json.
 type stateOut struct {
-	Store   string      `json:"store"` // the file, or the table (never the DSN)
-	Windows []windowOut `json:"windows"`
+	Store   string           `json:"store"` // the file, or the table (never the DSN)
+	Windows []windowOut      `json:"windows"`
+	Retired []retiredOut     `json:"retired_epochs"`
+	Parked  []parkedStampOut `json:"parked"`
 	Totals  struct {
 		Streams  int   `json:"streams"`
 		Epochs   int   `json:"epochs"`
@@ -63,6 +84,8 @@ type stateOut struct {
 		Missing  int64 `json:"missing"` // sequence numbers in the open gaps
 		Lost     int   `json:"lost_ranges"`
 		LostSeqs int64 `json:"lost"` // sequence numbers given up
+		Retired  int   `json:"retired_epochs"`
+		Parked   int   `json:"parked"`
 	} `json:"totals"`
 }
 
@@ -138,14 +161,24 @@ func openPool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 }
 
 func printState(w io.Writer, where string, infos []consumer.StreamInfo, asJSON bool) error {
-	out := stateOut{Store: where, Windows: []windowOut{}}
+	out := stateOut{Store: where, Windows: []windowOut{}, Retired: []retiredOut{}, Parked: []parkedStampOut{}}
 	out.Totals.Streams = len(infos)
 	for _, si := range infos {
+		for _, r := range si.Retired {
+			out.Retired = append(out.Retired, retiredOut{Source: si.Key.Source, Stream: si.Key.Stream, Epoch: r.Epoch, RetiredAt: r.At.UTC()})
+		}
+		for _, p := range si.Parked {
+			out.Parked = append(out.Parked, parkedStampOut{Source: si.Key.Source, Stream: si.Key.Stream, Epoch: p.Epoch, Seq: p.Seq, ParkedAt: p.At.UTC()})
+		}
 		for _, wi := range si.Windows {
 			wo := windowOut{Source: si.Key.Source, Stream: si.Key.Stream, Epoch: wi.Epoch, Watermark: wi.W, Highest: wi.H,
 				Gaps: []rangeOut{}, Lost: [][2]int64{}, Floor: wi.Floor, LastCommit: wi.Active.UTC()}
 			for i, g := range wi.Missing {
-				wo.Gaps = append(wo.Gaps, rangeOut{Lo: g.From, Hi: g.To, Reported: i < len(wi.Reported) && wi.Reported[i]})
+				ro := rangeOut{Lo: g.From, Hi: g.To, Reported: i < len(wi.Reported) && wi.Reported[i]}
+				if i < len(wi.Since) {
+					ro.Since = wi.Since[i].UTC()
+				}
+				wo.Gaps = append(wo.Gaps, ro)
 				out.Totals.Missing += g.To - g.From + 1
 			}
 			for _, l := range wi.Lost {
@@ -158,6 +191,7 @@ func printState(w io.Writer, where string, infos []consumer.StreamInfo, asJSON b
 			out.Windows = append(out.Windows, wo)
 		}
 	}
+	out.Totals.Retired, out.Totals.Parked = len(out.Retired), len(out.Parked)
 	if asJSON {
 		return json.NewEncoder(w).Encode(out)
 	}
@@ -191,8 +225,25 @@ func printState(w io.Writer, where string, infos []consumer.StreamInfo, asJSON b
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	now := time.Now()
+	for _, wo := range out.Windows {
+		for _, g := range wo.Gaps {
+			state := "not reported yet"
+			if g.Reported {
+				state = "reported"
+			}
+			fmt.Fprintf(w, "gap %s/%s epoch %d seq %d-%d: first noticed %s (age %s), %s\n", wo.Source, wo.Stream, wo.Epoch, g.Lo, g.Hi,
+				g.Since.Format(time.RFC3339), now.Sub(g.Since).Round(time.Second), state)
+		}
+	}
+	for _, r := range out.Retired {
+		fmt.Fprintf(w, "retired %s/%s epoch %d at %s (its stragglers are parked as stale)\n", r.Source, r.Stream, r.Epoch, r.RetiredAt.Format(time.RFC3339))
+	}
+	for _, p := range out.Parked {
+		fmt.Fprintf(w, "parked %s/%s epoch %d seq %d at %s (a re-drive applies it once)\n", p.Source, p.Stream, p.Epoch, p.Seq, p.ParkedAt.Format(time.RFC3339))
+	}
 	t := out.Totals
-	_, err := fmt.Fprintf(w, "%d streams, %d epochs, %d open gaps (%d seqs missing), %d lost ranges (%d seqs)\n",
-		t.Streams, t.Epochs, t.Gaps, t.Missing, t.Lost, t.LostSeqs)
+	_, err := fmt.Fprintf(w, "%d streams, %d epochs, %d open gaps (%d seqs missing), %d lost ranges (%d seqs), %d retired epochs, %d parked stamps\n",
+		t.Streams, t.Epochs, t.Gaps, t.Missing, t.Lost, t.LostSeqs, t.Retired, t.Parked)
 	return err
 }

@@ -21,8 +21,10 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// stamps the test stores record: stream a has 1,2,5 (gap 3-4), stream b 1..3, in two epochs of a.
+// stamps the test stores record: stream a has epoch 6 (retired by epoch 7, MaxEpochs 1), then 1,2,5
+// (gap 3-4); stream b 1..3, and 4 parked (testParked).
 var testStamps = []protocol.Stamp{
+	{Source: "orders-api", Epoch: 6, Stream: "a", Seq: 1},
 	{Source: "orders-api", Epoch: 7, Stream: "a", Seq: 1}, {Source: "orders-api", Epoch: 7, Stream: "a", Seq: 2},
 	{Source: "orders-api", Epoch: 7, Stream: "a", Seq: 5},
 	{Source: "orders-api", Epoch: 7, Stream: "b", Seq: 1}, {Source: "orders-api", Epoch: 7, Stream: "b", Seq: 2},
@@ -35,12 +37,13 @@ func newStore(t *testing.T) string {
 	path := filepath.Join(t.TempDir(), "consumer.db")
 	s, err := consumer.OpenBoltStore(path, consumer.BoltOptions{})
 	require.NoError(t, err)
-	tr, err := dedup.New(dedup.Config{})
+	tr, err := dedup.New(testDedup)
 	require.NoError(t, err)
 	now := time.Now()
 	for _, st := range testStamps {
 		tr.Commit(st, 0, now)
 	}
+	tr.CommitParked(testParked, 0, now)
 	var states []consumer.StreamState
 	for _, k := range tr.TakeDirty(nil) {
 		b, ok := tr.AppendState(nil, k)
@@ -51,6 +54,11 @@ func newStore(t *testing.T) string {
 	require.NoError(t, s.Close())
 	return path
 }
+
+var (
+	testParked = protocol.Stamp{Source: "orders-api", Epoch: 7, Stream: "b", Seq: 4}
+	testDedup  = dedup.Config{MaxEpochs: 1}
+)
 
 func checkState(t *testing.T, out string) {
 	t.Helper()
@@ -66,8 +74,15 @@ func checkState(t *testing.T, out string) {
 	require.Equal(t, int64(7), a.Epoch)
 	require.Equal(t, int64(2), a.Watermark)
 	require.Equal(t, int64(5), a.Highest)
-	require.Equal(t, []rangeOut{{Lo: 3, Hi: 4}}, a.Gaps)
-	require.Equal(t, int64(3), st.Windows[1].Watermark)
+	require.Len(t, a.Gaps, 1)
+	require.Equal(t, rangeOut{Lo: 3, Hi: 4, Since: a.Gaps[0].Since}, a.Gaps[0])
+	require.WithinDuration(t, time.Now(), a.Gaps[0].Since, time.Minute)
+	b := st.Windows[1]
+	require.Equal(t, int64(4), b.Watermark, "a parked stamp is accounted for")
+	require.Equal(t, []retiredOut{{Source: "orders-api", Stream: "a", Epoch: 6, RetiredAt: st.Retired[0].RetiredAt}}, st.Retired)
+	require.Equal(t, []parkedStampOut{{Source: "orders-api", Stream: "b", Epoch: 7, Seq: 4, ParkedAt: st.Parked[0].ParkedAt}}, st.Parked)
+	require.Equal(t, 1, st.Totals.Retired)
+	require.Equal(t, 1, st.Totals.Parked)
 }
 
 func TestConsumerStateBolt(t *testing.T) {
@@ -123,12 +138,13 @@ func TestConsumerStatePG(t *testing.T) {
 	dsn := pgtest.DSN(t)
 	ctx := context.Background()
 	pool := pgtest.PoolOn(t, dsn, 4)
-	s, err := pginbox.Open(ctx, pool, pginbox.Options{})
+	s, err := pginbox.Open(ctx, pool, pginbox.Options{Dedup: testDedup})
 	require.NoError(t, err)
 	b := &consumer.Batch[pgx.Tx]{}
 	for _, st := range testStamps {
 		b.Ops = append(b.Ops, consumer.Op[pgx.Tx]{Key: dedup.KeyOf(st), Stamp: st, Mark: true})
 	}
+	b.Ops = append(b.Ops, consumer.Op[pgx.Tx]{Key: dedup.KeyOf(testParked), Stamp: testParked, Mark: true, Park: true})
 	require.NoError(t, s.Commit(ctx, b))
 	require.NoError(t, s.Close())
 

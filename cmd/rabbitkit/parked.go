@@ -29,16 +29,14 @@ const parkedUsage = `Usage:
 QUEUE is the consumer's queue; its parking queue is QUEUE.parked (or -parking NAME). INDEX is a
 message's position in list (1 is the head). A re-drive publishes to the exchange and routing key the
 message was first published to (rk-park-exchange, rk-park-routing-key), with its body, properties,
-headers and stamp unchanged, the park headers removed and its expiration restored (not its
-user-id: the broker refuses another user's); it waits for the
+headers and stamp unchanged, the park headers removed, an rk-redrive header added and its
+expiration restored (not its user-id: the broker refuses another user's); it waits for the
 publisher confirm and only then acks the parked copy. An unroutable or refused copy leaves the parked
 one in place and is an error.
 
-CAUTION: a message the consumer parked after MaxAttempts is accounted for in its dedup store (its
-seq is marked): a re-driven copy with the same stamp is then dropped by that consumer as a
-duplicate, not handled. redrive helps for copies whose stamp was never marked (a malformed or
-suspicious stamp) or for a consumer without that dedup state; the parked copy carries no header
-telling which. For an accounted message, apply its effect by hand from the copy (show).
+A message the consumer parked after its handler failed is accounted for in its dedup store and
+remembered there as parked: the consumer applies the re-driven copy once (rk-redrive), and drops
+any further copy of that stamp as a duplicate. Re-driving twice is therefore safe.
 Reading holds every parked message unacked (at most -max), then returns them to the queue in order.
 `
 

@@ -151,7 +151,11 @@ func redriveParked(ctx context.Context, w io.Writer, conn *amqp.Connection, get 
 		if _, ok := d.Headers[protocol.HeaderParkExchange]; !ok && !isDead {
 			return fmt.Errorf("message %d (%s) has no %s header: not a parked copy (%d re-driven before it)", i+1, d.MessageId, protocol.HeaderParkExchange, n)
 		}
-		dc, err := pub.PublishWithDeferredConfirmWithContext(ctx, x, rk, true, false, original(d))
+		msg := original(d)
+		// The consumer applies a copy so marked once if it parked the stamp after its handler
+		// failed (it had accounted for the stamp, so that resends are duplicates).
+		msg.Headers[protocol.HeaderRedrive] = time.Now().UTC().Format(time.RFC3339) + " rabbitkit parked redrive"
+		dc, err := pub.PublishWithDeferredConfirmWithContext(ctx, x, rk, true, false, msg)
 		if err != nil {
 			return fmt.Errorf("message %d: publish: %w (%d re-driven before it)", i+1, err, n)
 		}
