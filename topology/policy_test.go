@@ -64,7 +64,9 @@ func TestPolicyHintMakesOldQueueSafe(t *testing.T) {
 	for _, q := range []string{old, bare} {
 		top := topology.Topology{Queues: []topology.Queue{{Name: q, Type: topology.Quorum, Args: amqp.Table{"x-delivery-limit": int64(1)}}}}
 		require.Error(t, declareOnce(t, conn, top))
-		require.NoError(t, declareOnce(t, conn, top), "the parking queue is declared too")
+		require.NoError(t, declareOnce(t, conn, top))
+		// The consumer's parking queue.
+		require.NoError(t, declareOnce(t, conn, topology.Topology{Queues: []topology.Queue{{Name: topology.ParkingQueueOf(q)}}}))
 	}
 
 	words := shellWords(t, topology.PolicyHint(old))

@@ -43,7 +43,7 @@ func ParkingQueueOf(name string) string { return name + ".parked" }
 // a quorum queue the safety defaults, each only where Args does not set that key:
 //
 //   - x-dead-letter-exchange "" (the default exchange) unless Args set one, and then, unless Args
-//     set x-dead-letter-routing-key, that key ParkingQueueOf(Name): past the delivery limit (or a TTL, or a length limit) the broker moves the
+//     set x-dead-letter-routing-key, that key ParkingQueueOf(Name) (declared by the consumer): past the delivery limit (or a TTL, or a length limit) the broker moves the
 //     message to the parking queue, where `rabbitkit parked` shows and re-drives it;
 //   - x-dead-letter-strategy at-least-once, so the move is confirmed by the parking queue before
 //     the quorum queue forgets the message (the default, at-most-once, can lose it), and the
@@ -104,21 +104,6 @@ func (q Queue) defaulted() bool {
 	}
 	args, err := q.DeclareArgs()
 	return err == nil && len(args) > len(q.Args)+1 // +1: x-queue-type
-}
-
-// parkingQueue returns the queue DeclareArgs makes q dead-letter to through the default
-// exchange, or "" when it names none (a classic queue, NoDeadLetter, or a dead-letter exchange of
-// the caller's). Declare declares it unless the topology does.
-func (q Queue) parkingQueue() string {
-	args, err := q.DeclareArgs()
-	if err != nil || q.Type != Quorum || q.NoDeadLetter {
-		return ""
-	}
-	if x, _ := args[ArgDeadLetterExchange].(string); x != "" {
-		return ""
-	}
-	rk, _ := args[ArgDeadLetterRoutingKey].(string)
-	return rk
 }
 
 // legacyQueues holds the queues whose declaration with the safety defaults failed with 406: they

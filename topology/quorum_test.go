@@ -113,8 +113,8 @@ func TestDeclareQuorumSafeByDefault(t *testing.T) {
 	require.NoError(t, declareOnce(t, conn, top))
 	require.NoError(t, declareOnce(t, conn, top), "idempotent")
 
-	// The broker holds the defaults: redeclaring with exactly DeclareArgs is accepted, and the
-	// parking queue exists (a durable classic queue, as the consumer declares it).
+	// The broker holds the defaults: redeclaring with exactly DeclareArgs is accepted. The parking
+	// queue is the consumer's to declare (a durable classic queue by default).
 	args, err := top.Queues[0].DeclareArgs()
 	require.NoError(t, err)
 	ch, err := conn.Channel()
@@ -165,7 +165,7 @@ func TestDeclareExistingQuorumQueueWithoutDefaultsWarns(t *testing.T) {
 	require.ErrorContains(t, err, "exists with other arguments")
 	require.Empty(t, logs.String())
 
-	// The next (the caller's reconnect) accepts it as it is, declares its parking queue, warns once.
+	// The next (the caller's reconnect) accepts it as it is and warns once.
 	require.NoError(t, declareOnce(t, conn, top))
 	require.NoError(t, declareOnce(t, conn, top))
 	out := logs.String()
@@ -174,11 +174,6 @@ func TestDeclareExistingQuorumQueueWithoutDefaultsWarns(t *testing.T) {
 	require.Contains(t, out, "queue="+q)
 	require.Contains(t, out, `rabbitmqctl set_policy --apply-to queues`)
 	require.Contains(t, out, `dead-letter-routing-key\":\"`+q+`.parked`)
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	_, err = ch.QueueDeclarePassive(q+".parked", true, false, false, false, nil)
-	require.NoError(t, err, "the parking queue is declared for the old queue too")
-	_ = ch.Close()
 
 	// The policy the warning gives is accepted by the broker's syntax (checked without applying:
 	// the hint is a shell command line; its JSON part is what a policy carries).
@@ -198,7 +193,7 @@ func TestDeclareExistingQuorumQueueWithoutDefaultsWarns(t *testing.T) {
 
 	// A queue deleted after it was seen old is declared with the defaults again, never re-created
 	// without them.
-	ch, err = conn.Channel()
+	ch, err := conn.Channel()
 	require.NoError(t, err)
 	_, err = ch.QueueDelete(q, false, false, false)
 	require.NoError(t, err)

@@ -89,15 +89,18 @@ func (t Topology) Validate() error {
 	return nil
 }
 
-// Declare declares everything on ch, in order: exchanges, queues (with Queue.DeclareArgs), the
-// parking queues of quorum queues that the topology does not declare (durable classic queues),
-// bindings. It is idempotent. A declaration that conflicts with an existing one (e.g. a queue
+// Declare declares everything on ch, in order: exchanges, queues (with Queue.DeclareArgs),
+// bindings. The parking queue a quorum queue dead-letters to is not declared here but by the
+// consumer (or in the topology): declared by a publisher too it would conflict with a parking queue
+// the consumer's topology declares as quorum, and a classic one on a node that is down would stop
+// the publisher's set-up. Until it exists the broker keeps dead-lettered messages (at-least-once)
+// and moves them once it does (about 3 minutes later on 3.10.8, seen). It is idempotent. A declaration that conflicts with an existing one (e.g. a queue
 // redeclared with another type) closes the channel with 406 PRECONDITION_FAILED; the returned
 // error wraps the *amqp.Error.
 //
 // A quorum queue that exists without the dead-letter defaults (declared by an older rabbitkit)
 // fails once with that 406; the next Declare (the caller's reconnect) checks it against its own
-// Args only, declares its parking queue, and logs a warning with the policy that gives it a
+// Args only, and logs a warning with the policy that gives it a
 // dead-letter target (PolicyHint).
 func (t Topology) Declare(ch *amqp.Channel) error {
 	if err := t.Validate(); err != nil {
@@ -112,23 +115,9 @@ func (t Topology) Declare(ch *amqp.Channel) error {
 			return fmt.Errorf("topology: declare exchange %q: %w", e.Name, err)
 		}
 	}
-	declared := map[string]bool{}
-	for _, q := range t.Queues {
-		declared[q.Name] = true
-	}
 	for _, q := range t.Queues {
 		if err := t.declareQueue(ch, q); err != nil {
 			return err
-		}
-	}
-	// The dead-letter targets of quorum queues, unless declared above: a dead-lettered message with
-	// nowhere to go is dropped.
-	for _, q := range t.Queues {
-		if p := q.parkingQueue(); p != "" && !declared[p] {
-			declared[p] = true
-			if _, err := ch.QueueDeclare(p, true, false, false, false, amqp.Table{amqp.QueueTypeArg: Classic}); err != nil {
-				return fmt.Errorf("topology: declare parking queue %q of %q: %w", p, q.Name, err)
-			}
 		}
 	}
 	for _, b := range t.Bindings {

@@ -27,7 +27,8 @@ func TestParkedDeadLettered(t *testing.T) {
 	ch, err := conn.Channel()
 	require.NoError(t, err)
 	top := topology.Topology{
-		Queues:   []topology.Queue{{Name: q, Type: topology.Quorum, Args: amqp.Table{"x-delivery-limit": int64(1)}}},
+		Queues: []topology.Queue{{Name: q, Type: topology.Quorum, Args: amqp.Table{"x-delivery-limit": int64(1)}},
+			{Name: q + ".parked"}}, // as the consumer declares it
 		Bindings: []topology.Binding{{Queue: q, Exchange: "amq.direct", Key: "key-" + q}},
 	}
 	require.NoError(t, top.Declare(ch))
