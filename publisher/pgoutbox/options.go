@@ -45,11 +45,11 @@ const (
 	MetricLeaseHeld = "rabbitkit_outbox_relay_lease_held"
 	// MetricLeaseTakeovers counts leases acquired by this process's relay.
 	MetricLeaseTakeovers = "rabbitkit_outbox_relay_lease_acquired_total"
-	// MetricDeletesPending is the size of this process's relay's pending-delete set as the
-	// database sees it: confirmed rows handed to the last DELETE and not known deleted, 0 once a
-	// DELETE committed. The relay's deleter retries a failed DELETE with backoff (keeping its rows
-	// out of resends); a value that stays above 0 means deletes keep failing, and rows that a
-	// stopped relay could not delete are sent again by the next holder (consumers drop them).
+	// MetricDeletesPending is the relay's pending-delete set while deletes fail: the confirmed
+	// rows of the last failed DELETE, which the relay's deleter retries with backoff (keeping them
+	// out of resends); 0 once a DELETE commits, and 0 in normal operation (a DELETE in flight is
+	// not counted). A value that stays above 0 means the deletes keep failing; rows a stopped
+	// relay could not delete are sent again by the next holder (consumers drop them).
 	MetricDeletesPending = "rabbitkit_outbox_relay_deletes_pending"
 )
 

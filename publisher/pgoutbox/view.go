@@ -201,13 +201,13 @@ func rids(ids []uint64) []int64 {
 // Delete removes confirmed rows (by rid) in one statement, one attempt. It is idempotent (a
 // row's rid is never given to another row); a failure is retried by the publisher's deleter, with
 // backoff, which keeps the rids out of this relay's resends meanwhile (docs/DESIGN.md, deleter).
-// MetricDeletesPending reports the rows of the attempt not known deleted.
+// MetricDeletesPending reports the rows of a failed attempt until one succeeds.
 func (v *view) Delete(ctx context.Context, ids ...uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	v.o.m.Set(MetricDeletesPending, float64(len(ids))) // a retry carries every id not deleted yet
 	if _, err := v.o.pool.Exec(ctx, `DELETE FROM `+v.o.n.t+` WHERE rid = ANY($1) AND NOT parked`, rids(ids)); err != nil {
+		v.o.m.Set(MetricDeletesPending, float64(len(ids))) // a retry carries every id not deleted yet
 		return fmt.Errorf("pgoutbox: delete: %w", err)
 	}
 	v.o.m.Set(MetricDeletesPending, 0)
