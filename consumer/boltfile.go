@@ -335,8 +335,8 @@ func notStore(path string, names []string) error {
 // writeErr wraps a failed commit or fold: a full disk is said so.
 func writeErr(path, what string, err error) error {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, bolterrors.ErrMaxSizeReached) {
-		return fmt.Errorf("%w: %s: the disk holding %s is full: %w (nothing of it is acked: its messages are redelivered once there is space)",
-			ErrStore, what, path, err)
+		return fmt.Errorf("%w: %w: %s: the disk holding %s is full: %w (nothing of it is acked; free space there: the consumer retries and resumes by itself)",
+			ErrStore, ErrDiskFull, what, path, err)
 	}
 	return fmt.Errorf("%w: %s: %w", ErrStore, what, err)
 }

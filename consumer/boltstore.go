@@ -181,9 +181,10 @@ func (s *BoltStore) Load(ctx context.Context) ([]StreamState, error) {
 
 // Commit implements Store. It returns once the batch is durable (or failed). When ctx ends first,
 // Commit returns ctx's error and the batch may or may not be committed. A failed commit wraps
-// ErrStore and nothing of the batch is applied: when the disk is full (ENOSPC, EDQUOT) the error
-// says so and names the file; Run ends with it, acking nothing of the batch, and the next Run
-// (once there is space) gets its messages again. A corrupt page met wraps ErrCorrupt too.
+// ErrStore and nothing of the batch is applied. When the disk is full (ENOSPC, EDQUOT) the error
+// also wraps ErrDiskFull (and so ErrStoreUnavailable), says so and names the file: Run does not
+// end, it acks nothing of the batch and commits it again with backoff until there is space. A
+// corrupt page met wraps ErrCorrupt too; that and other failures end Run.
 func (s *BoltStore) Commit(ctx context.Context, b *Batch[*bolt.Tx]) error {
 	select {
 	case <-s.stop:

@@ -62,9 +62,11 @@ func (w *worker) settle() {
 		return
 	}
 	w.inflight = nil
-	if err := <-p.done; err != nil {
+	// The window already holds the batch's marks, and later batches were classified against it:
+	// the batch is committed again (the same states) until it commits, never given up.
+	ctx := context.WithoutCancel(w.r.ctx)
+	if !w.retryCommit(ctx, p.b, <-p.done, nil, nil) {
 		w.broken = true
-		w.r.fail(wrapStore(err))
 		return
 	}
 	w.evs = append(w.evs, p.evs...)

@@ -98,10 +98,11 @@ type Config struct {
 	// ReconnectBackoff is the backoff between connection attempts. Default: exponential 100ms..5s,
 	// forever (internal/amqpconn).
 	ReconnectBackoff func() backoff.BackOff
-	// StoreRetryBackoff is the backoff between attempts to reach a shared store (ScopeShared) that is
-	// unavailable: its batch's deliveries stay unacked meanwhile and no new ones are taken beyond
-	// Prefetch. Default: exponential 100ms..5s, forever. Not used with an exclusive store, whose
-	// failure ends Run.
+	// StoreRetryBackoff is the backoff between attempts to commit to a store that is unavailable
+	// (ErrStoreUnavailable: a shared store's database unreachable, or a full disk, ErrDiskFull):
+	// the batch's deliveries stay unacked meanwhile and no new ones are taken beyond Prefetch.
+	// Default: exponential 100ms..5s, forever. When it stops, Run ends with the last error. Any
+	// other store failure ends Run at once.
 	StoreRetryBackoff func() backoff.BackOff
 	// StoreOutageRequeue: a batch a shared store has refused for this long is given back to the
 	// queue (basic.nack with requeue) instead of being held unacked any longer, so that nothing

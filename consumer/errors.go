@@ -27,9 +27,10 @@ var (
 	// ErrStore wraps a failure of the store. Run returns it: nothing uncommitted is acked, so every
 	// message not yet committed is redelivered to the next Run.
 	ErrStore = errors.New("consumer: store failed")
-	// ErrStoreUnavailable is wrapped by a ScopeShared store's errors that leave nothing to assume
-	// and are worth retrying: the database could not be reached, the connection was lost, a
-	// serialization failure or deadlock outlasted the store's own retries. The Run does not stop:
+	// ErrStoreUnavailable is wrapped by store errors that leave nothing to assume and are worth
+	// retrying: a ScopeShared store's database could not be reached, the connection was lost, a
+	// serialization failure or deadlock outlasted the store's own retries; or a BoltStore's disk
+	// is full (ErrDiskFull). The Run does not stop:
 	// it leaves the batch's deliveries unacked, backs off (Config.StoreRetryBackoff) and commits
 	// the same batch again in a fresh transaction, whose dedup check decides what had committed.
 	ErrStoreUnavailable = errors.New("consumer: store unavailable")
@@ -38,6 +39,12 @@ var (
 	// committed. It is counted (MetricCommitUnknown), never charged to a handler, and settled by
 	// committing the batch again: what had committed comes back as duplicates.
 	ErrCommitUnknown = errors.New("consumer: commit outcome unknown")
+	// ErrDiskFull is wrapped (with ErrStore) by a BoltStore commit that found the disk full
+	// (ENOSPC, EDQUOT, or bbolt's MaxSize): nothing of the batch was applied. It wraps
+	// ErrStoreUnavailable, so the Run does not stop: it logs the file at ERROR, leaves the
+	// batch's deliveries unacked, backs off (Config.StoreRetryBackoff) and commits the same batch
+	// again until there is space.
+	ErrDiskFull = fmt.Errorf("%w: disk full", ErrStoreUnavailable)
 	// ErrQueueInUse is the connection error (Status.LastError, WaitReady) while another consumer
 	// holds the queue and this Consumer's store is exclusive (a BoltStore): a second process with a
 	// dedup window of its own would apply messages again, so Run does not consume beside it. Run

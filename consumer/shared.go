@@ -10,7 +10,6 @@ import (
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
-	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
 )
 
 // The worker's side of a ScopeShared store (docs/DESIGN.md, "Stores"). The worker's tracker is a
@@ -78,35 +77,6 @@ func (w *worker) forget(items []*item) {
 	w.streams.Store(int64(w.tr.Len()))
 }
 
-// storeRetry handles a failed call to a shared store: an error worth retrying is logged and
-// counted and waited out with bo; any other error, or bo giving up, fails the run. It reports
-// whether to try again.
-func (w *worker) storeRetry(what string, err error, bo backoff.BackOff) bool {
-	r := w.r
-	if r.hctx.Err() != nil {
-		return false // draining past DrainTimeout: unacked, redelivered
-	}
-	if !errors.Is(err, ErrStoreUnavailable) {
-		w.broken = true
-		r.fail(wrapStore(err))
-		return false
-	}
-	d := bo.NextBackOff()
-	if d == backoff.Stop {
-		w.broken = true
-		r.fail(wrapStore(fmt.Errorf("gave up retrying: %w", err)))
-		return false
-	}
-	r.cfg.Metrics.Add(MetricStoreRetries, 1)
-	if errors.Is(err, ErrCommitUnknown) {
-		r.cfg.Metrics.Add(MetricCommitUnknown, 1)
-		r.cfg.Logger.Warn("consumer: commit outcome unknown; committing the batch again (the dedup check decides what had committed)", "err", err, "retry_in", d)
-	} else {
-		r.cfg.Logger.Warn("consumer: store unavailable; retrying", "op", what, "err", err, "retry_in", d)
-	}
-	return w.sleep(d)
-}
-
 // commitShared commits b (ents' ops) to the shared store, retrying it while the store is
 // unavailable, then acts on the store's verdicts and publishes the batch. It returns the
 // deliveries to run again, as finish does.
@@ -119,26 +89,18 @@ func (w *worker) commitShared(ents []entry, b batch) []*item {
 		}
 	}
 	start := time.Now()
-	var bo backoff.BackOff
-	for {
-		err := b.commit(r.hctx)
-		if err == nil {
-			break
-		}
-		if bo == nil {
-			bo = w.storeBackoff()
-		}
-		if !w.storeRetry("commit", err, bo) {
-			return nil // unacked: redelivered
-		}
+	between := func() bool {
 		if !w.anyLive(ents) {
-			return nil // their channel is gone: they come back on the new one
+			return false // their channel is gone: they come back on the new one
 		}
 		if lim := r.cfg.StoreOutageRequeue; lim > 0 && time.Since(start) >= lim {
 			w.requeue(ents, time.Since(start))
-			return nil
+			return false
 		}
-		b.reset()
+		return true
+	}
+	if !w.retryCommit(r.hctx, b, b.commit(r.hctx), nil, between) {
+		return nil // unacked: redelivered
 	}
 	now := time.Now()
 	kept := ents[:0]
@@ -168,13 +130,6 @@ func (w *worker) commitShared(ents []entry, b batch) []*item {
 	w.tr.TakeDirty(w.keys[:0]) // the cache is never written back
 	w.evs = append(w.evs, b.events()...)
 	return w.finish(kept, b, start)
-}
-
-func (w *worker) storeBackoff() backoff.BackOff {
-	if f := w.r.cfg.StoreRetryBackoff; f != nil {
-		return f()
-	}
-	return amqpconn.NewBackoff()
 }
 
 // requeue gives ents' deliveries back to the queue: the store has refused their batch for too

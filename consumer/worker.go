@@ -212,6 +212,13 @@ func (w *worker) processOnce(items []*item) []*item {
 		return nil
 	}
 	w.settle()
+	if w.broken {
+		return nil
+	}
+	// touched and evs0 let a failed attempt be undone: States commits the marks to the window
+	// inside the store's transaction, before the transaction's outcome is known.
+	var touched []dedup.Key
+	evs0 := len(w.evs)
 	b.setStates(func(applied []bool) []StreamState {
 		now := time.Now()
 		for i := range ents {
@@ -221,14 +228,20 @@ func (w *worker) processOnce(items []*item) []*item {
 			}
 		}
 		w.keys = w.tr.TakeDirty(w.keys[:0])
+		touched = append(touched[:0], w.keys...)
 		return w.states(w.keys)
 	})
+	undo := func() bool {
+		w.evs = w.evs[:evs0]
+		ok := w.rollback(touched)
+		touched = touched[:0]
+		return ok
+	}
 	start := time.Now()
 	// Not cancellable: the store's goroutine may be inside States, touching w.tr.
-	if err := b.commit(context.WithoutCancel(r.ctx)); err != nil {
-		w.broken = true
-		r.fail(wrapStore(err))
-		return nil
+	ctx := context.WithoutCancel(r.ctx)
+	if !w.retryCommit(ctx, b, b.commit(ctx), undo, func() bool { return w.anyLive(ents) }) {
+		return nil // unacked: redelivered (the window holds what the store holds)
 	}
 	return w.finish(ents, b, start)
 }
@@ -265,9 +278,9 @@ func (w *worker) expire() {
 		states := w.states(w.keys)
 		b := w.r.store.newBatch(w.r.hctx, 0)
 		b.setStates(func([]bool) []StreamState { return states })
-		if err := b.commit(context.WithoutCancel(w.r.ctx)); err != nil {
-			w.broken = true
-			w.r.fail(wrapStore(err))
+		ctx := context.WithoutCancel(w.r.ctx)
+		if !w.retryCommit(ctx, b, b.commit(ctx), nil, nil) {
+			w.broken = true // the window is ahead of the store: nothing more may be acked
 			return
 		}
 	}
