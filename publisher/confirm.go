@@ -9,6 +9,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/journal"
+	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
@@ -35,7 +36,7 @@ func (s *sender) takeReturns(ch channel) {
 
 // onReturn matches a basic.return to its flight by the stamp (returns carry no delivery tag).
 func (s *sender) onReturn(r amqp.Return) {
-	s.m.Add(MetricReturned, 1)
+	s.m.Add(MetricReturned, 1, metrics.Label{Name: LabelExchange, Value: r.Exchange})
 	s.p.c.returned.Add(1)
 	st, _, err := protocol.Decode(r.MessageId, r.Headers)
 	if err != nil || st.Source != s.cfg.Source || st.Epoch != s.j.Epoch() || !s.win.markReturned(st.Stream, st.Seq, &r) {

@@ -53,10 +53,26 @@ const (
 	// "rabbitkit-publisher <source>"). It tells two publishers in one process apart.
 	LabelClient = "client"
 	// LabelExchange is the message's exchange ("" for the default exchange), on the per-message
-	// metrics: MetricPublished, MetricResent, MetricConfirmed, MetricConfirmLatency, MetricNacked
-	// and MetricParked.
+	// metrics: MetricAccepted, MetricPublished, MetricResent, MetricConfirmed, MetricConfirmLatency,
+	// MetricNacked, MetricReturned and MetricParked.
 	LabelExchange = "exchange"
 )
+
+type exchangeCount struct {
+	exchange string
+	n        int
+}
+
+// countExchange adds one message of exchange to counts.
+func countExchange(counts []exchangeCount, exchange string) []exchangeCount {
+	for i := range counts {
+		if counts[i].exchange == exchange {
+			counts[i].n++
+			return counts
+		}
+	}
+	return append(counts, exchangeCount{exchange, 1})
+}
 
 // exchangeLabel is e's LabelExchange.
 func exchangeLabel(e *journal.Entry) metrics.Label {

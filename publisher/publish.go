@@ -11,6 +11,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
 	"github.com/rabbitkit/rabbitkit/journal"
+	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
@@ -294,11 +295,13 @@ func (p *Publisher) finish(jobs []*job, err error) {
 	}
 	var n int
 	var last uint64
+	var byExchange []exchangeCount // few: one per exchange of the batch
 	for _, jb := range jobs {
 		for _, r := range jb.rs {
 			if err == nil {
 				last = max(last, r.entry.ID)
 				n++
+				byExchange = countExchange(byExchange, r.entry.Exchange)
 			}
 			r.setJournaled(err)
 		}
@@ -311,7 +314,9 @@ func (p *Publisher) finish(jobs []*job, err error) {
 			}
 		}
 		p.c.accepted.Add(uint64(n))
-		p.m.Add(MetricAccepted, float64(n))
+		for _, ec := range byExchange {
+			p.m.Add(MetricAccepted, float64(ec.n), metrics.Label{Name: LabelExchange, Value: ec.exchange})
+		}
 	}
 }
 

@@ -107,7 +107,7 @@ func TestScrapePublisherAndConsumer(t *testing.T) {
 	}
 	publish(bodies...)
 	m := waitFor("rabbitkit_consumer_handled_total"+cl, 10)
-	require.Equal(t, 10.0, m["rabbitkit_publisher_accepted_total"+pl])
+	require.Equal(t, 10.0, m["rabbitkit_publisher_accepted_total"+pe])
 	require.Equal(t, 10.0, m["rabbitkit_publisher_confirmed_total"+pe])
 	require.Equal(t, 10.0, m["rabbitkit_publisher_confirm_latency_seconds_count"+pe])
 	require.Equal(t, 10.0, m[`rabbitkit_publisher_confirm_latency_seconds_bucket{client="pub-a",exchange="",le="+Inf"}`])
@@ -120,7 +120,7 @@ func TestScrapePublisherAndConsumer(t *testing.T) {
 	publish("n1", "poison", "n2")
 	waitFor("rabbitkit_consumer_parked_total"+cl, 1)
 	m = waitFor("rabbitkit_consumer_handled_total"+cl, 12)
-	require.Equal(t, 13.0, m["rabbitkit_publisher_accepted_total"+pl])
+	require.Equal(t, 13.0, m["rabbitkit_publisher_accepted_total"+pe])
 	require.Equal(t, 13.0, m["rabbitkit_publisher_confirmed_total"+pe])
 	require.GreaterOrEqual(t, m["rabbitkit_publisher_published_total"+pe], 13.0)
 	require.Equal(t, 12.0, m["rabbitkit_consumer_handled_total"+cl])
