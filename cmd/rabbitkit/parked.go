@@ -34,6 +34,12 @@ expiration restored (not its user-id: the broker refuses another user's); it wai
 publisher confirm and only then acks the parked copy. An unroutable or refused copy leaves the parked
 one in place and is an error.
 
+A message the broker dead-lettered there (a quorum queue declared by rabbitkit, past its
+x-delivery-limit, or a reject, TTL or length limit) has no rk-park-* headers: list and show give the
+reason, queue, exchange, routing key and time of its newest x-death entry, and redrive publishes it
+to that exchange and first routing key, the x-death headers removed and its original-expiration
+restored. Its stamp was never accounted for: the consumer applies it unless it had applied it.
+
 A message the consumer parked after its handler failed is accounted for in its dedup store and
 remembered there as parked: the consumer applies the re-driven copy once (rk-redrive), and drops
 any further copy of that stamp as a duplicate. Re-driving twice is therefore safe.
