@@ -193,3 +193,48 @@ func (t Topology) logger() *slog.Logger {
 	}
 	return slog.Default()
 }
+
+// DeclareConn is Declare for a caller that also has ch's connection: a quorum queue that may
+// exist without the dead-letter defaults is first declared on a channel of its own, so that the
+// 406 of an old queue closes that one, not ch, and the first declaration succeeds already (with
+// the warning). Declare alone fails once in that case.
+func (t Topology) DeclareConn(conn *amqp.Connection, ch *amqp.Channel) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	for _, q := range t.Queues {
+		if !q.defaulted() {
+			continue
+		}
+		if _, legacy := legacyQueues.Load(q.Name); legacy {
+			continue
+		}
+		if err := probeQueue(conn, q); err != nil {
+			return err
+		}
+	}
+	return t.Declare(ch)
+}
+
+// probeQueue declares q with its defaults on a channel of its own; a 406 marks it as an old queue.
+func probeQueue(conn *amqp.Connection, q Queue) error {
+	args, err := q.DeclareArgs()
+	if err != nil {
+		return err
+	}
+	pch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("topology: channel to declare queue %q: %w", q.Name, err)
+	}
+	_, err = pch.QueueDeclare(q.Name, true, false, false, false, args)
+	var aerr *amqp.Error
+	if errors.As(err, &aerr) && aerr.Code == amqp.PreconditionFailed {
+		legacyQueues.Store(q.Name, struct{}{})
+		return nil // pch is closed by the broker
+	}
+	_ = pch.Close()
+	if err != nil {
+		return fmt.Errorf("topology: declare queue %q: %w", q.Name, err)
+	}
+	return nil
+}

@@ -210,3 +210,31 @@ func TestDeclareExistingQuorumQueueWithoutDefaultsWarns(t *testing.T) {
 	_, err = ch.QueueDeclare(q, true, false, false, false, args)
 	require.NoError(t, err, "re-created with the defaults")
 }
+
+// DeclareConn probes on a channel of its own: an old queue is accepted with the warning at the first
+// declaration, and the caller's channel stays open.
+func TestDeclareConnOldQueueFirstTime(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	q, fresh := testbroker.Name(t, "topo-qold-conn"), testbroker.Name(t, "topo-qnew-conn")
+	testbroker.DeleteQueues(t, url, q, fresh)
+	legacyQueue(t, url, q, nil)
+	var logs bytes.Buffer
+	top := topology.Topology{Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Queues: []topology.Queue{{Name: q, Type: topology.Quorum}, {Name: fresh, Type: topology.Quorum}}}
+	conn, err := amqp.Dial(url)
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	defer ch.Close()
+	require.NoError(t, top.DeclareConn(conn, ch))
+	require.False(t, ch.IsClosed())
+	require.Contains(t, logs.String(), "queue="+q)
+	require.NotContains(t, logs.String(), "queue="+fresh)
+	require.NoError(t, top.DeclareConn(conn, ch), "idempotent")
+	require.Equal(t, 1, strings.Count(logs.String(), "level=WARN"))
+	args, err := top.Queues[1].DeclareArgs()
+	require.NoError(t, err)
+	_, err = ch.QueueDeclare(fresh, true, false, false, false, args)
+	require.NoError(t, err, "the new queue has the defaults")
+}
