@@ -8,8 +8,8 @@ import (
 )
 
 // stateVersion is the first byte of an encoded stream state: 1, or 2 when the stream has parked
-// stamps. A stream without parked stamps is written as version 1, which releases before parked
-// stamps existed still read.
+// stamps or handler start counts. A stream without either is written as version 1, which releases
+// before they existed still read.
 const (
 	stateVersion       = 1
 	stateVersionParked = 2
@@ -28,9 +28,11 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 //	    uvarint number of lost ranges, then per range: uvarint lo-prev (prev = 0, then the previous
 //	        range's hi), uvarint hi-lo
 //	uvarint number of retired epochs, then per epoch, oldest first: 8 bytes epoch, varint retired at
-//	version 2 only: uvarint number of parked stamps (at least 1), then per stamp, in (epoch, seq)
-//	    order: uvarint epoch-prev epoch (prev = 0), uvarint seq (seq-prev seq when the epoch is the
-//	    previous stamp's), varint parked at (unix seconds) - prev parked at (prev = 0)
+//	version 2 only: uvarint number of parked stamps, then per stamp, in (epoch, seq) order:
+//	    uvarint epoch-prev epoch (prev = 0), uvarint seq (seq-prev seq when the epoch is the
+//	    previous stamp's), varint parked at (unix seconds) - prev parked at (prev = 0);
+//	    then uvarint number of start counts, then per stamp, in (epoch, seq) order: epoch and seq
+//	    as for parked stamps, uvarint count (at least 1). At least one of the two lists is not empty.
 //	4 bytes CRC-32C (Castagnoli, little endian) of everything before
 //
 // The body-hash history is not persisted.
@@ -45,7 +47,7 @@ func (t *Tracker) AppendState(dst []byte, k Key) ([]byte, bool) {
 		return dst, false
 	}
 	start := len(dst)
-	if len(st.parked) > 0 {
+	if len(st.parked) > 0 || len(st.starts) > 0 {
 		dst = append(dst, stateVersionParked)
 	} else {
 		dst = append(dst, stateVersion)
@@ -83,21 +85,45 @@ func (t *Tracker) AppendState(dst []byte, k Key) ([]byte, bool) {
 		dst = binary.LittleEndian.AppendUint64(dst, uint64(r.epoch))
 		dst = binary.AppendVarint(dst, r.at)
 	}
-	if len(st.parked) > 0 {
+	if len(st.parked) > 0 || len(st.starts) > 0 {
 		dst = binary.AppendUvarint(dst, uint64(len(st.parked)))
 		var pe, ps, pa int64
 		for _, p := range st.parked {
-			dst = binary.AppendUvarint(dst, uint64(p.epoch-pe))
-			if p.epoch == pe {
-				dst = binary.AppendUvarint(dst, uint64(p.seq-ps))
-			} else {
-				dst = binary.AppendUvarint(dst, uint64(p.seq))
-			}
+			dst = appendStampDelta(dst, p.epoch, p.seq, pe, ps)
 			dst = binary.AppendVarint(dst, p.at-pa)
 			pe, ps, pa = p.epoch, p.seq, p.at
 		}
+		dst = binary.AppendUvarint(dst, uint64(len(st.starts)))
+		pe, ps = 0, 0
+		for _, c := range st.starts {
+			dst = appendStampDelta(dst, c.epoch, c.seq, pe, ps)
+			dst = binary.AppendUvarint(dst, uint64(c.n))
+			pe, ps = c.epoch, c.seq
+		}
 	}
 	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli)), true
+}
+
+// appendStampDelta appends (epoch, seq) after (pe, ps): the epoch's delta, then seq's delta when
+// the epoch is the same, else seq.
+func appendStampDelta(dst []byte, epoch, seq, pe, ps int64) []byte {
+	dst = binary.AppendUvarint(dst, uint64(epoch-pe))
+	if epoch == pe {
+		return binary.AppendUvarint(dst, uint64(seq-ps))
+	}
+	return binary.AppendUvarint(dst, uint64(seq))
+}
+
+// stampDelta reads what appendStampDelta wrote; i is the element's index (0: no previous).
+func (d *decoder) stampDelta(what string, i int, pe, ps int64) (epoch, seq int64) {
+	de := d.pos(what + " epoch")
+	epoch = d.add(pe, de, what+" epoch")
+	if de == 0 && i > 0 {
+		seq = d.add(ps, d.pos(what+" seq"), what+" seq")
+	} else {
+		seq = d.pos(what + " seq")
+	}
+	return epoch, seq
 }
 
 // Load replaces k's in-memory state with the decoded data (as written by AppendState), for startup
@@ -301,18 +327,10 @@ func decodeState(k Key, data []byte) (*stream, error) {
 	}
 	if data[0] == stateVersionParked {
 		np := d.count("parked count", 3)
-		if d.err == nil && np == 0 {
-			d.fail("version 2 with no parked stamps")
-		}
 		var pe, ps, pa int64
 		for i := 0; i < np && d.err == nil; i++ {
-			de := d.pos("parked epoch")
-			p := parked{epoch: d.add(pe, de, "parked epoch")}
-			if de == 0 && i > 0 {
-				p.seq = d.add(ps, d.pos("parked seq"), "parked seq")
-			} else {
-				p.seq = d.pos("parked seq")
-			}
+			var p parked
+			p.epoch, p.seq = d.stampDelta("parked", i, pe, ps)
 			if da := d.varint("parked time"); d.err == nil {
 				if da > 0 && pa > math.MaxInt64-da || da < 0 && pa < math.MinInt64-da {
 					d.fail("parked time overflows")
@@ -324,6 +342,21 @@ func decodeState(k Key, data []byte) (*stream, error) {
 			}
 			st.parked = append(st.parked, p)
 			pe, ps, pa = p.epoch, p.seq, p.at
+		}
+		nc := d.count("start count", 3)
+		if d.err == nil && np == 0 && nc == 0 {
+			d.fail("version 2 with no parked stamps and no start counts")
+		}
+		pe, ps = 0, 0
+		for i := 0; i < nc && d.err == nil; i++ {
+			var c started
+			c.epoch, c.seq = d.stampDelta("start", i, pe, ps)
+			c.n = d.pos("start count")
+			if d.err == nil && (c.epoch < 1 || c.seq < 1 || c.n < 1 || i > 0 && cmpStamp(c.epoch, c.seq, pe, ps) <= 0) {
+				d.fail("start count %d (epoch %d, seq %d, %d) invalid or out of order", i, c.epoch, c.seq, c.n)
+			}
+			st.starts = append(st.starts, c)
+			pe, ps = c.epoch, c.seq
 		}
 	}
 	if d.err == nil && len(d.b) != 0 {

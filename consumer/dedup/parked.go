@@ -139,3 +139,108 @@ func (t *Tracker) Retired(k Key) []RetiredInfo {
 	}
 	return out
 }
+
+// Handler start counts. A message whose handler kills the consumer process (a panic outside the
+// handler's recover, os.Exit, the OOM killer) is redelivered forever: no attempt ever fails, the
+// process just dies. The consumer therefore records, durably and before it runs the handler of a
+// redelivered message, that the handler is being started (Start); Commit, when the message is
+// handled or parked, forgets the count. A count that keeps rising is a message that crashes the
+// process each time: the consumer parks it past a bound.
+
+// started is the start count of one stamp not committed yet.
+type started struct {
+	epoch, seq int64
+	n          int64
+}
+
+// maxStarts bounds the start counts kept per stream: past it the lowest stamp's is forgotten.
+const maxStarts = 1024
+
+func cmpStamp(epoch, seq, e2, s2 int64) int {
+	switch {
+	case epoch != e2:
+		if epoch < e2 {
+			return -1
+		}
+		return 1
+	case seq < s2:
+		return -1
+	case seq > s2:
+		return 1
+	}
+	return 0
+}
+
+func (st *stream) findStarts(epoch, seq int64) (int, bool) {
+	return slices.BinarySearchFunc(st.starts, [2]int64{epoch, seq}, func(c started, t [2]int64) int {
+		return cmpStamp(c.epoch, c.seq, t[0], t[1])
+	})
+}
+
+// Starts returns how many times Start was called for s since s was last committed (or since
+// ever), as persisted.
+func (t *Tracker) Starts(s protocol.Stamp) int64 {
+	st := t.lookup(KeyOf(s))
+	if st == nil {
+		return 0
+	}
+	if i, ok := st.findStarts(s.Epoch, s.Seq); ok {
+		return st.starts[i].n
+	}
+	return 0
+}
+
+// Start records that the handler of s is about to run and returns the count, this start
+// included. Persist the stream (TakeDirty, AppendState) before running the handler: a count
+// that survives crashes is the point. s must be valid and not committed: a stamp Classify calls
+// anything but KindNew is not counted (0). A stream without state gets one, with nothing
+// committed: its first Commit then proceeds as for a new stream.
+func (t *Tracker) Start(s protocol.Stamp) int64 {
+	if t.Classify(s).Kind != KindNew {
+		return 0
+	}
+	key := KeyOf(s)
+	st := t.lookup(key)
+	if st == nil {
+		st = &stream{key: key, wins: []*window{{epoch: s.Epoch}}}
+		if t.cfg.AdoptStreams && s.Seq > 1 {
+			// As Commit would adopt it: the numbers below are not waited for.
+			p := s.Seq - 1
+			x := st.wins[0]
+			x.w, x.h, x.floor = p, p, p
+			x.lost = []span{{1, p}}
+		}
+		t.streams[key] = st
+		if _, ok := t.forgotten[key]; ok {
+			delete(t.forgotten, key)
+			st.dirty = true // the key is still listed in t.dirty
+		}
+	}
+	i, found := st.findStarts(s.Epoch, s.Seq)
+	if found {
+		st.starts[i].n++
+	} else {
+		st.starts = slices.Insert(st.starts, i, started{epoch: s.Epoch, seq: s.Seq, n: 1})
+		if len(st.starts) > maxStarts {
+			st.starts = slices.Delete(st.starts, 0, 1)
+			if i == 0 {
+				return 1
+			}
+			i--
+		}
+	}
+	t.markDirty(st)
+	return st.starts[i].n
+}
+
+// clearStarts forgets s's start count (Commit: its handler finished, or it was parked).
+func (t *Tracker) clearStarts(s protocol.Stamp) {
+	st := t.lookup(KeyOf(s))
+	if st == nil || len(st.starts) == 0 {
+		return
+	}
+	if i, ok := st.findStarts(s.Epoch, s.Seq); ok {
+		st.starts = slices.Delete(st.starts, i, i+1)
+		t.markDirty(st)
+	}
+}

@@ -123,3 +123,57 @@ func TestParkedDecodeRejects(t *testing.T) {
 func withCRCOf(body []byte) []byte {
 	return binary.LittleEndian.AppendUint32(body, crc32.Checksum(body, castagnoli))
 }
+
+func TestStartCounts(t *testing.T) {
+	for _, adopt := range []bool{false, true} {
+		tr := newTracker(t, Config{AdoptStreams: adopt})
+		k := Key{"src", "s"}
+		st := func(seq int64) protocol.Stamp { return protocol.Stamp{Source: "src", Stream: "s", Epoch: 2, Seq: seq} }
+		if n := tr.Start(st(5)); n != 1 {
+			t.Fatalf("first Start = %d", n)
+		}
+		if n := tr.Start(st(5)); n != 2 {
+			t.Fatalf("second Start = %d", n)
+		}
+		if v := tr.Classify(st(5)); v.Kind != KindNew {
+			t.Fatalf("a started stamp classifies %v: starting is not committing", v)
+		}
+		// Persisted with the state (version 2), restored by Load.
+		tr.TakeDirty(nil)
+		enc, ok := tr.AppendState(nil, k)
+		if !ok || enc[0] != stateVersionParked {
+			t.Fatalf("state %v %x", ok, enc)
+		}
+		tr2 := newTracker(t, Config{AdoptStreams: adopt})
+		if err := tr2.Load(k, enc); err != nil {
+			t.Fatal(err)
+		}
+		if n := tr2.Starts(st(5)); n != 2 {
+			t.Fatalf("after Load: %d starts, want 2", n)
+		}
+		if n := tr2.Start(st(5)); n != 3 {
+			t.Fatalf("third Start = %d", n)
+		}
+		// Commit forgets the count; the state is version 1 again.
+		if changed, _ := tr2.Commit(st(5), 0, t0); !changed && !adopt {
+			t.Fatal("Commit after Start changed nothing")
+		}
+		if n := tr2.Starts(st(5)); n != 0 {
+			t.Fatalf("%d starts after Commit", n)
+		}
+		if tr2.Start(st(5)) != 0 {
+			t.Fatal("a committed stamp is not counted")
+		}
+		enc, _ = tr2.AppendState(nil, k)
+		if enc[0] != stateVersion {
+			t.Fatalf("version %d without starts or parked stamps", enc[0])
+		}
+		// CommitParked forgets it too.
+		tr2.Start(st(9))
+		tr2.CommitParked(st(9), 0, t0)
+		if tr2.Starts(st(9)) != 0 || !tr2.IsParked(st(9)) {
+			t.Fatal("CommitParked must clear the count and park")
+		}
+		checkInvariants(t, tr2)
+	}
+}

@@ -49,6 +49,7 @@ type stream struct {
 	wins    []*window // wins[0] is the most recently active epoch; len >= 1
 	retired []retired // oldest first
 	parked  []parked  // parked stamps awaiting a re-drive, in (epoch, seq) order
+	starts  []started // handler start counts of stamps not committed yet, in (epoch, seq) order
 	dirty   bool      // changed since the last TakeDirty
 	watched bool      // in Tracker.watch: has unreported gaps or more than one epoch
 	compact bool      // compacted by the idle scan and not committed to since
@@ -149,6 +150,7 @@ func (t *Tracker) Commit(s protocol.Stamp, bodyHash uint64, now time.Time) (bool
 	if !valid(s) {
 		return false, nil
 	}
+	t.clearStarts(s)
 	key := KeyOf(s)
 	nowN := now.UnixNano()
 	var evs []Event
