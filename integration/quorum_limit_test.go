@@ -2,9 +2,11 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -12,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -226,4 +229,77 @@ func qlKilled(err error) bool {
 	}
 	ws, ok := ee.Sys().(syscall.WaitStatus)
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// syncBuffer is a bytes.Buffer for a logger written from the consumer's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A consumer started on a quorum queue an older rabbitkit declared (no dead-letter arguments) is
+// not stopped by the 406 of the new declaration: it consumes after one failed attempt, and warns
+// once with the policy to apply.
+func TestConsumerOnOldQuorumQueueWarns(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	q := testbroker.Name(t, "qold-consumer")
+	testbroker.DeleteQueues(t, url, q, q+".parked")
+	conn, err := amqp.Dial(url)
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	_, err = ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}) // as before the defaults
+	require.NoError(t, err)
+	id := protocol.Stamp{Source: "qold", Epoch: 1, Stream: "s", Seq: 1}.String()
+	require.NoError(t, ch.Publish("", q, false, false, amqp.Publishing{MessageId: id, DeliveryMode: amqp.Persistent, Body: []byte("x")}))
+
+	var logs syncBuffer
+	c, err := consumer.New(consumer.Config{URLs: []string{url}, Queue: q,
+		Topology:  topology.Topology{Queues: []topology.Queue{{Name: q, Type: topology.Quorum}}}, // its own Args: none, as before
+		StorePath: filepath.Join(t.TempDir(), "store.db"), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	handled := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(ctx, func(_ context.Context, m *consumer.Message) error {
+			select {
+			case handled <- m.Stamp.String():
+			default:
+			}
+			return nil
+		})
+	}()
+	select {
+	case got := <-handled:
+		require.Equal(t, id, got)
+	case err := <-done:
+		t.Fatalf("Run returned %v:\n%s", err, logs.String())
+	case <-ctx.Done():
+		t.Fatalf("not consumed:\n%s", logs.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		require.ErrorIs(t, err, context.Canceled)
+	}
+	require.NoError(t, c.Close(context.Background()))
+	out := logs.String()
+	require.Contains(t, out, "exists with other arguments", "the first attempt's 406")
+	require.Contains(t, out, "DROPS messages")
+	require.Contains(t, out, "rabbitmqctl set_policy")
+	require.Equal(t, 1, strings.Count(out, "quorum queue exists without a dead-letter target"), out)
 }

@@ -174,7 +174,7 @@ func (t Topology) declareQueue(ch *amqp.Channel, q Queue) error {
 	if _, err := ch.QueueDeclare(q.Name, true, false, false, false, own); err != nil {
 		// Not the arguments of an older rabbitkit either: a real conflict, reported as before.
 		legacyQueues.Delete(q.Name)
-		return fmt.Errorf("topology: declare queue %q: %w", q.Name, err)
+		return fmt.Errorf("topology: declare queue %q: %w (its arguments differ from Queue.Args, not only by the dead-letter defaults)", q.Name, err)
 	}
 	if _, warned := warnedQueues.LoadOrStore(q.Name, struct{}{}); !warned {
 		t.logger().Warn("topology: quorum queue exists without a dead-letter target (declared by an older rabbitkit or by hand; arguments cannot be added to an existing queue): "+
