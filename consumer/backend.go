@@ -34,6 +34,7 @@ type opSpec struct {
 	hash    uint64
 	park    bool // Op.Park
 	redrive bool // Op.Redrive
+	start   bool // Op.Start
 	verdict dedup.Verdict
 	msg     *Message // non-nil: run the transactional handler on it inside the transaction
 }
@@ -47,6 +48,7 @@ type batch interface {
 	reset() // clears what a failed commit left (Err, Verdict, Events) to commit the batch again
 	commit(ctx context.Context) error
 	verdict(i int) dedup.Verdict // the op's Verdict after commit (a shared store's decision)
+	starts(i int) int64          // the op's Starts after commit (a shared store's count)
 	events() []dedup.Event       // a shared store's events of the commit
 }
 
@@ -91,7 +93,7 @@ type typedBatch[T any] struct {
 }
 
 func (b *typedBatch[T]) add(o opSpec) int {
-	op := Op[T]{Key: o.key, Stamp: o.stamp, Mark: o.mark, Hash: o.hash, Park: o.park, Redrive: o.redrive, Verdict: o.verdict}
+	op := Op[T]{Key: o.key, Stamp: o.stamp, Mark: o.mark, Hash: o.hash, Park: o.park, Redrive: o.redrive, Start: o.start, Verdict: o.verdict}
 	if o.msg != nil {
 		h, hctx, rec, msg := b.be.h, b.hctx, b.be.rec, o.msg
 		op.Effect = func(tx T) error {
@@ -113,7 +115,7 @@ func (b *typedBatch[T]) setExpire(now time.Time) { b.b.Expire = now }
 
 func (b *typedBatch[T]) reset() {
 	for i := range b.b.Ops {
-		b.b.Ops[i].Err, b.b.Ops[i].Verdict = nil, b.verdicts[i]
+		b.b.Ops[i].Err, b.b.Ops[i].Verdict, b.b.Ops[i].Starts = nil, b.verdicts[i], 0
 	}
 	b.b.Events = nil
 }
@@ -121,5 +123,7 @@ func (b *typedBatch[T]) reset() {
 func (b *typedBatch[T]) commit(ctx context.Context) error { return b.be.store.Commit(ctx, &b.b) }
 
 func (b *typedBatch[T]) verdict(i int) dedup.Verdict { return b.b.Ops[i].Verdict }
+
+func (b *typedBatch[T]) starts(i int) int64 { return b.b.Ops[i].Starts }
 
 func (b *typedBatch[T]) events() []dedup.Event { return b.b.Events }

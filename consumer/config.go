@@ -40,6 +40,7 @@ const (
 	// redeliver (dedup drops it) and the memory held (prefetch x message size).
 	DefaultPrefetch     = 2000
 	DefaultMaxAttempts  = 5
+	DefaultMaxCrashes   = 3
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultMaxBatch caps the deliveries one worker handles between two store commits.
 	DefaultMaxBatch = 500
@@ -87,6 +88,14 @@ type Config struct {
 	NoStamp NoStampPolicy
 	// MaxAttempts bounds handler attempts per delivery; then the message is parked. Default 5.
 	MaxAttempts int
+	// MaxCrashes bounds how many times the handler of a message may be started on redeliveries
+	// without finishing: without the handler returning, the process died each time (a panic
+	// outside the handler's goroutine, os.Exit, the OOM killer), so no attempt ever failed and
+	// the message would come back forever. Before it runs the handler of a redelivered message
+	// (and only then), the Run records the start durably in the store; the handler's commit, or
+	// parking it, forgets the count. A redelivered message already started MaxCrashes times is
+	// parked with the reason instead of started again. Default 3; negative: no counting.
+	MaxCrashes int
 	// RetryBackoff makes the schedule of one delivery's handler retries (and of parking retries):
 	// NextBackOff is the wait before the next attempt. A schedule that returns backoff.Stop parks
 	// the message at once. Default: exponential from 100ms, doubling, capped at 5s, ±50% jitter.
@@ -192,6 +201,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.MaxCrashes == 0 {
+		c.MaxCrashes = DefaultMaxCrashes
 	}
 	if c.StoreOutageRequeue == 0 {
 		c.StoreOutageRequeue = DefaultStoreOutageRequeue

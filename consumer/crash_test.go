@@ -38,6 +38,7 @@ const (
 	childWant    = "RABBITKIT_CHILD_WANT"       // exit cleanly once this many distinct effects are in the file
 	childKillKey = "RABBITKIT_CHILD_KILL_AFTER" // SIGKILL itself right after the commit holding this stamp's effect
 	childStates  = "RABBITKIT_CHILD_STATES"     // append the stream states of every commit to this file (stateRecorder)
+	childExitOn  = "RABBITKIT_CHILD_EXIT_ON"    // the handler calls os.Exit(7) on this stamp
 )
 
 // killingStore SIGKILLs the process right after the commit that holds the marked effect: the mark
@@ -122,7 +123,11 @@ func crashChild() int {
 			}
 		}()
 	}
+	exitOn := os.Getenv(childExitOn)
 	err = c.RunTx(ctx, func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error {
+		if exitOn != "" && m.Stamp.String() == exitOn {
+			os.Exit(7) // a handler that kills the process: no recover, no error returned
+		}
 		if err := countEffect(tx, m); err != nil {
 			return err
 		}

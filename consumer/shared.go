@@ -82,6 +82,9 @@ func (w *worker) forget(items []*item) {
 // deliveries to run again, as finish does.
 func (w *worker) commitShared(ents []entry, b batch) []*item {
 	r := w.r
+	if w.broken {
+		return nil
+	}
 	for i := range ents {
 		e := &ents[i]
 		if e.mark && e.op < 0 { // parked after MaxAttempts, accounted: record its mark

@@ -66,6 +66,12 @@ type Op[T any] struct {
 	// KindDuplicate and runs nothing. A ScopeExclusive store ignores Park and Redrive: the Run
 	// records both in the states it hands to Batch.States.
 	Redrive bool
+	// Start (without Mark, Effect nil) asks the store to record that the handler of Stamp is about
+	// to run (dedup.Tracker.Start) and to set Starts to the count, this start included, or 0 when
+	// the stamp is not new (Verdict then says what it is). A ScopeExclusive store never gets it:
+	// the Run counts in its window and commits the state. A mark of Stamp forgets the count.
+	Start  bool
+	Starts int64
 	// Effect is the transactional handler's work, run inside the transaction that records the
 	// dedup state. nil: nothing to run (a plain handler's mark, or a duplicate kept in order).
 	Effect func(tx T) error

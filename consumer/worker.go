@@ -129,7 +129,13 @@ func (w *worker) processOnce(items []*item) []*item {
 	b := r.store.newBatch(r.hctx, len(items))
 	ents := make([]entry, 0, len(items))
 	var local map[protocol.Stamp]uint64 // stamps handled earlier in this batch
-	for _, it := range items {
+	// rest: items left for the next round. A transactional handler's redelivered message whose
+	// start is recorded (Config.MaxCrashes) gets a batch of its own, so that the count names the
+	// message that crashed the process, not its batch.
+	var rest []*item
+	isolate := r.store.transactional()
+loop:
+	for idx, it := range items {
 		if r.stopping.Load() {
 			break // the rest stays unacked and is redelivered after the drain
 		}
@@ -176,7 +182,39 @@ func (w *worker) processOnce(items []*item) []*item {
 				}
 				local[it.stamp] = e.hash
 				e.mark = true
+				if w.needsStart(it) {
+					if isolate && len(ents) > 0 {
+						rest = items[idx:]
+						break loop
+					}
+					n, recorded := w.recordStart(it)
+					if !recorded {
+						break loop // stopping or failed: this and later items stay unacked
+					}
+					if isolate {
+						rest = items[idx+1:]
+					}
+					if n > int64(r.cfg.MaxCrashes) {
+						ok = w.park(&e, fmt.Sprintf("its handler was started %d times on redeliveries without finishing: the consumer process died each time (a crash, os.Exit, the OOM killer; Config.MaxCrashes)", n-1), true)
+						if isolate {
+							if ok {
+								ents = append(ents, e)
+							}
+							break loop
+						}
+						break // the switch: a plain handler's batch goes on
+					}
+					if n > 1 {
+						r.cfg.Logger.Warn("consumer: redelivered again after its handler was started without finishing (did the process die in it?)", "stamp", it.stamp.String(), "starts", n, "max_crashes", r.cfg.MaxCrashes)
+					}
+				}
 				ok = w.handle(b, &e, true)
+				if isolate && rest != nil {
+					if ok {
+						ents = append(ents, e)
+					}
+					break loop
+				}
 			case dedup.KindDuplicate:
 				if it.redrive {
 					r.cfg.Logger.Info("consumer: re-driven copy dropped as a duplicate: its stamp was applied already, or was never parked after a handler failure", "stamp", it.stamp.String())
@@ -202,14 +240,14 @@ func (w *worker) processOnce(items []*item) []*item {
 		ents = append(ents, e)
 	}
 	if len(ents) == 0 {
-		return nil
+		return rest
 	}
 	if r.store.shared() {
-		return w.commitShared(ents, b)
+		return append(w.commitShared(ents, b), rest...)
 	}
 	if !r.store.transactional() {
 		w.commitAsync(ents, b)
-		return nil
+		return rest
 	}
 	w.settle()
 	if w.broken {
@@ -243,7 +281,56 @@ func (w *worker) processOnce(items []*item) []*item {
 	if !w.retryCommit(ctx, b, b.commit(ctx), undo, func() bool { return w.anyLive(ents) }) {
 		return nil // unacked: redelivered (the window holds what the store holds)
 	}
-	return w.finish(ents, b, start)
+	return append(w.finish(ents, b, start), rest...)
+}
+
+// needsStart reports whether it's handler start is to be recorded before it runs: a redelivery
+// (only a delivered message can have crashed a process) seen for the first time by this Run.
+func (w *worker) needsStart(it *item) bool {
+	return w.r.cfg.MaxCrashes > 0 && it.d.Redelivered && !it.started && it.attempt == 0 && it.lastErr == nil
+}
+
+// recordStart durably records that it's handler is about to run and returns the count, this
+// start included (0 when the store found the stamp committed meanwhile: it is then handled as
+// usual and its commit decides). Counting is best effort while the store is unavailable: the
+// start is then not recorded (0), and the commit that follows the handler holds the batch, with
+// its own retries, requeues and give-ups. It reports false when the Run failed.
+func (w *worker) recordStart(it *item) (int64, bool) {
+	r := w.r
+	it.started = true
+	var b batch
+	var n int64
+	ctx := context.WithoutCancel(r.ctx) // exclusive: the store's goroutine may be inside States
+	if r.store.shared() {
+		ctx = r.hctx
+		b = r.store.newBatch(r.hctx, 1)
+		b.add(opSpec{key: it.key, stamp: it.stamp, start: true})
+	} else {
+		w.settle() // the state written below includes what is in flight
+		if w.broken {
+			return 0, false
+		}
+		n = w.tr.Start(it.stamp)
+		w.keys = w.tr.TakeDirty(w.keys[:0])
+		states := w.states(w.keys)
+		b = r.store.newBatch(r.hctx, 0)
+		b.setStates(func([]bool) []StreamState { return states })
+	}
+	err := b.commit(ctx)
+	switch {
+	case err == nil:
+		if r.store.shared() {
+			n = b.starts(0)
+		}
+		return n, true
+	case errors.Is(err, ErrStoreUnavailable):
+		r.cfg.Logger.Warn("consumer: could not record a redelivered message's handler start (store unavailable); running it uncounted", "stamp", it.stamp.String(), "err", err)
+		return 0, true
+	default:
+		w.broken = true
+		r.fail(wrapStore(err))
+		return 0, false
+	}
 }
 
 // commitMark records e's mark in the tracker: a parked message's stamp as parked, a re-driven

@@ -53,12 +53,12 @@ func (c *core[T]) commit(ctx context.Context, b *consumer.Batch[T]) error {
 	}
 }
 
-// markedKeys returns the distinct keys of b's ops with Mark, in dedup.Key order (Source, then
+// markedKeys returns the distinct keys of b's ops with Mark or Start, in dedup.Key order (Source, then
 // Stream, bytewise): the order every transaction locks rows in.
 func markedKeys[T any](b *consumer.Batch[T]) []dedup.Key {
 	var keys []dedup.Key
 	for i := range b.Ops {
-		if b.Ops[i].Mark {
+		if b.Ops[i].Mark || b.Ops[i].Start {
 			keys = append(keys, b.Ops[i].Key)
 		}
 	}
@@ -159,6 +159,14 @@ func (c *core[T]) attempt(ctx context.Context, b *consumer.Batch[T], keys []dedu
 		op := &b.Ops[i]
 		if op.Err != nil {
 			continue // excluded by an earlier attempt
+		}
+		if op.Start {
+			op.Starts = tr.Start(op.Stamp)
+			op.Verdict = dedup.Verdict{Kind: dedup.KindNew}
+			if op.Starts == 0 {
+				op.Verdict = tr.Classify(op.Stamp)
+			}
+			continue
 		}
 		if op.Mark {
 			if op.Redrive {

@@ -80,3 +80,33 @@ func TestParkedRedriveOnce(t *testing.T) {
 		t.Fatalf("re-drive of an applied stamp: %v, count %d", b.Ops[0].Verdict, countOf(t, s, "p1"))
 	}
 }
+
+// Op.Start counts handler starts in the locked row, across replicas; the mark forgets the count;
+// a committed stamp is not counted.
+func TestStartCounts(t *testing.T) {
+	pool, _ := freshPool(t, 4)
+	s := open(t, pool, pginbox.Options{})
+	ctx := context.Background()
+	start := func(seq int64) (int64, dedup.Kind) {
+		t.Helper()
+		b := &consumer.Batch[pgx.Tx]{Ops: []consumer.Op[pgx.Tx]{{Key: dedup.KeyOf(stampOf("c", seq)), Stamp: stampOf("c", seq), Start: true}}}
+		if err := s.Commit(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		return b.Ops[0].Starts, b.Ops[0].Verdict.Kind
+	}
+	for want := int64(1); want <= 3; want++ {
+		if n, k := start(1); n != want || k != dedup.KindNew {
+			t.Fatalf("start %d: count %d, %v", want, n, k)
+		}
+	}
+	if err := s.Commit(ctx, &consumer.Batch[pgx.Tx]{Ops: []consumer.Op[pgx.Tx]{incrOp(stampOf("c", 1), "c1")}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, k := start(1); n != 0 || k != dedup.KindDuplicate {
+		t.Fatalf("start of a committed stamp: count %d, %v", n, k)
+	}
+	if n, _ := start(2); n != 1 {
+		t.Fatalf("the mark of seq 1 must forget only its own count: seq 2 starts at %d", n)
+	}
+}
