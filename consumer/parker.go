@@ -94,7 +94,7 @@ func (p *parker) connect(ctx context.Context) error {
 		return fmt.Errorf("consumer: parking channel confirm mode: %w", err)
 	}
 	p.returns = ch.NotifyReturn(make(chan amqp.Return, 1))
-	return p.r.cfg.parkingTopology().Declare(ch)
+	return p.r.cfg.parkingTopology().DeclareConn(conn, ch)
 }
 
 func (p *parker) publish(ctx context.Context, req *parkReq) error {

@@ -25,6 +25,7 @@ type item struct {
 	lastErr   error           // last handler error (transactional handlers are retried across batches)
 	retry     backoff.BackOff // its handler retry schedule, made on the first failure
 	redrive   bool            // carries protocol.HeaderRedrive: an operator re-drove it from the parking queue
+	started   bool            // its handler start was recorded (Config.MaxCrashes)
 	nextDelay time.Duration   // retry's wait before the next attempt (backoff.Stop: park it)
 }
 
@@ -96,7 +97,7 @@ func (r *run) open(conn *amqp.Connection) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consumer: open channel: %w", err)
 	}
-	if err := r.cfg.parkingTopology().Declare(ch); err != nil {
+	if err := r.cfg.parkingTopology().DeclareConn(conn, ch); err != nil {
 		return nil, err
 	}
 	if err := ch.Qos(r.cfg.Prefetch, 0, false); err != nil {

@@ -129,7 +129,7 @@ func (w *amqpConn) channel(ctx context.Context, window int) (channel, error) {
 		ret:  ch.NotifyReturn(make(chan amqp.Return, window+8)),
 		cls:  ch.NotifyClose(make(chan *amqp.Error, 1)),
 	}
-	if err := w.topology.Declare(ch); err != nil {
+	if err := w.topology.DeclareConn(w.c, ch); err != nil {
 		_ = ch.Close()
 		return nil, err
 	}
