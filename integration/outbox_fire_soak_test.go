@@ -44,7 +44,7 @@ func TestSoakOutboxFire(t *testing.T) {
 	b.WriteString("Faults, one at a time in a random order: the leaseholder's process SIGKILLed (and restarted), its\n")
 	b.WriteString("PostgreSQL link black-holed until another replica took the lease, its broker link black-holed\n")
 	b.WriteString("for 4 s, its PostgreSQL or broker connections cut, the PostgreSQL server crashed (immediate stop)\n")
-	b.WriteString("and restarted. One `examples/consumer -pg` process (PostgreSQL inbox on the shared server) applies\n")
+	b.WriteString("or shut down (fast) and restarted. One `examples/consumer -pg` process (PostgreSQL inbox on the shared server) applies\n")
 	b.WriteString("the messages into a ledger table with no unique constraint. At the end: the publishers' `accepted`\n")
 	b.WriteString("lines against the ledger (internal/history.Check), the order rows against the applied messages,\n")
 	b.WriteString("and per stream the ledger's rows in insertion order (first arrivals must come in seq order).\n")
@@ -62,6 +62,12 @@ func TestSoakOutboxFire(t *testing.T) {
 	}
 	fmt.Fprintf(&b, "%s: %d faults, %v, fault seed %d.\n\n", verdict, n, r.elapsed.Round(time.Second), r.seed)
 	b.WriteString(r.text)
+	if len(r.result.Samples) > 0 {
+		b.WriteString("\nFailure samples:\n\n")
+		for _, x := range r.result.Samples {
+			fmt.Fprintf(&b, "- `%s`\n", x)
+		}
+	}
 	path := filepath.Join("..", "docs", "RELIABILITY-OUTBOX.md")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatalf("write %s: %v", path, err)
