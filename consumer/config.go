@@ -41,6 +41,7 @@ const (
 	DefaultPrefetch     = 2000
 	DefaultMaxAttempts  = 5
 	DefaultMaxCrashes   = 3
+	DefaultMaxStreams   = 100_000
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultMaxBatch caps the deliveries one worker handles between two store commits.
 	DefaultMaxBatch = 500
@@ -82,6 +83,26 @@ type Config struct {
 	// Dedup bounds the dedup window: GapGrace (how long a missing range may stay open before it is
 	// reported), MaxAhead (the suspicious-jump bound), retention of epochs and idle streams.
 	Dedup dedup.Config
+	// MaxStreams bounds the streams (source, stream) an exclusive store's dedup state holds:
+	// anyone who can publish to the queue could otherwise grow it without limit with forged
+	// sources (measured: 100,000 one-message streams took 95 MiB of memory and 33 MB of store). A
+	// message of a stream the consumer does not know yet, past the bound, is parked with the reason
+	// (not accounted for: re-drive it once the bound is raised) and counted
+	// (MetricStreamsRefused); a stream already held is never evicted to make room. Idle streams
+	// leave after Dedup.ForgetAfter, if set. Default DefaultMaxStreams (100,000); negative: no
+	// bound. The bound is approximate by up to one batch per worker: workers admit new streams
+	// concurrently. A shared store (consumer/pginbox) keeps streams in its table, not in memory:
+	// the bound does not apply to it. See docs/OPERATIONS.md, "Untrusted writers".
+	MaxStreams int
+	// Admit, when set, is called for every delivery with a valid stamp before it is deduplicated
+	// (on the worker's goroutine; it must be quick and must not keep m). An error parks the
+	// message with the error as its reason, without accounting for its stamp or creating any
+	// state for its stream, and counts it (MetricRefused). Use it when writers are not trusted,
+	// to bind each stamp's source to the broker user that published it: RabbitMQ refuses a
+	// user-id property other than the publishing connection's user, so m.Properties.UserID is
+	// validated when publishers set it (publisher.Message.UserID). See docs/OPERATIONS.md,
+	// "Untrusted writers".
+	Admit func(m *Message) error
 	// ExpireInterval is how often gap grace and retention are checked. Default min(1s, GapGrace/4).
 	ExpireInterval time.Duration
 
@@ -204,6 +225,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxCrashes == 0 {
 		c.MaxCrashes = DefaultMaxCrashes
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = DefaultMaxStreams
 	}
 	if c.StoreOutageRequeue == 0 {
 		c.StoreOutageRequeue = DefaultStoreOutageRequeue

@@ -310,6 +310,7 @@ func newRun(ctx context.Context, cfg *Config, h Handler, be backend) (*run, erro
 	n := 0
 	for _, w := range r.workers {
 		n += w.tr.Len()
+		w.streams.Store(int64(w.tr.Len()))
 	}
 	cfg.Metrics.Set(MetricStreams, float64(n))
 	r.ctx, r.cancel = context.WithCancelCause(ctx)

@@ -64,6 +64,11 @@ const (
 	// handler's effect is at-least-once when two replicas hold the same message at once (a
 	// redelivery racing the original). Transactional handlers (RunTx) never race.
 	MetricRaced = "rabbitkit_consumer_raced_total"
+	// MetricStreamsRefused counts messages of new streams parked because the dedup state held
+	// Config.MaxStreams streams.
+	MetricStreamsRefused = "rabbitkit_consumer_streams_refused_total"
+	// MetricRefused counts messages parked because Config.Admit refused them.
+	MetricRefused = "rabbitkit_consumer_refused_total"
 	// MetricStreams is a gauge of the streams held in the dedup state.
 	MetricStreams = "rabbitkit_consumer_streams"
 )

@@ -134,6 +134,7 @@ func (w *worker) processOnce(items []*item) []*item {
 	// message that crashed the process, not its batch.
 	var rest []*item
 	isolate := r.store.transactional()
+	var admitted int64 // new streams taken in this batch (not in the window until it commits)
 loop:
 	for idx, it := range items {
 		if r.stopping.Load() {
@@ -158,6 +159,8 @@ loop:
 			}
 		case it.stampErr != nil:
 			ok = w.park(&e, it.stampErr.Error(), false)
+		case r.cfg.Admit != nil && !w.admit(&e):
+			ok = e.kind == outParked
 		default:
 			e.hash = dedup.BodyHash(it.d.Body)
 			if _, seen := local[it.stamp]; it.redrive && !seen && w.tr.IsParked(it.stamp) {
@@ -177,6 +180,14 @@ loop:
 			}
 			switch v.Kind {
 			case dedup.KindNew:
+				if v.Has(dedup.FlagNewStream) && !r.store.shared() && r.cfg.MaxStreams > 0 {
+					if held := w.heldStreams() + admitted; held >= int64(r.cfg.MaxStreams) {
+						r.cfg.Metrics.Add(MetricStreamsRefused, 1)
+						ok = w.park(&e, fmt.Sprintf("new stream %s refused: the consumer holds %d streams (Config.MaxStreams %d); raise the bound if its source is legitimate, then re-drive", it.key, held, r.cfg.MaxStreams), false)
+						break
+					}
+					admitted++
+				}
 				if local == nil {
 					local = map[protocol.Stamp]uint64{}
 				}
@@ -282,6 +293,19 @@ loop:
 		return nil // unacked: redelivered (the window holds what the store holds)
 	}
 	return append(w.finish(ents, b, start), rest...)
+}
+
+// admit runs Config.Admit on e's delivery and, when it refuses, parks it (unaccounted). It
+// reports whether the delivery goes on to dedup; when not, e.kind says whether it was parked.
+func (w *worker) admit(e *entry) bool {
+	r, it := w.r, e.it
+	err := r.cfg.Admit(newMessage(&it.d, it.stamp, true, it.attempt+1))
+	if err == nil {
+		return true
+	}
+	r.cfg.Metrics.Add(MetricRefused, 1)
+	w.park(e, fmt.Sprintf("refused by Config.Admit: %v", err), false)
+	return false
 }
 
 // needsStart reports whether it's handler start is to be recorded before it runs: a redelivery
@@ -411,6 +435,12 @@ func wrapStore(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrStore, err)
+}
+
+// heldStreams is the number of streams in every worker's window: w's own now, the others' as of
+// their last commit.
+func (w *worker) heldStreams() int64 {
+	return w.r.streamCount() - w.streams.Load() + int64(w.tr.Len())
 }
 
 // streamCount is the number of streams in all workers' dedup windows, as of their last commit.
