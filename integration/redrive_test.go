@@ -291,34 +291,46 @@ func (rc *redriveConsumer) waitApplied(stamps ...protocol.Stamp) {
 // rawPublisher returns a function that publishes stamped messages to q (as a rabbitkit publisher
 // stamps them) and waits for their confirms.
 func rawPublisher(t *testing.T, url, q string) func(...protocol.Stamp) {
+	ch := confirmChannel(t, url)
+	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	return func(stamps ...protocol.Stamp) {
+		t.Helper()
+		for _, s := range stamps {
+			publishConfirmed(t, ch, q, amqp.Publishing{MessageId: s.String(), Body: fmt.Appendf(nil, `{"order":%d}`, s.Seq)})
+		}
+	}
+}
+
+// confirmChannel opens a connection to url (closed at cleanup) and a channel in confirm mode.
+func confirmChannel(t *testing.T, url string) *amqp.Channel {
+	t.Helper()
 	conn, err := amqp.Dial(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	ch, err := conn.Channel()
+	if err == nil {
+		err = ch.Confirm(false)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+	return ch
+}
+
+// publishConfirmed publishes m to the default exchange's route key and waits for the confirm.
+func publishConfirmed(t *testing.T, ch *amqp.Channel, key string, m amqp.Publishing) {
+	t.Helper()
+	m.DeliveryMode = amqp.Persistent
+	dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", key, true, false, m)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
-	return func(stamps ...protocol.Stamp) {
-		t.Helper()
-		for _, s := range stamps {
-			dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", q, true, false, amqp.Publishing{
-				MessageId: s.String(), DeliveryMode: amqp.Persistent, Body: fmt.Appendf(nil, `{"order":%d}`, s.Seq),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ok, err := dc.WaitContext(context.Background()); err != nil || !ok {
-				t.Fatalf("publish %s: confirmed %v, %v", s, ok, err)
-			}
-		}
+	if ok, err := dc.WaitContext(context.Background()); err != nil || !ok {
+		t.Fatalf("publish to %s not confirmed: %v %v", key, ok, err)
 	}
 }
 
@@ -326,31 +338,12 @@ func rawPublisher(t *testing.T, url, q string) func(...protocol.Stamp) {
 // that crashed between its publish and its ack would leave behind.
 func copyParked(t *testing.T, url, parking string) {
 	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := confirmChannel(t, url)
 	d, ok, err := ch.Get(parking, false)
 	if err != nil || !ok {
 		t.Fatalf("parking queue %s: got %v, %v", parking, ok, err)
 	}
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
-	dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", parking, false, false, amqp.Publishing{
-		Headers: d.Headers, MessageId: d.MessageId, DeliveryMode: amqp.Persistent, Body: d.Body,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok, err := dc.WaitContext(context.Background()); err != nil || !ok {
-		t.Fatalf("copy not confirmed: %v %v", ok, err)
-	}
+	publishConfirmed(t, ch, parking, amqp.Publishing{Headers: d.Headers, MessageId: d.MessageId, Body: d.Body})
 	if err := ch.Nack(d.DeliveryTag, false, true); err != nil {
 		t.Fatal(err)
 	}
@@ -359,27 +352,9 @@ func copyParked(t *testing.T, url, parking string) {
 // redriveCopy publishes what a re-drive of s publishes, straight to q.
 func redriveCopy(t *testing.T, url, q string, s protocol.Stamp) {
 	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
-	dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", q, true, false, amqp.Publishing{
-		Headers: amqp.Table{protocol.HeaderRedrive: "test"}, MessageId: s.String(), DeliveryMode: amqp.Persistent, Body: []byte("again"),
+	publishConfirmed(t, confirmChannel(t, url), q, amqp.Publishing{
+		Headers: amqp.Table{protocol.HeaderRedrive: "test"}, MessageId: s.String(), Body: []byte("again"),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok, err := dc.WaitContext(context.Background()); err != nil || !ok {
-		t.Fatalf("re-drive copy not confirmed: %v %v", ok, err)
-	}
 }
 
 // runCLI runs the rabbitkit binary and returns its combined output; it must succeed.
