@@ -68,7 +68,16 @@
 //   - Recovery: connections are retried forever with backoff; the topology (plus the parking
 //     queue) is declared on every connect; a consumer cancelled by the broker (queue deleted),
 //     a channel error, and the broker's consumer timeout (channel closed with 406) each start a
-//     new session.
+//     new session. A store that is unavailable (a shared store's database, a full disk:
+//     ErrStoreUnavailable, ErrDiskFull) is retried with backoff, nothing of the batch acked.
+//   - Re-drive: a message parked after its handler failed is accounted for, and remembered as
+//     parked; the copy `rabbitkit parked redrive` publishes back (protocol.HeaderRedrive) is
+//     applied once (Message.Redriven), any further copy is a duplicate.
+//   - Crash loops: a message whose handler kills the process (os.Exit, a panic in another
+//     goroutine, the OOM killer) is parked after Config.MaxCrashes starts on redeliveries,
+//     counted durably before each.
+//   - Untrusted writers: Config.MaxStreams bounds the streams held; Config.Admit refuses messages
+//     before dedup (bind stamp sources to the broker's validated user-id).
 //
 // # Concurrency
 //
@@ -101,13 +110,16 @@
 //     store at start), so two Runs — even sharing one Store — would each handle the other's
 //     redeliveries again. An exclusive store (ScopeExclusive, such as BoltStore) refuses a second
 //     concurrent Run through Store.Claim (ErrStoreInUse); a BoltStore also locks its file against
-//     other processes. Stores shared by competing consumers (ScopeShared) are specified in
-//     docs/DESIGN.md but not supported yet. Scale with Config.Workers (per-stream order is kept), or
+//     other processes. Competing consumers need a store shared by all of them (ScopeShared, such
+//     as consumer/pginbox). Otherwise scale with Config.Workers (per-stream order is kept), or
 //     split streams across queues, each with its own consumer.
 //   - Messages without rk- headers under NoStampPassThrough get at-least-once handling only.
 //   - Parking is at-least-once: a crash or connection loss after the parking publish was confirmed
 //     and before the ack can park the same message twice. Parked messages of a handler that kept
-//     failing are committed as accounted for, so their redeliveries are dropped, not parked again.
+//     failing are committed as accounted for, so their redeliveries are dropped, not parked again
+//     (a re-drive of either copy applies the message once).
+//   - A connection lost in the middle of a redelivered message's handler counts as one of its
+//     Config.MaxCrashes starts too.
 //   - While the parking queue cannot be reached, the worker parking a message keeps retrying (a
 //     message is never dropped): the streams of that worker wait, and nothing of them is acked.
 //   - The bbolt file does not shrink when idle streams are compacted or forgotten; its free pages
