@@ -32,10 +32,9 @@ import (
 // applied (the business write and its message committed together), per-stream order of first
 // applications, and takeovers within the lease's bound. TestSoakOutboxFire (build tag soak) is
 // the long, random variant that writes docs/RELIABILITY-OUTBOX.md; it also crashes the server
-// (immediate stop), which this test does not: after a crash PostgreSQL can give a lost
-// transaction's xid to a new one, so pg_xact_status (pgoutbox.Settle) may report a COMMIT that was
-// lost as committed, and the example publisher then prints an accepted line for a message that
-// does not exist (seen in the soak: "sequence number accepted twice"; see RELIABILITY-OUTBOX.md).
+// (immediate stop), which this test does not (TestSettleAfterCrash covers what a crash does to a
+// COMMIT in flight: PostgreSQL can give the lost transaction's xid to a new one, so Settle decides
+// by the commit mark the transaction wrote, not by pg_xact_status).
 func TestOutboxRelayUnderFire(t *testing.T) {
 	r := runOutboxFire(t, outboxFireParams{perReplica: 1200, rate: 40})
 	t.Log("\n" + r.text)

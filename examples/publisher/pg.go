@@ -29,7 +29,7 @@ const pgOrdersTable = "rabbitkit_example_orders"
 
 // runPG publishes o.count messages through the outbox on o.pg: per message one transaction that
 // inserts an order row and the message, and prints the accepted line once COMMIT succeeded (or,
-// with its outcome lost, once pgoutbox.Settle said it committed). It relays meanwhile (one
+// with its outcome lost, once Outbox.Settle said it committed). It relays meanwhile (one
 // replica holds the lease), then waits until every row it committed is confirmed, whichever
 // replica sent it, and prints "confirmed <n>".
 func runPG(sig context.Context, o options, log *slog.Logger, topo topology.Topology, parts *topology.Partitions, key string, promRec metrics.Recorder) error {
@@ -236,7 +236,7 @@ func pgPublishOne(pool *pgxpool.Pool, ob *pgoutbox.Outbox, msg publisher.Message
 	if st, err = ob.PublishTx(ctx, tx, msg); err != nil {
 		return st, false, err
 	}
-	xid, err := pgoutbox.TxID(ctx, tx)
+	tok, err := ob.TxID(ctx, tx)
 	if err != nil {
 		return st, false, err
 	}
@@ -247,10 +247,10 @@ func pgPublishOne(pool *pgxpool.Pool, ob *pgoutbox.Outbox, msg publisher.Message
 	// The outcome may be unknown (the connection went during COMMIT): ask the server.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer scancel()
-	committed, err := pgoutbox.Settle(sctx, pool, xid)
+	committed, err := ob.Settle(sctx, tok)
 	if err != nil {
 		return st, false, &fatalError{fmt.Errorf("COMMIT of %s failed (%v) and its outcome cannot be settled: %w", history.FormatAccepted(st), cerr, err)}
 	}
-	log.Warn("COMMIT failed; outcome settled with pg_xact_status", "xid", xid, "committed", committed, "commit_err", cerr)
+	log.Warn("COMMIT failed; outcome settled by its commit mark", "tx", tok.String(), "committed", committed, "commit_err", cerr)
 	return st, committed, nil
 }

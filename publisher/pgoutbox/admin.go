@@ -5,53 +5,95 @@ package pgoutbox
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rabbitkit/rabbitkit/journal"
 )
 
-// TxID returns the id of tx's transaction (pg_current_xact_id(); it assigns one if tx has none
-// yet). Call it before COMMIT; if COMMIT then fails with a lost connection, its outcome is
-// unknown: Settle tells it.
-func TxID(ctx context.Context, tx pgx.Tx) (uint64, error) {
-	var s string
-	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&s); err != nil {
-		return 0, fmt.Errorf("pgoutbox: txid: %w", err)
-	}
-	return strconv.ParseUint(s, 10, 64)
+// MarkRetention is how long a commit mark written by TxID is kept: Settle must be called within
+// it. Older marks are deleted a few at a time by later TxID calls.
+const MarkRetention = 24 * time.Hour
+
+// TxToken names a transaction for Settle: its id and a random mark TxID wrote in it.
+type TxToken struct {
+	XID  uint64    // pg_current_xact_id()
+	Mark [16]byte  // the mark's key in the outbox's _marks table
+	At   time.Time // when TxID was called (this process's clock)
 }
 
-// Settle tells whether the transaction xid (from TxID) committed, with pg_xact_status on a new
-// connection of pool. While the server still has it in progress (its backend has not yet
-// noticed the lost connection) it waits and asks again, until ctx ends. A transaction too old
-// for the server's commit log gives ErrTooOld.
-func Settle(ctx context.Context, pool *pgxpool.Pool, xid uint64) (committed bool, err error) {
+// String formats the token for logs.
+func (t TxToken) String() string { return fmt.Sprintf("xid %d mark %x", t.XID, t.Mark[:6]) }
+
+// TxID writes a commit mark in tx and returns the token that names it. Call it before COMMIT;
+// if COMMIT then fails with a lost connection, its outcome is unknown: Settle tells it. The mark
+// is one small row in the outbox's _marks table (kept MarkRetention); now and then TxID also
+// deletes a few expired marks, skipping any another transaction holds.
+func (o *Outbox) TxID(ctx context.Context, tx pgx.Tx) (TxToken, error) {
+	tok := TxToken{At: time.Now()}
+	if _, err := rand.Read(tok.Mark[:]); err != nil {
+		return tok, fmt.Errorf("pgoutbox: txid: %w", err)
+	}
+	var s string
+	if err := tx.QueryRow(ctx, `WITH m AS (INSERT INTO `+o.n.marksT+` (mark) VALUES ($1)) SELECT pg_current_xact_id()::text`, tok.Mark[:]).Scan(&s); err != nil {
+		return tok, fmt.Errorf("pgoutbox: txid: %w", err)
+	}
+	xid, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return tok, fmt.Errorf("pgoutbox: txid %q: %w", s, err)
+	}
+	tok.XID = xid
+	if tok.Mark[0] == 0 { // 1 in 256
+		if _, err := tx.Exec(ctx, `DELETE FROM `+o.n.marksT+` WHERE mark IN (SELECT mark FROM `+o.n.marksT+
+			` WHERE at < now() - $1::interval ORDER BY at LIMIT 1024 FOR UPDATE SKIP LOCKED)`, MarkRetention.String()); err != nil {
+			return tok, fmt.Errorf("pgoutbox: txid: expiring old marks: %w", err)
+		}
+	}
+	return tok, nil
+}
+
+// Settle tells whether the transaction tok names (from TxID) committed, by the mark it wrote:
+// committed exactly when the mark is there. It first waits, asking pg_xact_status, while the
+// server still has the transaction in progress (its backend has not noticed the lost connection
+// yet), until ctx ends. The transaction id alone is not enough: after a crash PostgreSQL can give
+// a lost transaction's id to a new transaction, whose commit pg_xact_status then reports (seen
+// after pg_ctl stop -m immediate). A token older than MarkRetention whose mark is gone gives
+// ErrTooOld.
+func (o *Outbox) Settle(ctx context.Context, tok TxToken) (committed bool, err error) {
 	wait := 20 * time.Millisecond
+	committedSeen := 0
 	for {
 		var st *string
-		err := pool.QueryRow(ctx, `SELECT pg_xact_status($1::text::xid8)`, strconv.FormatUint(xid, 10)).Scan(&st)
+		var marked bool
+		err := o.pool.QueryRow(ctx, `SELECT pg_xact_status($1::text::xid8), EXISTS (SELECT 1 FROM `+o.n.marksT+` WHERE mark = $2)`,
+			strconv.FormatUint(tok.XID, 10), tok.Mark[:]).Scan(&st, &marked)
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
-				return false, fmt.Errorf("pgoutbox: settle %d: %w", xid, ctx.Err())
+				return false, fmt.Errorf("pgoutbox: settle %s: %w", tok, ctx.Err())
 			}
 			// The database may be unreachable for a moment: keep asking.
-		case st == nil:
-			return false, fmt.Errorf("%w: xid %d", ErrTooOld, xid)
-		case *st == "committed":
+		case marked:
 			return true, nil
-		case *st == "aborted":
+		case st != nil && *st == "in progress":
+			// Still running, or its id was given to a transaction that is: wait for it to end.
+		case st != nil && *st == "committed" && committedSeen < 3:
+			// The commit log says committed a moment before the mark is visible to new
+			// snapshots; a reused id never gets the mark.
+			committedSeen++
+		case time.Since(tok.At) > MarkRetention:
+			return false, fmt.Errorf("%w: %s, from %s", ErrTooOld, tok, tok.At.Format(time.RFC3339))
+		default:
 			return false, nil
 		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			return false, fmt.Errorf("pgoutbox: settle %d: %w", xid, ctx.Err())
+			return false, fmt.Errorf("pgoutbox: settle %s: %w", tok, ctx.Err())
 		}
 		wait = min(2*wait, time.Second)
 	}

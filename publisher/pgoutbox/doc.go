@@ -8,8 +8,9 @@
 //	tx, _ := pool.Begin(ctx)
 //	tx.Exec(ctx, `INSERT INTO orders ...`)
 //	stamp, err := ob.PublishTx(ctx, tx, publisher.Message{Exchange: "orders", RoutingKey: "created", Body: b})
-//	xid, _ := pgoutbox.TxID(ctx, tx) // optional: to settle a COMMIT whose outcome is lost
-//	err = tx.Commit(ctx)             // accepted now; a rollback sends nothing
+//	tok, _ := ob.TxID(ctx, tx) // optional: a commit mark, to settle a COMMIT whose outcome is lost
+//	err = tx.Commit(ctx)       // accepted now; a rollback sends nothing
+//	// on a lost connection during COMMIT: committed, err := ob.Settle(ctx, tok)
 //
 // Every replica of a service opens the same tables with the same Source: the outbox is one
 // sequence authority (docs/PROTOCOL.md). Writers of one stream serialize on the stream's counter

@@ -33,7 +33,8 @@ var (
 	ErrSourceMismatch = errors.New("pgoutbox: the outbox table belongs to another source")
 	// ErrLeaseLost is returned by the outbox's reads when this relay's lease may have expired.
 	ErrLeaseLost = errors.New("pgoutbox: relay lease not held")
-	// ErrTooOld is returned by Settle for a transaction id too old for pg_xact_status to tell.
+	// ErrTooOld is returned by Settle for a token older than MarkRetention whose mark is gone:
+	// whether its transaction committed can no longer be told.
 	ErrTooOld = errors.New("pgoutbox: transaction too old to settle")
 )
 
@@ -126,7 +127,9 @@ func (o Options) withDefaults() (Options, error) {
 type names struct {
 	table                                 string // as configured
 	t, schemaT, metaT, countersT, leasesT string // quoted
+	marksT                                string // quoted
 	pendingIdx, unassignedIdx, parkedIdx  string // quoted, unqualified
+	marksIdx                              string // quoted, unqualified
 	channel                               string // NOTIFY channel
 	lockKey                               int64
 }
@@ -153,7 +156,8 @@ func newNames(table string) (*names, error) {
 	}
 	return &names{
 		table: table, t: ident(base), schemaT: ident(base + "_schema"), metaT: ident(base + "_meta"),
-		countersT: ident(base + "_counters"), leasesT: ident(base + "_leases"),
+		countersT: ident(base + "_counters"), leasesT: ident(base + "_leases"), marksT: ident(base + "_marks"),
+		marksIdx:      pgx.Identifier{base + "_marks_at_idx"}.Sanitize(),
 		pendingIdx:    pgx.Identifier{base + "_pending_idx"}.Sanitize(),
 		unassignedIdx: pgx.Identifier{base + "_unassigned_idx"}.Sanitize(),
 		parkedIdx:     pgx.Identifier{base + "_parked_idx"}.Sanitize(),

@@ -533,7 +533,7 @@ func TestSettleUnknownCommit(t *testing.T) {
 			_ = tx.Rollback(ctx)
 			continue
 		}
-		xid, err := pgoutbox.TxID(ctx, tx)
+		tok, err := oViaProxy.TxID(ctx, tx)
 		if err != nil {
 			_ = tx.Rollback(ctx)
 			continue
@@ -542,7 +542,7 @@ func TestSettleUnknownCommit(t *testing.T) {
 		cerr := tx.Commit(ctx)
 		cc.arm.Store(false)
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		committed, err := pgoutbox.Settle(sctx, direct, xid)
+		committed, err := o.Settle(sctx, tok)
 		cancel()
 		if err != nil {
 			t.Fatalf("Settle: %v", err)
@@ -579,7 +579,6 @@ func TestSettleUnknownCommit(t *testing.T) {
 			unknownAborted++
 		}
 	}
-	_ = o
 	t.Logf("COMMIT ok %d; cut during COMMIT, settled committed %d, settled aborted %d", ok, unknownCommitted, unknownAborted)
 	if unknownCommitted+unknownAborted == 0 {
 		t.Fatal("no COMMIT was cut")

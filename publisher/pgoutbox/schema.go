@@ -10,7 +10,8 @@ import (
 )
 
 // steps is the schema's history. Append only: a released step is never changed. %[1]s outbox,
-// %[2]s meta, %[3]s counters, %[4]s leases, %[5]s..%[7]s the outbox's indexes.
+// %[2]s meta, %[3]s counters, %[4]s leases, %[5]s..%[7]s the outbox's indexes, %[8]s commit
+// marks, %[9]s their index.
 var steps = []struct {
 	version int
 	note    string
@@ -63,6 +64,15 @@ var steps = []struct {
 			expires timestamptz NOT NULL DEFAULT '-infinity'
 		)`,
 	}},
+	// Settle decides by a row the transaction itself wrote: after a crash PostgreSQL can hand a
+	// lost transaction's xid to a new one, whose commit pg_xact_status then reports.
+	{2, "outbox: commit marks (TxID, Settle)", []string{
+		`CREATE TABLE %[8]s (
+			mark bytea PRIMARY KEY,
+			at   timestamptz NOT NULL DEFAULT now()
+		)`,
+		`CREATE INDEX %[9]s ON %[8]s (at)`,
+	}},
 }
 
 // SchemaVersion is the schema version this package migrates to.
@@ -75,7 +85,7 @@ func migrate(ctx context.Context, tx pgx.Tx, n *names, logf func(string, ...any)
 	for _, s := range steps {
 		st := pgmigrate.Step{Version: s.version, Note: s.note}
 		for _, q := range s.sql {
-			st.SQL = append(st.SQL, fmt.Sprintf(q, n.t, n.metaT, n.countersT, n.leasesT, n.pendingIdx, n.unassignedIdx, n.parkedIdx))
+			st.SQL = append(st.SQL, fmt.Sprintf(q, n.t, n.metaT, n.countersT, n.leasesT, n.pendingIdx, n.unassignedIdx, n.parkedIdx, n.marksT, n.marksIdx))
 		}
 		plan.Steps = append(plan.Steps, st)
 	}
