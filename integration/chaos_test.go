@@ -122,6 +122,31 @@ func runChaos(t *testing.T, p chaosParams) chaosReport {
 			hold(5 * time.Second)
 			proxy.Restore(t)
 		}},
+		// Broker alarms while both sides run: publishers are blocked (connection.blocked), Publish
+		// keeps journaling; consumers go on, and so does nothing else until it clears.
+		{"memory alarm (5 s)", func(t testing.TB) {
+			node.SetMemoryHighWatermark(t, 1e-7)
+			hold(5 * time.Second)
+			node.SetMemoryHighWatermark(t, 0.4)
+		}},
+		{"disk alarm (5 s)", func(t testing.TB) {
+			node.Ctl(t, "set_disk_free_limit", "100000GB")
+			hold(5 * time.Second)
+			node.Ctl(t, "set_disk_free_limit", "50MB")
+		}},
+		// Two faults at once.
+		{"broker kill -9 during a consumer SIGKILL", func(t testing.TB) {
+			node.Kill(t)
+			c.killConsumer() // its replacement finds no broker
+			hold(time.Second)
+			node.Start(t)
+		}},
+		{"black hole during a publisher restart", func(t testing.TB) {
+			proxy.Blackhole(t)
+			c.killPublisher(pick()) // restarts into the black hole, with its journal
+			hold(4 * time.Second)
+			proxy.Restore(t)
+		}},
 	}
 	stats := runFaults(t, kinds, plan(kinds, p.perKind, rng), p.pause, rng, c.sleep)
 	proxy.Restore(t)
