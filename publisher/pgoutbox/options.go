@@ -55,7 +55,10 @@ const (
 )
 
 // LabelTable is the label on every Metric* of an Outbox: Options.Table. (A relay's publisher
-// metrics carry the publisher's labels, publisher.LabelClient.)
+// metrics carry the publisher's labels, publisher.LabelClient.) Outboxes opened on the same table
+// in one process report into the same series on purpose: the metrics describe the table (its
+// writes, its backlog), not the handle, so no identity is claimed (metrics.Claimer); two relays
+// on one registry are still told apart by their publisher's client label.
 const LabelTable = "table"
 
 // Options configure an Outbox.
