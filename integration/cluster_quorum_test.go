@@ -53,7 +53,9 @@ type clusterFault struct {
 	took              time.Duration // the whole fault, rabbitmqctl calls included
 }
 
-func runClusterQuorum(t *testing.T, p clusterParams) {
+// runClusterQuorum runs the cluster fault run of p and returns its report (markdown tables) and
+// whether the history check passed; the test fails on a bad verdict either way.
+func runClusterQuorum(t *testing.T, p clusterParams) (report string, ok bool) {
 	start := time.Now()
 	seed := rand.Uint64()
 	t.Logf("cluster seed %d", seed)
@@ -174,6 +176,7 @@ func runClusterQuorum(t *testing.T, p clusterParams) {
 
 	live := urls[0]
 	c.requireChaosVerdict(t, live, res, p.sources*p.perSource)
+	return b.String(), res.OK() && !t.Failed()
 }
 
 // declareVia declares what the examples declare (exchange, quorum queue, binding, the consumer's
