@@ -88,3 +88,26 @@ func TestAdmitBindsSourceToUser(t *testing.T) {
 	require.Contains(t, d.Headers[protocol.HeaderParkReason], "refused by Config.Admit: source \"orders\" must be published by broker user guest")
 	require.Equal(t, 1.0, f.mem.Get(consumer.MetricStreams), "the refused message created no state of its own")
 }
+
+// The parking queue's depth is a gauge, read when a session starts (and every 30 s): it counts
+// what is there whoever put it there (here: two messages put there by hand, as a broker's
+// dead-lettering would).
+func TestParkingQueueDepthGauge(t *testing.T) {
+	f := newFixture(t, testbroker.SharedURL(t))
+	ch := f.channel()
+	_, err := ch.QueueDeclare(f.parked, true, false, false, false, nil)
+	require.NoError(t, err)
+	for i := range 2 {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", f.parked, true, false, stamped("src", "s", 1, int64(i+1), "dead-lettered"))
+		require.NoError(t, err)
+		require.True(t, dc.Wait())
+	}
+	c, err := consumer.New(f.config())
+	require.NoError(t, err)
+	run := start(t, c, func(context.Context, *consumer.Message) error { return nil }, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, c.WaitReady(ctx))
+	eventually(t, 10*time.Second, "gauge set", func() bool { return f.mem.Get(consumer.MetricParkingQueueMessages) == 2 })
+	run.stop(t)
+}

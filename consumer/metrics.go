@@ -69,6 +69,10 @@ const (
 	MetricStreamsRefused = "rabbitkit_consumer_streams_refused_total"
 	// MetricRefused counts messages parked because Config.Admit refused them.
 	MetricRefused = "rabbitkit_consumer_refused_total"
+	// MetricParkingQueueMessages is a gauge of the messages ready in the parking queue, read when a
+	// session starts and every 30 s: what this consumer parked, what the broker dead-lettered
+	// there, and what nobody has re-driven yet.
+	MetricParkingQueueMessages = "rabbitkit_consumer_parking_queue_messages"
 	// MetricStreams is a gauge of the streams held in the dedup state.
 	MetricStreams = "rabbitkit_consumer_streams"
 )

@@ -141,8 +141,13 @@ func (r *run) open(conn *amqp.Connection) (*session, error) {
 // ends and the drain is complete (true).
 func (r *run) serve(s *session) (bool, error) {
 	log := r.cfg.Logger
+	r.checkParking(s)
+	parkingTick := time.NewTicker(parkingCheckInterval)
+	defer parkingTick.Stop()
 	for {
 		select {
+		case <-parkingTick.C:
+			r.checkParking(s)
 		case d, ok := <-s.dels:
 			if !ok {
 				reason := sessionEndReason(s)
@@ -172,6 +177,27 @@ func (r *run) serve(s *session) (bool, error) {
 			return true, nil
 		}
 	}
+}
+
+// parkingCheckInterval is how often a session reads the parking queue's depth.
+const parkingCheckInterval = 30 * time.Second
+
+// checkParking sets MetricParkingQueueMessages to the parking queue's depth, read with a passive
+// declare on a channel of its own (a 404 closes that channel, not the consuming one). It counts
+// what this consumer parked and what the broker dead-lettered there (a quorum queue's delivery
+// limit), and what nobody has re-driven yet, whoever parked it.
+func (r *run) checkParking(s *session) {
+	ch, err := s.conn.Channel()
+	if err != nil {
+		return // the session is ending: serve hears of it
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(r.cfg.ParkingQueue, true, false, false, false, nil)
+	if err != nil {
+		r.cfg.Logger.Warn("consumer: cannot read the parking queue's depth", "queue", r.cfg.ParkingQueue, "err", err)
+		return
+	}
+	r.cfg.Metrics.Set(MetricParkingQueueMessages, float64(q.Messages))
 }
 
 // amqpErr makes an error of a NotifyClose value (nil when the peer closed cleanly).
