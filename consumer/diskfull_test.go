@@ -174,8 +174,8 @@ func fillDisk(t *testing.T, path string) int {
 // commit fails with ENOSPC, Run goes on, nothing is acked, and when the filler is deleted the
 // consumer resumes by itself and applies every message exactly once.
 func TestDiskFullTmpfs(t *testing.T) {
-	dir := mountTmpfs(t, 16<<20)
 	f := newFixture(t, testbroker.SharedURL(t))
+	dir := mountTmpfs(t, 16<<20)
 	ch := f.channel()
 	cfg := f.config()
 	cfg.StorePath, cfg.MaxBatch = filepath.Join(dir, "consumer.db"), 4
