@@ -69,33 +69,12 @@ func uuidLike(prefix [8]byte, i int) string {
 // every confirm; it returns the rate in msg/s. stamp is one of the stamp variants.
 func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int, stamp string) float64 {
 	b.Helper()
-	c, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	ch, err := c.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := ch.Confirm(false); err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	pending := make([]*amqp.DeferredConfirmation, 0, window)
 	var prefix [8]byte
 	_, _ = rand.Read(prefix[:])
 	long := strings.Repeat("s", protocol.MaxSourceLen)
 	longStream := strings.Repeat("t", protocol.MaxStreamLen)
-	start := time.Now()
-	for i := range n {
-		if len(pending) == window {
-			if !pending[0].Wait() {
-				b.Fatal("raw: nack")
-			}
-			pending = pending[1:]
-		}
-		msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body, MessageId: fmt.Sprint(i)}
+	return testbroker.PublishPipelined(b, url, queue, n, window, func(i int) amqp.Publishing {
+		msg := amqp.Publishing{Body: body, MessageId: fmt.Sprint(i)}
 		st := protocol.Stamp{Source: "bench-raw", Epoch: 1234567890123, Stream: "/" + queue, Seq: int64(i + 1)}
 		switch stamp {
 		case stampUUID:
@@ -111,18 +90,8 @@ func rawPipelined(b *testing.B, url, queue string, body []byte, n, window int, s
 		case stampV1:
 			msg.Headers, msg.MessageId = st.ApplyV1(nil), st.Source+"/"+fmt.Sprint(st.Epoch)+"/"+st.Stream+"/"+fmt.Sprint(st.Seq)
 		}
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, msg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		pending = append(pending, dc)
-	}
-	for _, dc := range pending {
-		if !dc.Wait() {
-			b.Fatal("raw: nack")
-		}
-	}
-	return float64(n) / time.Since(start).Seconds()
+		return msg
+	})
 }
 
 func benchPublisher(b *testing.B, url, queue, qtype string) *Publisher {

@@ -11,6 +11,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/internal/testbroker"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
 	"github.com/rabbitkit/rabbitkit/publisher/pgoutbox"
@@ -33,47 +34,15 @@ const relayWindow = 512
 // for every confirm; msg/s. stamped: the v2 stamp as message-id, else a UUID-like one.
 func rawPipelined(b testing.TB, url, queue string, body []byte, n, window int, stamped bool) float64 {
 	b.Helper()
-	c, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	ch, err := c.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := ch.Confirm(false); err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
 	var prefix [6]byte
 	_, _ = rand.Read(prefix[:])
-	pending := make([]*amqp.DeferredConfirmation, 0, window)
-	start := time.Now()
-	for i := range n {
-		if len(pending) == window {
-			if !pending[0].Wait() {
-				b.Fatal("raw: nack")
-			}
-			pending = pending[1:]
-		}
+	return testbroker.PublishPipelined(b, url, queue, n, window, func(i int) amqp.Publishing {
 		id := fmt.Sprintf("%x-%04x-4000-8000-%012x", prefix[:4], prefix[4:], i)
 		if stamped {
 			id = protocol.Stamp{Source: "orders-svc", Epoch: 1, Stream: fmt.Sprintf("s%d", i%16), Seq: int64(i/16 + 1)}.String()
 		}
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false,
-			amqp.Publishing{DeliveryMode: amqp.Persistent, MessageId: id, Body: body})
-		if err != nil {
-			b.Fatal(err)
-		}
-		pending = append(pending, dc)
-	}
-	for _, dc := range pending {
-		if !dc.Wait() {
-			b.Fatal("raw: nack")
-		}
-	}
-	return float64(n) / time.Since(start).Seconds()
+		return amqp.Publishing{MessageId: id, Body: body}
+	})
 }
 
 func purgeQueue(b testing.TB, url, queue string) {
