@@ -163,20 +163,17 @@ loop:
 			ok = e.kind == outParked
 		default:
 			e.hash = dedup.BodyHash(it.d.Body)
+			var v dedup.Verdict
 			if _, seen := local[it.stamp]; it.redrive && !seen && w.tr.IsParked(it.stamp) {
-				// An operator re-drove a message parked after its handler failed: apply it once.
-				if local == nil {
-					local = map[protocol.Stamp]uint64{}
-				}
-				local[it.stamp] = e.hash
-				e.mark, e.unpark = true, true
+				// An operator re-drove a message parked after its handler failed: apply it once,
+				// as a new one (its stream is known: no stream bound applies).
+				e.unpark, v = true, dedup.Verdict{Kind: dedup.KindNew}
 				r.cfg.Logger.Info("consumer: applying a re-driven parked message", "stamp", it.stamp.String())
-				ok = w.handle(b, &e, true)
-				break
-			}
-			v := w.tr.Classify(it.stamp)
-			if h, dup := local[it.stamp]; dup {
-				v = dedup.Verdict{Kind: dedup.KindDuplicate, StoredHash: h}
+			} else {
+				v = w.tr.Classify(it.stamp)
+				if h, dup := local[it.stamp]; dup {
+					v = dedup.Verdict{Kind: dedup.KindDuplicate, StoredHash: h}
+				}
 			}
 			switch v.Kind {
 			case dedup.KindNew:

@@ -87,7 +87,8 @@ func (t *Tracker) IsParked(s protocol.Stamp) bool {
 }
 
 // Unpark forgets that s was parked, once a re-driven copy of it has been applied, and reports
-// whether it was. Persist the stream as after Commit. Later copies of s are duplicates.
+// whether it was; it forgets s's start count too. Persist the stream as after Commit. Later
+// copies of s are duplicates.
 func (t *Tracker) Unpark(s protocol.Stamp) bool {
 	st := t.lookup(KeyOf(s))
 	if st == nil {
@@ -99,6 +100,7 @@ func (t *Tracker) Unpark(s protocol.Stamp) bool {
 	}
 	st.parked = slices.Delete(st.parked, i, i+1)
 	t.markDirty(st)
+	t.clearStarts(s)
 	return true
 }
 
@@ -192,11 +194,11 @@ func (t *Tracker) Starts(s protocol.Stamp) int64 {
 
 // Start records that the handler of s is about to run and returns the count, this start
 // included. Persist the stream (TakeDirty, AppendState) before running the handler: a count
-// that survives crashes is the point. s must be valid and not committed: a stamp Classify calls
-// anything but KindNew is not counted (0). A stream without state gets one, with nothing
-// committed: its first Commit then proceeds as for a new stream.
+// that survives crashes is the point. s must be new (Classify says KindNew) or parked (a
+// re-driven copy is about to run): any other stamp is not counted (0). A stream without state
+// gets one, with nothing committed: its first Commit then proceeds as for a new stream.
 func (t *Tracker) Start(s protocol.Stamp) int64 {
-	if t.Classify(s).Kind != KindNew {
+	if t.Classify(s).Kind != KindNew && !t.IsParked(s) {
 		return 0
 	}
 	key := KeyOf(s)

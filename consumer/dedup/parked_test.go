@@ -174,6 +174,14 @@ func TestStartCounts(t *testing.T) {
 		if tr2.Starts(st(9)) != 0 || !tr2.IsParked(st(9)) {
 			t.Fatal("CommitParked must clear the count and park")
 		}
+		// A re-driven copy of a parked stamp is counted too (it may crash the process again);
+		// Unpark, when it is applied, forgets the count.
+		if n := tr2.Start(st(9)); n != 1 {
+			t.Fatalf("Start of a parked stamp = %d, want 1", n)
+		}
+		if !tr2.Unpark(st(9)) || tr2.Starts(st(9)) != 0 {
+			t.Fatal("Unpark must forget the start count")
+		}
 		checkInvariants(t, tr2)
 	}
 }
