@@ -66,7 +66,9 @@ func writeReliability(t *testing.T, total, perKind int, reports []chaosReport) {
 	b.WriteString("command below and commit what it writes.\n\n")
 	fmt.Fprintf(&b, "```sh\n%s\n```\n\n", cmd)
 	b.WriteString("The PostgreSQL inbox's soak (competing consumers, PostgreSQL crashed and restarted) is in\n")
-	b.WriteString("[RELIABILITY-PG.md](RELIABILITY-PG.md).\n\n")
+	b.WriteString("[RELIABILITY-PG.md](RELIABILITY-PG.md), the PostgreSQL outbox relay's in\n")
+	b.WriteString("[RELIABILITY-OUTBOX.md](RELIABILITY-OUTBOX.md), a three-node cluster's in\n")
+	b.WriteString("[RELIABILITY-CLUSTER.md](RELIABILITY-CLUSTER.md).\n\n")
 	if total != 1_000_000 || perKind != 12 {
 		fmt.Fprintf(&b, "**This is a scaled-down run** (%d messages, each fault kind %d times per queue type), not the\n", total, perKind)
 		b.WriteString("full soak of one million messages and 264 faults that plain `make soak` runs.\n\n")
