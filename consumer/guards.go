@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Guards a delivery passes before its handler runs, besides dedup: Config.Admit (untrusted
@@ -50,7 +51,7 @@ func (w *worker) recordStart(it *item) (int64, bool) {
 		if w.broken {
 			return 0, false
 		}
-		n = w.tr.Start(it.stamp)
+		n = w.tr.Start(it.stamp, time.Now())
 		w.keys = w.tr.TakeDirty(w.keys[:0])
 		states := w.states(w.keys)
 		b = r.store.newBatch(r.hctx, 0)

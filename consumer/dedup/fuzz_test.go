@@ -175,11 +175,11 @@ func sampleStates(tb testing.TB) [][]byte {
 	out = append(out, b)
 	// Start counts (version 2): with parked stamps, and alone on a stream Start created.
 	for _, seq := range []int64{30, 31, 31, 40} {
-		tr.Start(protocol.Stamp{Source: "src", Stream: "s", Epoch: 7, Seq: seq})
+		tr.Start(protocol.Stamp{Source: "src", Stream: "s", Epoch: 7, Seq: seq}, now)
 	}
 	b, _ = tr.AppendState(nil, Key{"src", "s"})
 	out = append(out, b)
-	tr.Start(protocol.Stamp{Source: "src", Stream: "u", Epoch: 3, Seq: 1})
+	tr.Start(protocol.Stamp{Source: "src", Stream: "u", Epoch: 3, Seq: 1}, now)
 	b, _ = tr.AppendState(nil, Key{"src", "u"})
 	return append(out, b)
 }

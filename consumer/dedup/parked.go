@@ -196,15 +196,17 @@ func (t *Tracker) Starts(s protocol.Stamp) int64 {
 // included. Persist the stream (TakeDirty, AppendState) before running the handler: a count
 // that survives crashes is the point. s must be new (Classify says KindNew) or parked (a
 // re-driven copy is about to run): any other stamp is not counted (0). A stream without state
-// gets one, with nothing committed: its first Commit then proceeds as for a new stream.
-func (t *Tracker) Start(s protocol.Stamp) int64 {
+// gets one, with nothing committed and now as its last activity (so that idle retention and
+// ForgetAfter count from the start, not from 1970): its first Commit then proceeds as for a new
+// stream.
+func (t *Tracker) Start(s protocol.Stamp, now time.Time) int64 {
 	if t.Classify(s).Kind != KindNew && !t.IsParked(s) {
 		return 0
 	}
 	key := KeyOf(s)
 	st := t.lookup(key)
 	if st == nil {
-		st = &stream{key: key, wins: []*window{{epoch: s.Epoch}}}
+		st = &stream{key: key, wins: []*window{{epoch: s.Epoch, active: now.UnixNano()}}}
 		if t.cfg.AdoptStreams && s.Seq > 1 {
 			// As Commit would adopt it: the numbers below are not waited for.
 			p := s.Seq - 1

@@ -129,10 +129,13 @@ func TestStartCounts(t *testing.T) {
 		tr := newTracker(t, Config{AdoptStreams: adopt})
 		k := Key{"src", "s"}
 		st := func(seq int64) protocol.Stamp { return protocol.Stamp{Source: "src", Stream: "s", Epoch: 2, Seq: seq} }
-		if n := tr.Start(st(5)); n != 1 {
+		if n := tr.Start(st(5), t0); n != 1 {
 			t.Fatalf("first Start = %d", n)
 		}
-		if n := tr.Start(st(5)); n != 2 {
+		if info, _ := tr.Info(k); !info[0].Active.Equal(t0) {
+			t.Fatalf("a stream Start created is active since %v, want %v (idle retention counts from it)", info[0].Active, t0)
+		}
+		if n := tr.Start(st(5), t0); n != 2 {
 			t.Fatalf("second Start = %d", n)
 		}
 		if v := tr.Classify(st(5)); v.Kind != KindNew {
@@ -151,7 +154,7 @@ func TestStartCounts(t *testing.T) {
 		if n := tr2.Starts(st(5)); n != 2 {
 			t.Fatalf("after Load: %d starts, want 2", n)
 		}
-		if n := tr2.Start(st(5)); n != 3 {
+		if n := tr2.Start(st(5), t0); n != 3 {
 			t.Fatalf("third Start = %d", n)
 		}
 		// Commit forgets the count; the state is version 1 again.
@@ -161,7 +164,7 @@ func TestStartCounts(t *testing.T) {
 		if n := tr2.Starts(st(5)); n != 0 {
 			t.Fatalf("%d starts after Commit", n)
 		}
-		if tr2.Start(st(5)) != 0 {
+		if tr2.Start(st(5), t0) != 0 {
 			t.Fatal("a committed stamp is not counted")
 		}
 		enc, _ = tr2.AppendState(nil, k)
@@ -169,14 +172,14 @@ func TestStartCounts(t *testing.T) {
 			t.Fatalf("version %d without starts or parked stamps", enc[0])
 		}
 		// CommitParked forgets it too.
-		tr2.Start(st(9))
+		tr2.Start(st(9), t0)
 		tr2.CommitParked(st(9), 0, t0)
 		if tr2.Starts(st(9)) != 0 || !tr2.IsParked(st(9)) {
 			t.Fatal("CommitParked must clear the count and park")
 		}
 		// A re-driven copy of a parked stamp is counted too (it may crash the process again);
 		// Unpark, when it is applied, forgets the count.
-		if n := tr2.Start(st(9)); n != 1 {
+		if n := tr2.Start(st(9), t0); n != 1 {
 			t.Fatalf("Start of a parked stamp = %d, want 1", n)
 		}
 		if !tr2.Unpark(st(9)) || tr2.Starts(st(9)) != 0 {

@@ -161,7 +161,7 @@ func (c *core[T]) attempt(ctx context.Context, b *consumer.Batch[T], keys []dedu
 			continue // excluded by an earlier attempt
 		}
 		if op.Start {
-			op.Starts = tr.Start(op.Stamp)
+			op.Starts = tr.Start(op.Stamp, now)
 			op.Verdict = dedup.Verdict{Kind: dedup.KindNew}
 			if op.Starts == 0 {
 				op.Verdict = tr.Classify(op.Stamp)
