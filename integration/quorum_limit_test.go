@@ -68,7 +68,7 @@ func TestQuorumLimitChild(t *testing.T) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	err = c.Run(ctx, func(_ context.Context, m *consumer.Message) error {
-		if os.Getenv("RK_QLIMIT_DEBUG") != "" {
+		if os.Getenv("RABBITKIT_TEST_LOG") != "" {
 			fmt.Fprintln(os.Stderr, "handle", m.Stamp, m.Stamped, m.Properties.MessageID)
 		}
 		if poison[m.Stamp.Seq] {
