@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
@@ -231,24 +230,6 @@ func qlKilled(err error) bool {
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
-// syncBuffer is a bytes.Buffer for a logger written from the consumer's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A consumer started on a quorum queue an older rabbitkit declared (no dead-letter arguments) is
 // not stopped by the 406 of the new declaration: the declaration is tried on a channel of its own
 // (Topology.DeclareConn), so the consumer consumes at its first attempt, and warns once with the
@@ -267,7 +248,7 @@ func TestConsumerOnOldQuorumQueueWarns(t *testing.T) {
 	id := protocol.Stamp{Source: "qold", Epoch: 1, Stream: "s", Seq: 1}.String()
 	require.NoError(t, ch.Publish("", q, false, false, amqp.Publishing{MessageId: id, DeliveryMode: amqp.Persistent, Body: []byte("x")}))
 
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	c, err := consumer.New(consumer.Config{URLs: []string{url}, Queue: q,
 		Topology:  topology.Topology{Queues: []topology.Queue{{Name: q, Type: topology.Quorum}}}, // its own Args: none, as before
 		StorePath: filepath.Join(t.TempDir(), "store.db"), Logger: slog.New(slog.NewTextHandler(&logs, nil))})

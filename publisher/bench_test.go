@@ -17,6 +17,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
@@ -228,7 +229,7 @@ func BenchmarkPublish(b *testing.B) {
 					b.ReportMetric(rk.rate()/raw.rate(), "ratio")
 					b.ReportMetric(rk.rate()/stamped.rate(), "ratio_stamped")
 					// "ratio" is of the rates over all rounds; these are of each round's own ratio.
-					lo, med, hi := roundRatios(rkR, rawR)
+					lo, med, hi := testutil.RoundRatios(rkR, rawR)
 					b.ReportMetric(med, "round_ratio_median")
 					b.ReportMetric(lo, "round_ratio_min")
 					b.ReportMetric(hi, "round_ratio_max")
@@ -244,19 +245,6 @@ func BenchmarkPublish(b *testing.B) {
 			}
 		}
 	}
-}
-
-// roundRatios returns the minimum, median and maximum of num[i]/den[i]: each round's own ratio.
-func roundRatios(num, den []float64) (lo, med, hi float64) {
-	r := make([]float64, min(len(num), len(den)))
-	for i := range r {
-		r[i] = num[i] / den[i]
-	}
-	if len(r) == 0 {
-		return 0, 0, 0
-	}
-	sort.Float64s(r)
-	return r[0], r[len(r)/2], r[len(r)-1]
 }
 
 // BenchmarkJournaledLatency: Publish latency to "journaled" from 16 goroutines, with the broker up

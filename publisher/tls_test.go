@@ -1,7 +1,6 @@
 package publisher
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,32 +8,14 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/metrics"
 )
-
-// syncBuffer is a log sink that tests read while the publisher writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestTLS publishes over amqps to a private node whose TLS listener requires a client
 // certificate: through connection faults, with the TLS files given as URL parameters, and with a
@@ -155,7 +136,7 @@ func TestTLS(t *testing.T) {
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newSetup(t, node.URL, "classic", nil)
-			var logs syncBuffer
+			var logs testutil.SyncBuffer
 			cfg := s.config(t, tl.URL, t.TempDir())
 			cfg.TLS = tc.tls()
 			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))

@@ -5,13 +5,13 @@ import (
 	"crypto/rand"
 	"flag"
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
 	"github.com/rabbitkit/rabbitkit/publisher/pgoutbox"
@@ -102,19 +102,6 @@ func waitConfirmed(b testing.TB, m *countingRecorder, base float64, n int, d tim
 
 var relayRounds = flag.Int("pgoutbox.rounds", 4, "BenchmarkRelay: rounds of relay / raw / raw stamped, in rotating order")
 
-// roundRatios returns the minimum, median and maximum of num[i]/den[i]: each round's own ratio.
-func roundRatios(num, den []float64) (lo, med, hi float64) {
-	r := make([]float64, min(len(num), len(den)))
-	for i := range r {
-		r[i] = num[i] / den[i]
-	}
-	if len(r) == 0 {
-		return 0, 0, 0
-	}
-	slices.Sort(r)
-	return r[0], r[len(r)/2], r[len(r)-1]
-}
-
 func BenchmarkRelay(b *testing.B) {
 	n := max(b.N, 1000)
 	e := benchEnv(b)
@@ -183,7 +170,7 @@ func BenchmarkRelay(b *testing.B) {
 	b.ReportMetric(relay/raw, "ratio")
 	b.ReportMetric(relay/stamped, "ratio_stamped")
 	// "ratio" is of the rates over all rounds; these are of each round's own ratio.
-	lo, med, hi := roundRatios(relayR, rawR)
+	lo, med, hi := testutil.RoundRatios(relayR, rawR)
 	b.ReportMetric(med, "round_ratio_median")
 	b.ReportMetric(lo, "round_ratio_min")
 	b.ReportMetric(hi, "round_ratio_max")
