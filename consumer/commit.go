@@ -23,16 +23,12 @@ type pendingCommit struct {
 // nothing is published after a failed commit.
 func (w *worker) commitAsync(ents []entry, b batch) {
 	now := time.Now()
-	// commitMark adds to w.evs, which earlier commits' events must reach first (settle).
-	saved := w.evs
-	w.evs = nil
+	var evs []dedup.Event // published with the commit, after those of earlier ones (settle)
 	for i := range ents {
 		if e := &ents[i]; e.mark {
-			w.commitMark(e, now)
+			evs = append(evs, w.commitMark(e, now)...)
 		}
 	}
-	evs := w.evs
-	w.evs = saved
 	w.keys = w.tr.TakeDirty(w.keys[:0])
 	states := w.states(w.keys)
 	b.setStates(func([]bool) []StreamState { return states })
@@ -99,6 +95,9 @@ func (w *worker) finish(ents []entry, b batch, start time.Time) []*item {
 		switch e.kind {
 		case outHandled:
 			r.cfg.Metrics.Add(MetricHandled, 1)
+			if e.unpark { // counted once committed, not per attempt
+				r.cfg.Metrics.Add(MetricRedriven, 1)
+			}
 		case outDuplicate:
 			r.cfg.Metrics.Add(MetricDuplicates, 1)
 		}

@@ -112,10 +112,8 @@ func (w *worker) commitShared(ents []entry, b batch) []*item {
 			switch v := b.verdict(e.op); v.Kind {
 			case dedup.KindNew:
 				w.tr.Commit(e.it.stamp, e.hash, now) // the cache's events are not reported: the store's are
-				if e.unpark {
-					r.cfg.Metrics.Add(MetricRedriven, 1)
-				}
 			case dedup.KindDuplicate:
+				e.unpark = false // another replica applied the re-driven copy first
 				if e.kind == outHandled && !r.store.transactional() {
 					r.cfg.Metrics.Add(MetricRaced, 1)
 					r.cfg.Logger.Warn("consumer: handler ran for a stamp another replica committed first (plain handlers on a shared store are at-least-once when two replicas hold one message)", "stamp", e.it.stamp.String())

@@ -270,7 +270,7 @@ loop:
 		for i := range ents {
 			e := &ents[i]
 			if e.mark && (e.op < 0 || applied[e.op]) {
-				w.commitMark(e, now)
+				w.evs = append(w.evs, w.commitMark(e, now)...)
 			}
 		}
 		w.keys = w.tr.TakeDirty(w.keys[:0])
@@ -292,20 +292,19 @@ loop:
 	return append(w.finish(ents, b, start), rest...)
 }
 
-// commitMark records e's mark in the tracker: a parked message's stamp as parked, a re-driven
-// copy's as no longer parked, any other as handled.
-func (w *worker) commitMark(e *entry, now time.Time) {
+// commitMark records e's mark in the tracker (a parked message's stamp as parked, a re-driven
+// copy's as no longer parked, any other as handled) and returns the events it caused.
+func (w *worker) commitMark(e *entry, now time.Time) []dedup.Event {
 	var evs []dedup.Event
 	switch {
 	case e.kind == outParked:
 		_, evs = w.tr.CommitParked(e.it.stamp, e.hash, now)
 	case e.unpark:
 		w.tr.Unpark(e.it.stamp)
-		w.r.cfg.Metrics.Add(MetricRedriven, 1)
 	default:
 		_, evs = w.tr.Commit(e.it.stamp, e.hash, now)
 	}
-	w.evs = append(w.evs, evs...)
+	return evs
 }
 
 // expire reports gaps past their grace and compacts idle streams, persisting what changed.
