@@ -87,6 +87,64 @@ func BenchmarkDrain(b *testing.B) {
 	}
 }
 
+// BenchmarkDrainRedelivered: what Config.MaxCrashes costs where it works, on redeliveries. The
+// queue is filled, every message is delivered once to a plain channel that never acks and then
+// closes (so all come back flagged redelivered, as after a consumer crash), and the consumer
+// drains them: with the default MaxCrashes (a start recorded, one fsync'd commit, before each
+// redelivered message's handler) and with MaxCrashes -1 (no counting), alternating, in the same
+// run. First deliveries cost nothing extra: BenchmarkDrain.
+//
+//	go test -run '^$' -bench DrainRedelivered -benchtime 5000x ./consumer/ -rk.rounds=3
+func BenchmarkDrainRedelivered(b *testing.B) {
+	if b.N == 1 {
+		return
+	}
+	url := testbroker.SharedURL(b)
+	q := testbroker.Name(b, "bench-redeliv")
+	testbroker.DeleteQueues(b, url, q, q+".parked")
+	n := b.N
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	b.StopTimer()
+	redeliverAll := func() {
+		ch, err := conn.Channel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := ch.Qos(n, 0, false); err != nil {
+			b.Fatal(err)
+		}
+		dels, err := ch.Consume(q, "", false, false, false, false, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range n {
+			<-dels
+		}
+		_ = ch.Close() // unacked: requeued, redelivered
+	}
+	var counted, uncounted []float64
+	for range *benchRounds {
+		for _, maxCrashes := range []int{0, -1} {
+			fill(b, conn, q, n, 256)
+			redeliverAll()
+			rate, _ := drainKitWith(b, url, q, n, b.TempDir(), func(c *consumer.Config) { c.MaxCrashes = maxCrashes })
+			if maxCrashes == 0 {
+				counted = append(counted, rate)
+			} else {
+				uncounted = append(uncounted, rate)
+			}
+		}
+		b.Logf("round: counted %.0f msgs/s, uncounted %.0f msgs/s", counted[len(counted)-1], uncounted[len(uncounted)-1])
+	}
+	b.ReportMetric(median(counted), "counted_msgs/s")
+	b.ReportMetric(median(uncounted), "uncounted_msgs/s")
+	b.ReportMetric(median(counted)/median(uncounted), "ratio")
+}
+
 var benchNoSync = flag.Bool("rk.nosync", false, "BenchmarkDrain: bbolt without fsync (to see what the fsync costs)")
 
 var benchKitPrefetch = flag.Int("rk.kitprefetch", 0, "BenchmarkDrain: the rabbitkit consumer's prefetch (0: DefaultPrefetch, as the raw baseline)")
@@ -183,17 +241,26 @@ func drainKit(b *testing.B, url, q string, n int) (float64, latency) {
 
 // drainKitIn is drainKit with its store at dir/bench.db.
 func drainKitIn(b *testing.B, url, q string, n int, dir string) (float64, latency) {
+	return drainKitWith(b, url, q, n, dir, nil)
+}
+
+// drainKitWith is drainKitIn with tune (when not nil) applied to the consumer's Config.
+func drainKitWith(b *testing.B, url, q string, n int, dir string, tune func(*consumer.Config)) (float64, latency) {
 	rec := &ackRecorder{}
 	store, err := consumer.OpenBoltStore(filepath.Join(dir, "bench.db"), consumer.BoltOptions{NoSync: *benchNoSync})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer store.Close()
-	c, err := consumer.NewWithStore(consumer.Config{
+	cfg := consumer.Config{
 		URLs: []string{url}, Queue: q, Prefetch: *benchKitPrefetch,
 		Topology: topology.Topology{Queues: []topology.Queue{{Name: q}}},
 		Metrics:  rec, Logger: quietLogger(),
-	}, store)
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	c, err := consumer.NewWithStore(cfg, store)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -126,6 +126,9 @@ func (w *worker) processOnce(items []*item) []*item {
 			return nil // stopping, or the run failed: the items stay unacked
 		}
 	}
+	if !w.recordFirstStarts(items) {
+		return nil // the run failed: the items stay unacked
+	}
 	b := r.store.newBatch(r.hctx, len(items))
 	ents := make([]entry, 0, len(items))
 	var local map[protocol.Stamp]uint64 // stamps handled earlier in this batch
