@@ -120,9 +120,12 @@ func runClusterQuorum(t *testing.T, p clusterParams) (report string, ok bool) {
 	killRestart := func(kind string, pick func(pub, cons, leader int) int) func(testing.TB) {
 		return func(t testing.TB) {
 			t0 := time.Now()
-			ensurePublishing()
 			var f clusterFault
 			for {
+				// Inside the loop: a publisher that was still running when the last look was taken
+				// may have finished since, and a finished publisher has no connection to find (CI
+				// once waited a minute here for one that had exited).
+				ensurePublishing()
 				f.pub, f.cons, f.leader = where()
 				if f.node = pick(f.pub, f.cons, f.leader); f.node >= 0 {
 					break
