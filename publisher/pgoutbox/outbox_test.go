@@ -128,7 +128,9 @@ func TestOrderUnderConcurrentWriters(t *testing.T) {
 	e := newEnv(t, 12)
 	o := open(t, e.pool, pgoutbox.Options{PollInterval: 5 * time.Millisecond})
 	c := collect(t, e.url, e.queue)
-	runRelay(t, o, e.relayConfig(t, nil))
+	cfg := e.relayConfig(t, nil)
+	cfg.ReadBatch = 8 // pages fill, so the read-ahead (view.Read) runs between out-of-order commits
+	runRelay(t, o, cfg)
 
 	// The naive relay: reads WHERE id > last ORDER BY id and moves last to the highest id seen.
 	var naiveSeen sync.Map

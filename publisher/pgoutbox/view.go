@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,37 @@ type view struct {
 	// it, minus the stop margin: past it Read refuses (ErrLeaseLost). 0: no lease.
 	until *atomic.Int64
 	base  time.Time
+
+	// The read-ahead: after a full page, the next one is read in the background while the
+	// sender publishes this one (see Read). bg ends with close, which waits for the reader.
+	mu     sync.Mutex
+	ahead  *readAhead
+	bg     context.Context
+	stopBG context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// readAhead is one background read: Read(after, max) as of when it ran.
+type readAhead struct {
+	after uint64
+	max   int
+	done  chan struct{} // closed when page and err are set
+	page  []*journal.Entry
+	err   error
+}
+
+func newView(o *Outbox, epoch int64, until *atomic.Int64, base time.Time) *view {
+	v := &view{o: o, epoch: epoch, until: until, base: base}
+	v.bg, v.stopBG = context.WithCancel(context.Background())
+	return v
+}
+
+// close stops a read-ahead in flight and waits for it. Call it once the sender has stopped.
+func (v *view) close() {
+	v.mu.Lock()
+	v.stopBG() // under mu: no read-ahead starts after this
+	v.mu.Unlock()
+	v.wg.Wait()
 }
 
 var _ publisher.Outbox = (*view)(nil)
@@ -86,10 +118,60 @@ func (v *view) held() error {
 // visible in any snapshot are a prefix of its seqs. Each assignment extends every stream's
 // assigned prefix in seq order, and a row that becomes visible later is numbered later, so with
 // a rid larger than every rid already assigned: a reader by rid > after never passes over it.
+//
+// Read-ahead: a page is one transaction of several round trips and a COMMIT (with its WAL
+// flush), which the sender would otherwise wait for between pages. So after a full page Read
+// starts reading the next one, Read(last rid of this page, max), in the background, and the
+// sender's next Read with those arguments takes its result. That result is as of a moment
+// before the call: it is used only when it has rows (an empty one is read again, so that a
+// commit signalled since, Changed, is not missed) and while the lease is held. Any other call
+// (a pass that restarts after a reconnect) discards it; the relay ids it assigned stay assigned,
+// and the rows are read again by rid. A drain of a 1,000,000-row backlog: docs/BENCHMARKS.md.
 func (v *view) Read(ctx context.Context, after uint64, max int) ([]*journal.Entry, error) {
 	if err := v.held(); err != nil {
 		return nil, err
 	}
+	v.mu.Lock()
+	a := v.ahead
+	v.ahead = nil
+	v.mu.Unlock()
+	if a != nil {
+		select {
+		case <-a.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("pgoutbox: read: %w", ctx.Err())
+		}
+		if a.err == nil && a.after == after && a.max == max && len(a.page) > 0 {
+			v.readAhead(a.page[len(a.page)-1].ID, max)
+			return a.page, nil
+		}
+	}
+	page, err := v.read(ctx, after, max)
+	if err == nil && len(page) >= max {
+		v.readAhead(page[len(page)-1].ID, max)
+	}
+	return page, err
+}
+
+// readAhead starts reading the page after after in the background, unless the view is closed.
+func (v *view) readAhead(after uint64, max int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.bg.Err() != nil {
+		return
+	}
+	a := &readAhead{after: after, max: max, done: make(chan struct{})}
+	v.ahead = a
+	v.wg.Go(func() {
+		defer close(a.done)
+		if a.err = v.held(); a.err == nil {
+			a.page, a.err = v.read(v.bg, after, max)
+		}
+	})
+}
+
+// read is one page, read now (Read without the read-ahead).
+func (v *view) read(ctx context.Context, after uint64, max int) ([]*journal.Entry, error) {
 	var out []*journal.Entry
 	var last int64
 	err := pgx.BeginTxFunc(ctx, v.o.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
