@@ -66,4 +66,5 @@ func writeClusterReliability(t *testing.T, rounds int, report string, ok bool) {
 	if err := os.WriteFile("../docs/RELIABILITY-CLUSTER.md", []byte(b.String()), 0o644); err != nil {
 		t.Errorf("write RELIABILITY-CLUSTER.md: %v", err)
 	}
+	writeSoakSummary(t)
 }

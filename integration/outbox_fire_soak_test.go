@@ -79,4 +79,5 @@ func TestSoakOutboxFire(t *testing.T) {
 		t.Fatalf("write %s: %v", path, err)
 	}
 	t.Logf("wrote %s", path)
+	writeSoakSummary(t)
 }

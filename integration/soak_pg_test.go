@@ -73,4 +73,5 @@ func TestSoakPG(t *testing.T) {
 		t.Fatalf("write %s: %v", path, err)
 	}
 	t.Logf("wrote %s", path)
+	writeSoakSummary(t)
 }

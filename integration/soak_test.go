@@ -65,10 +65,7 @@ func writeReliability(t *testing.T, total, perKind int, reports []chaosReport) {
 	b.WriteString("This file is written by `TestSoak` (integration/soak_test.go). Do not edit it by hand: run the\n")
 	b.WriteString("command below and commit what it writes.\n\n")
 	fmt.Fprintf(&b, "```sh\n%s\n```\n\n", cmd)
-	b.WriteString("The PostgreSQL inbox's soak (competing consumers, PostgreSQL crashed and restarted) is in\n")
-	b.WriteString("[RELIABILITY-PG.md](RELIABILITY-PG.md), the PostgreSQL outbox relay's in\n")
-	b.WriteString("[RELIABILITY-OUTBOX.md](RELIABILITY-OUTBOX.md), a three-node cluster's in\n")
-	b.WriteString("[RELIABILITY-CLUSTER.md](RELIABILITY-CLUSTER.md).\n\n")
+	b.WriteString("## Every soak, last run\n\n" + summaryBegin + "\n" + summaryEnd + "\n\n## This soak\n\n")
 	if total != 1_000_000 || perKind != 12 {
 		fmt.Fprintf(&b, "**This is a scaled-down run** (%d messages, each fault kind %d times per queue type), not the\n", total, perKind)
 		b.WriteString("full soak of one million messages and 264 faults that plain `make soak` runs.\n\n")
@@ -98,6 +95,7 @@ func writeReliability(t *testing.T, total, perKind int, reports []chaosReport) {
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatalf("write %s: %v", path, err)
 	}
+	writeSoakSummary(t)
 	t.Logf("wrote %s", path)
 }
 
