@@ -28,7 +28,9 @@ import (
 // neither renew nor release), its broker link is black-holed (it keeps the lease and cannot
 // send), the PostgreSQL server is shut down (fast) and restarted, and the leaseholder's PostgreSQL
 // and broker connections are cut. A consumer process with a PostgreSQL inbox (on the shared server)
-// applies everything. Verdict: nothing lost, nothing applied twice, every order row's message
+// applies everything, through proxies of its own that are attacked too: its broker connection cut,
+// its inbox connections cut and black-holed. So all four connections of outbox → broker → inbox
+// take faults (the end-to-end test). Verdict: nothing lost, nothing applied twice, every order row's message
 // applied (the business write and its message committed together), per-stream order of first
 // applications, and takeovers within the lease's bound. TestSoakOutboxFire (build tag soak) is
 // the long, random variant that writes docs/RELIABILITY-OUTBOX.md; it also crashes the server
@@ -97,7 +99,19 @@ func runOutboxFire(t *testing.T, p outboxFireParams) outboxFireReport {
 	c.queue = testbroker.Name(t, "fire-q")
 	c.rate = p.rate
 	c.streams = 4
-	c.pg = pgtest.DSN(t) // the consumer's inbox and ledger: the shared server, out of the line of fire
+	// The consumer's inbox and ledger are on the shared server, and both of the consumer's links
+	// go through proxies of their own, so that all four connections of the chain (writer and relay
+	// to PostgreSQL, relay to broker, consumer to broker, consumer to its inbox) are under fire.
+	consDirect := pgtest.DSN(t)
+	cu, err := neturl.Parse(consDirect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	consPG := testbroker.NewTCPProxy(t, cu.Host)
+	cu.Host = consPG.Addr
+	c.pg, c.pgDirect = cu.String(), consDirect
+	consAMQP := testbroker.NewProxy(t, url)
+	c.consURL = consAMQP.URL
 	c.pgPub = []string{"-lease-ttl", fireTTL.String()}
 	testbroker.DeleteQueues(t, url, c.queue, c.queue+".parked")
 	testbroker.DeleteExchanges(t, url, c.exchange)
@@ -235,6 +249,21 @@ func runOutboxFire(t *testing.T, p outboxFireParams) outboxFireReport {
 			}
 			return i >= 0
 		}},
+		{"consumer's broker connection cut", func() bool {
+			consAMQP.Cut(t)
+			return true
+		}},
+		{"consumer's PostgreSQL connections cut", func() bool {
+			consPG.Cut(t)
+			return true
+		}},
+		{"consumer's PostgreSQL link black-holed (3 s)", func() bool {
+			consPG.Blackhole(t)
+			c.sleep(3 * time.Second)
+			consPG.Restore(t)
+			consPG.Cut(t)
+			return true
+		}},
 	}
 	byName := map[string]fault{}
 	for _, k := range kinds {
@@ -257,6 +286,7 @@ func runOutboxFire(t *testing.T, p outboxFireParams) outboxFireReport {
 			"leaseholder SIGKILL + restart", "leaseholder's PostgreSQL link black-holed", "leaseholder SIGKILL + restart",
 			"leaseholder's broker link black-holed (4 s)", "PostgreSQL fast shutdown + restart", "leaseholder SIGKILL + restart",
 			"leaseholder's PostgreSQL connections cut", "leaseholder's broker connections cut",
+			"consumer's broker connection cut", "consumer's PostgreSQL link black-holed (3 s)", "consumer's PostgreSQL connections cut",
 		} {
 			run(byName[n])
 		}
@@ -270,6 +300,8 @@ func runOutboxFire(t *testing.T, p outboxFireParams) outboxFireReport {
 		pgPx[i].Restore(t)
 		amqpPx[i].Restore(t)
 	}
+	consPG.Restore(t)
+	consAMQP.Restore(t)
 	t.Logf("faults: %v", counts)
 	c.finish(3 * time.Minute)
 
@@ -312,7 +344,7 @@ func runOutboxFire(t *testing.T, p outboxFireParams) outboxFireReport {
 	for _, f := range failures {
 		t.Errorf("a process failed on its own: %s", f)
 	}
-	outOfOrder := checkLedgerOrder(t, c.pg)
+	outOfOrder := checkLedgerOrder(t, c.pgDirect)
 
 	// Takeover: the documented bound is LeaseTTL + LeaseTTL/5 after the holder's last renewal;
 	// measured from the fault, plus the time this poller and the replicas' renewal ticks take on a
