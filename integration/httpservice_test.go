@@ -4,13 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	neturl "net/url"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/internal/history"
+	"github.com/rabbitkit/rabbitkit/internal/pgtest"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
@@ -29,24 +32,8 @@ func TestHTTPServiceWhileBrokerDown(t *testing.T) {
 	journalPath := filepath.Join(c.dir, "http.journal")
 
 	start := func(n int) (*proc, string) {
-		addrc := make(chan string, 1)
-		p := startProc(t, c.dir, procSpec{
-			name: fmt.Sprintf("httpservice#%d", n), bin: filepath.Join(c.bin, "httpservice"),
-			args: []string{"-listen", "127.0.0.1:0", "-url", proxy.URL, "-source", "http", "-journal", journalPath,
-				"-exchange", c.exchange, "-queue", c.queue},
-			onStderr: func(line string) {
-				if _, rest, ok := strings.Cut(line, "msg=listening addr="); ok {
-					addrc <- strings.Fields(rest)[0]
-				}
-			},
-		})
-		select {
-		case addr := <-addrc:
-			return p, "http://" + addr
-		case <-time.After(30 * time.Second):
-			t.Fatalf("httpservice did not listen: %s", p.describe())
-			return nil, ""
-		}
+		return startHTTPService(t, c, n, "-url", proxy.URL, "-source", "http", "-journal", journalPath,
+			"-exchange", c.exchange, "-queue", c.queue)
 	}
 
 	proxy.Down(t) // the broker is unreachable from the start
@@ -54,24 +41,8 @@ func TestHTTPServiceWhileBrokerDown(t *testing.T) {
 	var accepted []protocol.Stamp
 	post := func(i int) {
 		t.Helper()
-		resp, err := http.Post(base+"/messages", "text/plain", strings.NewReader(fmt.Sprintf("request %d", i)))
-		if err != nil {
-			t.Fatalf("POST: %v", err)
-		}
-		defer resp.Body.Close()
-		var v struct {
-			Source string `json:"source"`
-			Epoch  int64  `json:"epoch"`
-			Stream string `json:"stream"`
-			Seq    int64  `json:"seq"`
-		}
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST answered %s, want 202 Accepted", resp.Status)
-		}
-		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-			t.Fatalf("decode: %v", err)
-		}
-		accepted = append(accepted, protocol.Stamp{Source: v.Source, Epoch: v.Epoch, Stream: v.Stream, Seq: v.Seq})
+		v := postMessage(t, base, fmt.Sprintf("request %d", i), http.StatusAccepted)
+		accepted = append(accepted, v.stamp())
 	}
 	for i := range 100 {
 		post(i)
@@ -81,18 +52,7 @@ func TestHTTPServiceWhileBrokerDown(t *testing.T) {
 	for i := 100; i < 200; i++ {
 		post(i)
 	}
-	health := func() map[string]any {
-		resp, err := http.Get(base + "/healthz")
-		if err != nil {
-			t.Fatalf("GET /healthz: %v", err)
-		}
-		defer resp.Body.Close()
-		var v map[string]any
-		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-			t.Fatalf("decode: %v", err)
-		}
-		return v
-	}
+	health := func() map[string]any { return getHealth(t, base) }
 	if h := health(); h["pending"] != float64(200) {
 		t.Fatalf("healthz during the outage: %v, want 200 pending", h)
 	}
@@ -121,5 +81,196 @@ func TestHTTPServiceWhileBrokerDown(t *testing.T) {
 	res := history.Check(h)
 	if !res.OK() || res.ExactlyOnce != 200 || res.Applied != 200 {
 		t.Fatalf("want the 200 accepted requests applied exactly once and nothing else:\n%s\n%v", res.Table(), res.Samples)
+	}
+}
+
+// startHTTPService starts examples/httpservice on a free port and returns it and its base URL.
+func startHTTPService(t *testing.T, c *cluster, n int, args ...string) (*proc, string) {
+	t.Helper()
+	addrc := make(chan string, 1)
+	p := startProc(t, c.dir, procSpec{
+		name: fmt.Sprintf("httpservice#%d", n), bin: filepath.Join(c.bin, "httpservice"),
+		args: append([]string{"-listen", "127.0.0.1:0"}, args...),
+		onStderr: func(line string) {
+			if _, rest, ok := strings.Cut(line, "msg=listening addr="); ok {
+				addrc <- strings.Fields(rest)[0]
+			}
+		},
+	})
+	select {
+	case addr := <-addrc:
+		return p, "http://" + addr
+	case <-time.After(30 * time.Second):
+		t.Fatalf("httpservice did not listen: %s", p.describe())
+		return nil, ""
+	}
+}
+
+// postAnswer is POST /messages's 202 body.
+type postAnswer struct {
+	Source  string `json:"source"`
+	Epoch   int64  `json:"epoch"`
+	Stream  string `json:"stream"`
+	Seq     int64  `json:"seq"`
+	Stamp   string `json:"stamp"`
+	OrderID int64  `json:"order_id"`
+}
+
+func (a postAnswer) stamp() protocol.Stamp {
+	return protocol.Stamp{Source: a.Source, Epoch: a.Epoch, Stream: a.Stream, Seq: a.Seq}
+}
+
+// postMessage POSTs body to /messages and fails the test unless the answer has status want.
+func postMessage(t *testing.T, base, body string, want int) postAnswer {
+	t.Helper()
+	resp, err := http.Post(base+"/messages", "text/plain", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST: %v", err)
+	}
+	defer resp.Body.Close()
+	var v postAnswer
+	if resp.StatusCode != want {
+		msg, _ := io.ReadAll(resp.Body)
+		t.Fatalf("POST answered %s (%s), want %d", resp.Status, strings.TrimSpace(string(msg)), want)
+	}
+	if want == http.StatusAccepted {
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
+	}
+	return v
+}
+
+// getHealth returns GET /healthz's body.
+func getHealth(t *testing.T, base string) map[string]any {
+	t.Helper()
+	resp, err := http.Get(base + "/healthz")
+	if err != nil {
+		t.Fatalf("GET /healthz: %v", err)
+	}
+	defer resp.Body.Close()
+	var v map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	return v
+}
+
+// TestHTTPServicePGWhileBrokerDown: the HTTP service in -pg mode commits each request's order row
+// and its message in one transaction and answers 202 while the broker is unreachable. With the
+// database unreachable it answers 503 and writes nothing. A SIGKILL during the outage loses
+// nothing (another process takes the relay lease over). Once the broker is back every accepted
+// order's message reaches the consumer exactly once, and every order row carries the stamp of a
+// message that was applied.
+func TestHTTPServicePGWhileBrokerDown(t *testing.T) {
+	url := testbroker.SharedURL(t)
+	proxy := testbroker.NewProxy(t, url)
+	c := newCluster(t, proxy.URL, "classic", 1, 0)
+	c.exchange = testbroker.Name(t, "httppg-x")
+	c.queue = testbroker.Name(t, "httppg-q")
+	testbroker.DeleteQueues(t, url, c.queue, c.queue+".parked")
+	testbroker.DeleteExchanges(t, url, c.exchange)
+	dsn := pgtest.DSN(t)
+	u, err := neturl.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgPx := testbroker.NewTCPProxy(t, u.Host)
+	u.Host = pgPx.Addr
+	start := func(n int) (*proc, string) {
+		return startHTTPService(t, c, n, "-url", proxy.URL, "-source", "httppg", "-pg", u.String(), "-lease-ttl", "2s",
+			"-exchange", c.exchange, "-queue", c.queue)
+	}
+	pool := pgtest.PoolOn(t, dsn, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	count := func(q string) int {
+		t.Helper()
+		var n int
+		if err := pool.QueryRow(ctx, q).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return n
+	}
+
+	proxy.Down(t) // the broker is unreachable from the start
+	svc, base := start(1)
+	var accepted []protocol.Stamp
+	orders := map[string]int64{}
+	post := func(i int) {
+		t.Helper()
+		v := postMessage(t, base, fmt.Sprintf("order %d", i), http.StatusAccepted)
+		if v.OrderID == 0 || v.Stamp == "" {
+			t.Fatalf("202 without an order id or stamp: %+v", v)
+		}
+		accepted = append(accepted, v.stamp())
+		orders[v.Stamp] = v.OrderID
+	}
+	for i := range 100 {
+		post(i)
+	}
+	// The database unreachable: 503, and nothing written.
+	pgPx.Down(t)
+	postMessage(t, base, "order while the database is away", http.StatusServiceUnavailable)
+	pgPx.Up(t)
+	if n := count(`SELECT count(*) FROM httpservice_orders`); n != 100 {
+		t.Fatalf("%d order rows after 100 accepted requests and one refused, want 100", n)
+	}
+	svc.kill() // crash during the outage: the outbox keeps the 100
+	svc, base = start(2)
+	for i := 100; i < 200; i++ {
+		post(i)
+	}
+	if h := getHealth(t, base); h["pending"] != float64(200) {
+		t.Fatalf("healthz during the outage: %v, want 200 pending", h)
+	}
+
+	proxy.Up(t)
+	deadline := time.Now().Add(time.Minute)
+	for getHealth(t, base)["pending"] != float64(0) {
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox not drained a minute after the broker came back: %v", getHealth(t, base))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := svc.term(20 * time.Second); err != nil {
+		t.Fatalf("httpservice SIGTERM: %v\n%s", err, svc.describe())
+	}
+
+	c.startConsumer(2 * time.Second)
+	if err := c.cons[0].wait(ctx); err != nil {
+		t.Fatalf("consumer: %v\n%s", err, c.cons[0].describe())
+	}
+	c.dump()
+	h := c.history()
+	h.Runs = []history.Run{{Source: "httppg", Accepted: accepted}}
+	res := history.Check(h)
+	if !res.OK() || res.ExactlyOnce != 200 || res.Applied != 200 {
+		t.Fatalf("want the 200 accepted orders' messages applied exactly once and nothing else:\n%s\n%v", res.Table(), res.Samples)
+	}
+	// Every order row carries the stamp the service answered with: the row and its message
+	// committed together, and nothing else was committed.
+	rows, err := pool.Query(ctx, `SELECT id, stamp FROM httpservice_orders`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		var id int64
+		var st string
+		if err := rows.Scan(&id, &st); err != nil {
+			t.Fatal(err)
+		}
+		if orders[st] != id {
+			t.Errorf("order row %d has stamp %q, which no 202 answered with that order id", id, st)
+		}
+		n++
+	}
+	rows.Close()
+	if n != len(orders) {
+		t.Errorf("%d order rows, %d accepted orders", n, len(orders))
+	}
+	if left := count(`SELECT count(*) FROM rabbitkit_outbox`); left != 0 {
+		t.Errorf("%d rows left in the outbox", left)
 	}
 }
