@@ -1,28 +1,16 @@
 package consumer
 
 import (
-	"time"
-
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
+	"github.com/rabbitkit/rabbitkit/props"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
-// Properties are the AMQP basic properties of a delivered message.
-type Properties struct {
-	ContentType     string
-	ContentEncoding string
-	DeliveryMode    uint8
-	Priority        uint8
-	CorrelationID   string
-	ReplyTo         string
-	Expiration      string
-	MessageID       string
-	Timestamp       time.Time
-	Type            string
-	UserID          string
-	AppID           string
-}
+// Properties are the AMQP basic properties of a delivered message (the kit's one properties
+// type, props.Properties, also journal.Properties).
+type Properties = props.Properties
 
 // Message is what a handler sees. The handler must not modify it, nor keep it (or its Body,
 // Headers) after returning: a parked message is published from the same data.
@@ -51,13 +39,9 @@ type Message struct {
 
 func newMessage(d *amqp.Delivery, s protocol.Stamp, stamped bool, attempt int) *Message {
 	return &Message{
-		Body:    d.Body,
-		Headers: d.Headers,
-		Properties: Properties{
-			ContentType: d.ContentType, ContentEncoding: d.ContentEncoding, DeliveryMode: d.DeliveryMode,
-			Priority: d.Priority, CorrelationID: d.CorrelationId, ReplyTo: d.ReplyTo, Expiration: d.Expiration,
-			MessageID: d.MessageId, Timestamp: d.Timestamp, Type: d.Type, UserID: d.UserId, AppID: d.AppId,
-		},
+		Body:        d.Body,
+		Headers:     d.Headers,
+		Properties:  amqpwire.FromDelivery(d),
 		Exchange:    d.Exchange,
 		RoutingKey:  d.RoutingKey,
 		Stamp:       s,

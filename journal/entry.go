@@ -3,24 +3,13 @@ package journal
 import (
 	"fmt"
 	"time"
+
+	"github.com/rabbitkit/rabbitkit/props"
 )
 
-// Properties are the AMQP basic properties stored with an entry. Headers are
-// kept in Entry.Headers.
-type Properties struct {
-	ContentType     string
-	ContentEncoding string
-	DeliveryMode    uint8 // 1 = transient, 2 = persistent
-	Priority        uint8
-	CorrelationID   string
-	ReplyTo         string
-	Expiration      string
-	MessageID       string
-	Timestamp       time.Time // zero = not set
-	Type            string
-	UserID          string
-	AppID           string
-}
+// Properties are the AMQP basic properties stored with an entry (the kit's one properties type,
+// props.Properties). Headers are kept in Entry.Headers.
+type Properties = props.Properties
 
 // Outcome records what happened to the last attempt to send an entry.
 type Outcome uint8

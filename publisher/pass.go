@@ -8,6 +8,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
@@ -150,7 +151,7 @@ func (s *sender) stamp(e *journal.Entry) string {
 // headers the message has no headers table. The message is valid until the next call (its headers
 // table is reused).
 func (s *sender) publishing(e *journal.Entry, stamp string) amqp.Publishing {
-	pr := e.Properties
+	pr := &e.Properties
 	msgID := pr.MessageID
 	var h amqp.Table
 	if len(e.Headers) > 0 || msgID != "" {
@@ -168,20 +169,7 @@ func (s *sender) publishing(e *journal.Entry, stamp string) amqp.Publishing {
 	} else {
 		h[protocol.HeaderStamp] = stamp
 	}
-	return amqp.Publishing{
-		Headers:         h,
-		ContentType:     pr.ContentType,
-		ContentEncoding: pr.ContentEncoding,
-		DeliveryMode:    pr.DeliveryMode,
-		Priority:        pr.Priority,
-		CorrelationId:   pr.CorrelationID,
-		ReplyTo:         pr.ReplyTo,
-		Expiration:      pr.Expiration,
-		MessageId:       msgID,
-		Timestamp:       pr.Timestamp,
-		Type:            pr.Type,
-		UserId:          pr.UserID,
-		AppId:           pr.AppID,
-		Body:            e.Body,
-	}
+	pub := amqpwire.Publishing(pr, h, e.Body)
+	pub.MessageId = msgID
+	return pub
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/props"
 )
 
 const (
@@ -122,5 +124,23 @@ func valueSize(v any, depth int) (int, error) {
 		return n, nil
 	default:
 		return 0, fmt.Errorf("header value of type %T cannot be sent in an AMQP field table", v)
+	}
+}
+
+// FromDelivery returns a delivery's basic properties.
+func FromDelivery(d *amqp.Delivery) props.Properties {
+	return props.Properties{
+		ContentType: d.ContentType, ContentEncoding: d.ContentEncoding, DeliveryMode: d.DeliveryMode,
+		Priority: d.Priority, CorrelationID: d.CorrelationId, ReplyTo: d.ReplyTo, Expiration: d.Expiration,
+		MessageID: d.MessageId, Timestamp: d.Timestamp, Type: d.Type, UserID: d.UserId, AppID: d.AppId,
+	}
+}
+
+// Publishing returns the message of p's properties, headers h and body.
+func Publishing(p *props.Properties, h amqp.Table, body []byte) amqp.Publishing {
+	return amqp.Publishing{
+		Headers: h, ContentType: p.ContentType, ContentEncoding: p.ContentEncoding, DeliveryMode: p.DeliveryMode,
+		Priority: p.Priority, CorrelationId: p.CorrelationID, ReplyTo: p.ReplyTo, Expiration: p.Expiration,
+		MessageId: p.MessageID, Timestamp: p.Timestamp, Type: p.Type, UserId: p.UserID, AppId: p.AppID, Body: body,
 	}
 }

@@ -2,12 +2,15 @@ package amqpwire
 
 import (
 	"math/big"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/props"
 )
 
 // TestCheckExpiration: what RabbitMQ 3.10 accepts, probed against the broker (406 "invalid
@@ -81,4 +84,38 @@ func FuzzCheckExpiration(f *testing.F) {
 			t.Fatalf("CheckExpiration(%q) = %v, want ok=%v", x, err, want)
 		}
 	})
+}
+
+// TestPropertiesRoundTrip: every field of props.Properties survives Publishing and FromDelivery
+// (each field is set to a distinct value by reflection, so a field added later and forgotten in
+// either conversion fails here).
+func TestPropertiesRoundTrip(t *testing.T) {
+	var p props.Properties
+	v := reflect.ValueOf(&p).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString(v.Type().Field(i).Name + "-value")
+		case reflect.Uint8:
+			f.SetUint(uint64(i + 1))
+		case reflect.Struct: // time.Time
+			f.Set(reflect.ValueOf(time.Unix(1700000000+int64(i), 0).UTC()))
+		default:
+			t.Fatalf("field %s: kind %s not covered by this test", v.Type().Field(i).Name, f.Kind())
+		}
+	}
+	h := amqp.Table{"k": "v"}
+	pub := Publishing(&p, h, []byte("body"))
+	if string(pub.Body) != "body" || pub.Headers["k"] != "v" {
+		t.Fatalf("body or headers lost: %+v", pub)
+	}
+	d := amqp.Delivery{
+		ContentType: pub.ContentType, ContentEncoding: pub.ContentEncoding, DeliveryMode: pub.DeliveryMode,
+		Priority: pub.Priority, CorrelationId: pub.CorrelationId, ReplyTo: pub.ReplyTo, Expiration: pub.Expiration,
+		MessageId: pub.MessageId, Timestamp: pub.Timestamp, Type: pub.Type, UserId: pub.UserId, AppId: pub.AppId,
+	}
+	if got := FromDelivery(&d); got != p {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, p)
+	}
 }
