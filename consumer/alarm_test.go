@@ -10,6 +10,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // While the broker has a memory alarm, parking a message larger than the socket buffers blocks in
@@ -47,5 +48,5 @@ func TestRunReturnsWhileParkingIsBlockedByAnAlarm(t *testing.T) {
 	}
 	node.SetMemoryHighWatermark(t, 0.4)
 	ch = f.channel()
-	eventually(t, 20*time.Second, "the message is back in the queue, not lost", func() bool { return f.messages(ch, f.queue) == 1 })
+	testutil.Eventually(t, 20*time.Second, "the message is back in the queue, not lost", func() bool { return f.messages(ch, f.queue) == 1 })
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // A worker that never runs dry must still report a gap once its grace has elapsed, not when the
@@ -42,7 +43,7 @@ func TestGapReportedWhileWorkerIsBusy(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 		return nil
 	}, nil)
-	eventually(t, 60*time.Second, "all handled", func() bool { return handled.Load() == n })
+	testutil.Eventually(t, 60*time.Second, "all handled", func() bool { return handled.Load() == n })
 	r.stop(t)
 	require.GreaterOrEqual(t, handledAtGap.Load(), int64(0), "the gap at seq 1 was never reported")
 	require.Less(t, handledAtGap.Load(), int64(n*3/4), "the gap was reported only when the backlog was almost gone")
@@ -80,7 +81,7 @@ func TestSecondRunOnOneStoreIsRefused(t *testing.T) {
 	var handled atomic.Int64
 	r := start(t, c1, func(context.Context, *consumer.Message) error { handled.Add(1); return nil }, nil)
 	f.publish(f.channel(), stamped("shared", "s", 1, 1, "x"))
-	eventually(t, 20*time.Second, "first Run consuming", func() bool { return handled.Load() == 1 })
+	testutil.Eventually(t, 20*time.Second, "first Run consuming", func() bool { return handled.Load() == 1 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // Close stops a running Run with a drain: the handler in flight finishes, its mark commits and is
@@ -74,9 +75,9 @@ func TestCloseStopsNow(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run did not return after its handlers were cancelled")
 	}
-	eventually(t, 10*time.Second, "store closed by Run", func() bool {
+	testutil.Eventually(t, 10*time.Second, "store closed by Run", func() bool {
 		_, err := c.Store().Load(context.Background())
 		return err != nil
 	})
-	eventually(t, 10*time.Second, "the message back in the queue", func() bool { return f.messages(ch, f.queue) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the message back in the queue", func() bool { return f.messages(ch, f.queue) == 1 })
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
@@ -50,8 +51,8 @@ func TestDuplicatesInjected(t *testing.T) {
 			c, err := consumer.New(cfg)
 			require.NoError(t, err)
 			run := start(t, c, nil, func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error { return countEffect(tx, m) })
-			eventually(t, 30*time.Second, "all effects", func() bool { return len(effectsOf(t, c)) == len(want) })
-			eventually(t, 10*time.Second, "duplicates counted", func() bool { return f.mem.Get(consumer.MetricDuplicates) == float64(len(want)) })
+			testutil.Eventually(t, 30*time.Second, "all effects", func() bool { return len(effectsOf(t, c)) == len(want) })
+			testutil.Eventually(t, 10*time.Second, "duplicates counted", func() bool { return f.mem.Get(consumer.MetricDuplicates) == float64(len(want)) })
 			time.Sleep(400 * time.Millisecond) // two gap graces: reordering must not be reported
 			run.stop(t)
 			requireExactlyOnce(t, effectsOf(t, c), want)
@@ -92,11 +93,11 @@ func TestPoisonMessageParked(t *testing.T) {
 		cnt.add(m)
 		return nil
 	}, nil)
-	eventually(t, 20*time.Second, "parked", func() bool { return f.messages(ch, f.parked) == 1 })
-	eventually(t, 10*time.Second, "handled", func() bool { return len(cnt.snapshot()) == 2 })
+	testutil.Eventually(t, 20*time.Second, "parked", func() bool { return f.messages(ch, f.parked) == 1 })
+	testutil.Eventually(t, 10*time.Second, "handled", func() bool { return len(cnt.snapshot()) == 2 })
 	// A redelivery of the parked message (e.g. a resend) is now a duplicate.
 	f.publish(ch, stamped("src", "s", 1, 2, "poison"))
-	eventually(t, 10*time.Second, "duplicate dropped", func() bool { return f.mem.Get(consumer.MetricDuplicates) == 1 })
+	testutil.Eventually(t, 10*time.Second, "duplicate dropped", func() bool { return f.mem.Get(consumer.MetricDuplicates) == 1 })
 	time.Sleep(300 * time.Millisecond)
 	run.stop(t)
 	require.Equal(t, 3, attempts)
@@ -231,7 +232,7 @@ func TestBadInputs(t *testing.T) {
 					}
 					return out
 				}
-				eventually(t, 20*time.Second, "all deliveries acked", func() bool {
+				testutil.Eventually(t, 20*time.Second, "all deliveries acked", func() bool {
 					return len(got()) == len(tt.want.effects) && f.messages(ch, f.queue) == 0 && f.messages(ch, f.parked) == tt.want.parked
 				})
 				run.stop(t)
@@ -282,7 +283,7 @@ func TestTxHandlerRetryKeepsStreamOrder(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, 20*time.Second, "all effects", func() bool { return len(effectsOf(t, c)) == 40 })
+	testutil.Eventually(t, 20*time.Second, "all effects", func() bool { return len(effectsOf(t, c)) == 40 })
 	run.stop(t)
 	want := append(seqKeys("s", "a", 1, 1, 20), seqKeys("s", "b", 1, 1, 20)...)
 	requireExactlyOnce(t, effectsOf(t, c), want)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // diskFullStore fails commits while full is set, as a BoltStore on a full disk does: with an
@@ -88,7 +89,7 @@ func TestDiskFullBacksOffAndResumes(t *testing.T) {
 				return out
 			}
 			want := publishStreams(f, ch, []string{"a", "b"}, 1, 10)
-			eventually(t, 20*time.Second, "the first 20", func() bool {
+			testutil.Eventually(t, 20*time.Second, "the first 20", func() bool {
 				return len(applied()) == 20 && f.mem.Get(consumer.MetricHandled) == 20
 			})
 
@@ -100,7 +101,7 @@ func TestDiskFullBacksOffAndResumes(t *testing.T) {
 				fresh = append(fresh, fmt.Sprint("n", i))
 			}
 			want = append(want, publishStreams(f, ch, fresh, 1, 1)...)
-			eventually(t, 20*time.Second, "commits failing", func() bool { return fs.failed.Load() >= 5 })
+			testutil.Eventually(t, 20*time.Second, "commits failing", func() bool { return fs.failed.Load() >= 5 })
 			require.Equal(t, float64(20), f.mem.Get(consumer.MetricHandled), "nothing of a failed batch counts as handled")
 			select {
 			case <-run.done:
@@ -110,7 +111,7 @@ func TestDiskFullBacksOffAndResumes(t *testing.T) {
 			require.Positive(t, f.mem.Get(consumer.MetricStoreRetries))
 
 			fs.full.Store(false) // space again
-			eventually(t, 30*time.Second, "all 60 applied", func() bool { return len(applied()) == 60 })
+			testutil.Eventually(t, 30*time.Second, "all 60 applied", func() bool { return len(applied()) == 60 })
 			run.stop(t)
 			require.NoError(t, run.err)
 			requireExactlyOnce(t, applied(), want)
@@ -123,7 +124,7 @@ func TestDiskFullBacksOffAndResumes(t *testing.T) {
 			} else {
 				run = start(t, c, func(_ context.Context, m *consumer.Message) error { cnt.add(m); return nil }, nil)
 			}
-			eventually(t, 20*time.Second, "the copies drained", func() bool { return f.messages(ch, f.queue) == 0 })
+			testutil.Eventually(t, 20*time.Second, "the copies drained", func() bool { return f.messages(ch, f.queue) == 0 })
 			time.Sleep(200 * time.Millisecond) // the last acks
 			run.stop(t)
 			requireExactlyOnce(t, applied(), want)
@@ -196,14 +197,14 @@ func TestDiskFullTmpfs(t *testing.T) {
 		return countEffect(tx, m)
 	})
 	want := publishStreams(f, ch, []string{"a"}, 1, 8)
-	eventually(t, 20*time.Second, "the first 8", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the first 8", func() bool {
 		return len(effectsOf(t, c)) == 8 && f.mem.Get(consumer.MetricHandled) == 8
 	})
 
 	filler := filepath.Join(dir, "filler")
 	fillDisk(t, filler)
 	want = append(want, publishStreams(f, ch, []string{"a", "b"}, 9, 40)...)
-	eventually(t, 30*time.Second, "commits failing on ENOSPC", func() bool { return f.mem.Get(consumer.MetricStoreRetries) >= 3 })
+	testutil.Eventually(t, 30*time.Second, "commits failing on ENOSPC", func() bool { return f.mem.Get(consumer.MetricStoreRetries) >= 3 })
 	// A commit or two may still fit in pages the file had free; then nothing moves.
 	stuck := f.mem.Get(consumer.MetricHandled)
 	time.Sleep(500 * time.Millisecond)
@@ -217,7 +218,7 @@ func TestDiskFullTmpfs(t *testing.T) {
 	}
 
 	require.NoError(t, os.Remove(filler))
-	eventually(t, 60*time.Second, "all 72 applied once there is space", func() bool { return len(effectsOf(t, c)) == 72 })
+	testutil.Eventually(t, 60*time.Second, "all 72 applied once there is space", func() bool { return len(effectsOf(t, c)) == 72 })
 	run.stop(t)
 	require.NoError(t, run.err)
 	requireExactlyOnce(t, effectsOf(t, c), want)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
 
@@ -50,13 +51,13 @@ func TestSecondExclusiveConsumerKeptOut(t *testing.T) {
 			require.ErrorIs(t, second.Status().LastError, consumer.ErrQueueInUse)
 
 			f.publish(ch, stamped("src", "s", 1, 1, "x"), stamped("src", "s", 1, 2, "x"))
-			eventually(t, 10*time.Second, "the first handled both", func() bool { return len(cnt1.snapshot()) == 2 })
+			testutil.Eventually(t, 10*time.Second, "the first handled both", func() bool { return len(cnt1.snapshot()) == 2 })
 			require.Empty(t, cnt2.snapshot())
 
 			r1.stop(t)
 			require.NoError(t, second.WaitReady(ctx), "the second takes over once the first is gone")
 			f.publish(ch, stamped("src", "s", 1, 3, "x"))
-			eventually(t, 10*time.Second, "the second handles what follows", func() bool { return len(cnt2.snapshot()) == 1 })
+			testutil.Eventually(t, 10*time.Second, "the second handles what follows", func() bool { return len(cnt2.snapshot()) == 1 })
 		})
 	}
 }

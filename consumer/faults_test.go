@@ -10,6 +10,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 func publishStreams(f *fixture, ch *amqp.Channel, streams []string, from, to int64) []string {
@@ -70,10 +71,10 @@ func TestConnectionFaultsWithUnackedDeliveries(t *testing.T) {
 			require.NoError(t, err)
 			var cnt counter
 			run := start(t, c, slowCounting(&cnt), nil)
-			eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) >= 60 })
+			testutil.Eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) >= 60 })
 			tt.fault(t, p)
-			eventually(t, 60*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
-			eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
+			testutil.Eventually(t, 60*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
+			testutil.Eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
 			run.stop(t)
 			requireExactlyOnce(t, cnt.snapshot(), want)
 			require.GreaterOrEqual(t, f.mem.Get(consumer.MetricReconnects), 1.0)
@@ -92,14 +93,14 @@ func TestQueueDeletedUnderConsumer(t *testing.T) {
 	require.NoError(t, err)
 	var cnt counter
 	run := start(t, c, slowCounting(&cnt), nil)
-	eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) == 20 })
+	testutil.Eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) == 20 })
 	_, err = ch.QueueDelete(f.queue, false, false, false)
 	require.NoError(t, err)
-	eventually(t, 20*time.Second, "consumer resumed", func() bool {
+	testutil.Eventually(t, 20*time.Second, "consumer resumed", func() bool {
 		return f.mem.Get(consumer.MetricReconnects) >= 1 && f.messages(ch, f.queue) == 0
 	})
 	want = append(want, publishStreams(f, ch, []string{"a"}, 21, 40)...)
-	eventually(t, 20*time.Second, "later effects", func() bool { return len(cnt.snapshot()) == 40 })
+	testutil.Eventually(t, 20*time.Second, "later effects", func() bool { return len(cnt.snapshot()) == 40 })
 	run.stop(t)
 	requireExactlyOnce(t, cnt.snapshot(), want)
 }
@@ -120,12 +121,12 @@ func TestBrokerRestart(t *testing.T) {
 	require.NoError(t, err)
 	var cnt counter
 	run := start(t, c, slowCounting(&cnt), nil)
-	eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) >= 50 })
+	testutil.Eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) >= 50 })
 	node.Kill(t)
 	node.Start(t)
-	eventually(t, 90*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
+	testutil.Eventually(t, 90*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
 	ch = f.channel()
-	eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
+	testutil.Eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
 	run.stop(t)
 	requireExactlyOnce(t, cnt.snapshot(), want)
 	require.GreaterOrEqual(t, f.mem.Get(consumer.MetricReconnects), 1.0)
@@ -161,8 +162,8 @@ func TestBrokerConsumerTimeout(t *testing.T) {
 		cnt.add(m)
 		return nil
 	}, nil)
-	eventually(t, 90*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
-	eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
+	testutil.Eventually(t, 90*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
+	testutil.Eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
 	run.stop(t)
 	requireExactlyOnce(t, cnt.snapshot(), want)
 	require.GreaterOrEqual(t, f.mem.Get(consumer.MetricDuplicates), 1.0, "the committed message came back and was dropped")

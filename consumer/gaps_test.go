@@ -14,6 +14,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 type eventLog struct {
@@ -54,7 +55,7 @@ func TestGapLateEpochAndRestart(t *testing.T) {
 	tx := func(_ context.Context, tx *bolt.Tx, m *consumer.Message) error { return countEffect(tx, m) }
 	c := newConsumer()
 	run := start(t, c, nil, tx)
-	eventually(t, 10*time.Second, "gap reported", func() bool { return len(log.kinds()[dedup.EventGapDetected]) == 1 })
+	testutil.Eventually(t, 10*time.Second, "gap reported", func() bool { return len(log.kinds()[dedup.EventGapDetected]) == 1 })
 	gap := log.kinds()[dedup.EventGapDetected][0]
 	require.Equal(t, dedup.Key{Source: "src", Stream: "s"}, gap.Key)
 	require.Equal(t, int64(1), gap.Epoch)
@@ -62,11 +63,11 @@ func TestGapLateEpochAndRestart(t *testing.T) {
 	require.Equal(t, 1.0, f.mem.Get(consumer.MetricGaps))
 
 	f.publish(ch, stamped("src", "s", 1, 4, "x"))
-	eventually(t, 10*time.Second, "late arrival", func() bool { return len(log.kinds()[dedup.EventLateArrival]) == 1 })
+	testutil.Eventually(t, 10*time.Second, "late arrival", func() bool { return len(log.kinds()[dedup.EventLateArrival]) == 1 })
 	require.Equal(t, int64(4), log.kinds()[dedup.EventLateArrival][0].From)
 
 	f.publish(ch, stamped("src", "s", 2, 1, "x"))
-	eventually(t, 10*time.Second, "epoch change", func() bool { return len(log.kinds()[dedup.EventEpochChanged]) == 1 })
+	testutil.Eventually(t, 10*time.Second, "epoch change", func() bool { return len(log.kinds()[dedup.EventEpochChanged]) == 1 })
 	ev := log.kinds()[dedup.EventEpochChanged][0]
 	require.Equal(t, [2]int64{1, 2}, [2]int64{ev.OldEpoch, ev.Epoch})
 	run.stop(t)
@@ -78,9 +79,9 @@ func TestGapLateEpochAndRestart(t *testing.T) {
 		stamped("src", "s", 1, 5, "x"), stamped("src", "s", 1, 6, "x"), stamped("src", "s", 2, 1, "x"))
 	c = newConsumer()
 	run = start(t, c, nil, tx)
-	eventually(t, 10*time.Second, "duplicates dropped", func() bool { return f.mem.Get(consumer.MetricDuplicates) == 6 })
+	testutil.Eventually(t, 10*time.Second, "duplicates dropped", func() bool { return f.mem.Get(consumer.MetricDuplicates) == 6 })
 	f.publish(ch, stamped("src", "s", 1, 3, "x"))
-	eventually(t, 10*time.Second, "late arrival of 3", func() bool { return len(log.kinds()[dedup.EventLateArrival]) == 2 })
+	testutil.Eventually(t, 10*time.Second, "late arrival of 3", func() bool { return len(log.kinds()[dedup.EventLateArrival]) == 2 })
 	time.Sleep(400 * time.Millisecond)
 	run.stop(t)
 	require.Len(t, log.kinds()[dedup.EventGapDetected], 1, "the gap is not reported again after a restart")
@@ -115,12 +116,12 @@ func TestDrainLetsRunningHandlerFinish(t *testing.T) {
 	require.NoError(t, c.Close(context.Background()))
 	n := len(cnt.snapshot())
 	require.GreaterOrEqual(t, n, 1, "the running handler finished")
-	eventually(t, 10*time.Second, "unhandled deliveries back in the queue", func() bool { return f.messages(ch, f.queue) == 10-n })
+	testutil.Eventually(t, 10*time.Second, "unhandled deliveries back in the queue", func() bool { return f.messages(ch, f.queue) == 10-n })
 
 	c, err = consumer.New(f.config())
 	require.NoError(t, err)
 	run = start(t, c, func(_ context.Context, m *consumer.Message) error { cnt.add(m); return nil }, nil)
-	eventually(t, 10*time.Second, "the rest", func() bool { return len(cnt.snapshot()) == 10 })
+	testutil.Eventually(t, 10*time.Second, "the rest", func() bool { return len(cnt.snapshot()) == 10 })
 	run.stop(t)
 	requireExactlyOnce(t, cnt.snapshot(), want)
 }
@@ -159,13 +160,13 @@ func TestStoreFailureStopsRun(t *testing.T) {
 	committed := len(effectsOf(t, c))
 	require.Positive(t, committed)
 	require.Less(t, committed, 100)
-	eventually(t, 10*time.Second, "uncommitted deliveries back in the queue", func() bool {
+	testutil.Eventually(t, 10*time.Second, "uncommitted deliveries back in the queue", func() bool {
 		return f.messages(ch, f.queue) == 100-committed
 	})
 
 	fs.left.Store(1 << 30) // the disk has room again
 	run := start(t, c, nil, tx)
-	eventually(t, 20*time.Second, "the rest", func() bool { return len(effectsOf(t, c)) == 100 })
+	testutil.Eventually(t, 20*time.Second, "the rest", func() bool { return len(effectsOf(t, c)) == 100 })
 	run.stop(t)
 	requireExactlyOnce(t, effectsOf(t, c), want)
 	require.NoError(t, bs.Close())
@@ -192,11 +193,11 @@ func TestDrainTimeoutCancelsHandler(t *testing.T) {
 	run.stop(t)
 	require.Less(t, time.Since(t0), 5*time.Second)
 	require.Zero(t, f.mem.Get(consumer.MetricParked), "a handler cut short by the drain is not parked")
-	eventually(t, 10*time.Second, "message back in the queue", func() bool { return f.messages(ch, f.queue) == 1 })
+	testutil.Eventually(t, 10*time.Second, "message back in the queue", func() bool { return f.messages(ch, f.queue) == 1 })
 
 	var cnt counter
 	run = start(t, c, func(_ context.Context, m *consumer.Message) error { cnt.add(m); return nil }, nil)
-	eventually(t, 10*time.Second, "handled by the next Run", func() bool { return len(cnt.snapshot()) == 1 })
+	testutil.Eventually(t, 10*time.Second, "handled by the next Run", func() bool { return len(cnt.snapshot()) == 1 })
 	run.stop(t)
 	requireExactlyOnce(t, cnt.snapshot(), []string{key("src", "s", 1, 1)})
 }
@@ -231,7 +232,7 @@ func TestWorkersKeepPerStreamOrder(t *testing.T) {
 		cnt.add(m)
 		return nil
 	}, nil)
-	eventually(t, 30*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
+	testutil.Eventually(t, 30*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
 	run.stop(t)
 	requireExactlyOnce(t, cnt.snapshot(), want)
 	require.False(t, overlap.Load(), "two messages of one stream ran at once")

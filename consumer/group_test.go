@@ -16,6 +16,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/topology"
 )
 
@@ -196,24 +197,24 @@ func TestGroupSharesAndHandsOver(t *testing.T) {
 	}
 
 	a := startMember("a")
-	eventually(t, 20*time.Second, "a holds every partition", func() bool { return slices.Equal(held(a), []int{4}) })
+	testutil.Eventually(t, 20*time.Second, "a holds every partition", func() bool { return slices.Equal(held(a), []int{4}) })
 	publish(20)
 	b := startMember("b")
-	eventually(t, 20*time.Second, "a and b hold two each", func() bool { return slices.Equal(held(a, b), []int{2, 2}) })
+	testutil.Eventually(t, 20*time.Second, "a and b hold two each", func() bool { return slices.Equal(held(a, b), []int{2, 2}) })
 	publish(20)
-	eventually(t, 30*time.Second, "the first 320 applied", func() bool { return len(store.effectCounts()) == 320 })
+	testutil.Eventually(t, 30*time.Second, "the first 320 applied", func() bool { return len(store.effectCounts()) == 320 })
 
 	leaser.setDown("b", true) // b loses its database: it must stop, a must take over
-	eventually(t, 20*time.Second, "b stopped, a holds all", func() bool { return slices.Equal(held(a, b), []int{4, 0}) })
+	testutil.Eventually(t, 20*time.Second, "b stopped, a holds all", func() bool { return slices.Equal(held(a, b), []int{4, 0}) })
 	publish(20)
 	leaser.setDown("b", false)
-	eventually(t, 20*time.Second, "b back with its share", func() bool { return slices.Equal(held(a, b), []int{2, 2}) })
+	testutil.Eventually(t, 20*time.Second, "b back with its share", func() bool { return slices.Equal(held(a, b), []int{2, 2}) })
 	publish(20)
 	b.cancel() // a graceful stop leaves the group at once
 	require.NoError(t, <-b.done)
-	eventually(t, 20*time.Second, "a holds all again", func() bool { return slices.Equal(held(a), []int{4}) })
+	testutil.Eventually(t, 20*time.Second, "a holds all again", func() bool { return slices.Equal(held(a), []int{4}) })
 	publish(20)
-	eventually(t, 60*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
+	testutil.Eventually(t, 60*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
 	requireExactlyOnce(t, store.effectCounts(), want)
 	require.Zero(t, outOfOrder.Load(), "a stream's effects out of seq order across a hand-over: %v", order.seqs)
 }

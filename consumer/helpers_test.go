@@ -260,17 +260,6 @@ func (c *counter) snapshot() map[string]int {
 	return out
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func key(source, stream string, epoch, seq int64) string {
 	return protocol.Stamp{Source: source, Epoch: epoch, Stream: stream, Seq: seq}.String()
 }

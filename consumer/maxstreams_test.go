@@ -11,6 +11,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
@@ -29,15 +30,15 @@ func TestMaxStreamsBound(t *testing.T) {
 	for i := range 5 {
 		f.publish(ch, stamped(fmt.Sprint("trusted-", i), "s", 1, 1, "x"))
 	}
-	eventually(t, 10*time.Second, "5 streams", func() bool { return len(cnt.snapshot()) == 5 })
+	testutil.Eventually(t, 10*time.Second, "5 streams", func() bool { return len(cnt.snapshot()) == 5 })
 	for i := range 20 {
 		f.publish(ch, stamped(fmt.Sprint("forged-", i), "s", 1, 1, "x"))
 	}
 	for i := range 5 {
 		f.publish(ch, stamped(fmt.Sprint("trusted-", i), "s", 1, 2, "x"))
 	}
-	eventually(t, 10*time.Second, "20 refused", func() bool { return f.mem.Get(consumer.MetricStreamsRefused) == 20 })
-	eventually(t, 10*time.Second, "the held streams go on", func() bool { return len(cnt.snapshot()) == 10 })
+	testutil.Eventually(t, 10*time.Second, "20 refused", func() bool { return f.mem.Get(consumer.MetricStreamsRefused) == 20 })
+	testutil.Eventually(t, 10*time.Second, "the held streams go on", func() bool { return len(cnt.snapshot()) == 10 })
 	run.stop(t)
 	for k := range cnt.snapshot() {
 		require.True(t, strings.HasPrefix(k, "rk2:trusted-"), "a refused stream was handled: %s", k)
@@ -53,8 +54,8 @@ func TestMaxStreamsBound(t *testing.T) {
 	// After a restart the bound holds against the loaded state.
 	run = start(t, c, func(_ context.Context, m *consumer.Message) error { cnt.add(m); return nil }, nil)
 	f.publish(ch, stamped("forged-x", "s", 1, 1, "x"), stamped("trusted-0", "s", 1, 3, "x"))
-	eventually(t, 10*time.Second, "trusted-0 seq 3", func() bool { return cnt.snapshot()[key("trusted-0", "s", 1, 3)] == 1 })
-	eventually(t, 10*time.Second, "forged-x refused", func() bool { return f.mem.Get(consumer.MetricStreamsRefused) == 21 })
+	testutil.Eventually(t, 10*time.Second, "trusted-0 seq 3", func() bool { return cnt.snapshot()[key("trusted-0", "s", 1, 3)] == 1 })
+	testutil.Eventually(t, 10*time.Second, "forged-x refused", func() bool { return f.mem.Get(consumer.MetricStreamsRefused) == 21 })
 	run.stop(t)
 }
 
@@ -78,8 +79,8 @@ func TestAdmitBindsSourceToUser(t *testing.T) {
 	real := stamped("orders", "s", 1, 1, "real")
 	real.UserId = "guest" // validated by the broker: the fixture's connection is guest's
 	f.publish(ch, stamped("orders", "s", 1, 2, "forged"), real)
-	eventually(t, 10*time.Second, "one refused", func() bool { return f.mem.Get(consumer.MetricRefused) == 1 })
-	eventually(t, 10*time.Second, "the real one", func() bool { return len(cnt.snapshot()) == 1 })
+	testutil.Eventually(t, 10*time.Second, "one refused", func() bool { return f.mem.Get(consumer.MetricRefused) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the real one", func() bool { return len(cnt.snapshot()) == 1 })
 	run.stop(t)
 	require.Equal(t, 1, cnt.snapshot()[key("orders", "s", 1, 1)])
 	d, ok, err := ch.Get(f.parked, true)
@@ -108,6 +109,6 @@ func TestParkingQueueDepthGauge(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, c.WaitReady(ctx))
-	eventually(t, 10*time.Second, "gauge set", func() bool { return f.mem.Get(consumer.MetricParkingQueueMessages) == 2 })
+	testutil.Eventually(t, 10*time.Second, "gauge set", func() bool { return f.mem.Get(consumer.MetricParkingQueueMessages) == 2 })
 	run.stop(t)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
@@ -51,7 +52,7 @@ func TestParkedCopyIsAlwaysParkable(t *testing.T) {
 	run := start(t, c, func(context.Context, *consumer.Message) error {
 		return errors.New(strings.Repeat("e", 20_000))
 	}, nil)
-	eventually(t, 20*time.Second, "4 parked", func() bool { return f.mem.Get(consumer.MetricParked) == 4 })
+	testutil.Eventually(t, 20*time.Second, "4 parked", func() bool { return f.mem.Get(consumer.MetricParked) == 4 })
 	run.stop(t)
 	time.Sleep(time.Until(published.Add(ttl + 500*time.Millisecond))) // past the expiration
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // A handler that says the message can never succeed (consumer.Poison), or a RetryBackoff that
@@ -67,7 +68,7 @@ func TestParkNow(t *testing.T) {
 			case <-time.After(20 * time.Second):
 				t.Fatal("not parked")
 			}
-			eventually(t, 10*time.Second, "the rest handled", func() bool { return len(cnt.snapshot()) == 2 })
+			testutil.Eventually(t, 10*time.Second, "the rest handled", func() bool { return len(cnt.snapshot()) == 2 })
 			run.stop(t)
 			require.Equal(t, int32(1), attempts.Load(), "parked after the first attempt")
 			require.Contains(t, p.Reason, tc.reason)

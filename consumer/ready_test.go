@@ -11,6 +11,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // A configuration that can never connect is told in code: WaitReady fails naming the broker's
@@ -72,7 +73,7 @@ func TestWaitReadyAndStateChanges(t *testing.T) {
 	require.NoError(t, c.WaitReady(ctx))
 	require.Equal(t, consumer.StateConsuming, c.Status().State)
 	proxy.Cut(t)
-	eventually(t, 20*time.Second, "reconnected after the cut", func() bool {
+	testutil.Eventually(t, 20*time.Second, "reconnected after the cut", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		n := 0

@@ -16,6 +16,7 @@ import (
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
@@ -247,8 +248,8 @@ func TestSharedCompetingConsumers(t *testing.T) {
 			f.publish(ch, m, m) // every message twice, back to back: two replicas may hold both
 		}
 	}
-	eventually(t, 60*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
-	eventually(t, 30*time.Second, "the gap report", func() bool { return len(gaps.get()) > 0 })
+	testutil.Eventually(t, 60*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
+	testutil.Eventually(t, 30*time.Second, "the gap report", func() bool { return len(gaps.get()) > 0 })
 	time.Sleep(time.Second) // time for wrong extra reports
 	requireExactlyOnce(t, store.effectCounts(), want)
 	g := gaps.get()
@@ -299,9 +300,9 @@ func TestSharedStoreUnavailable(t *testing.T) {
 		want = append(want, key("src", "s", 1, seq))
 		f.publish(ch, stamped("src", "s", 1, seq, "x"))
 	}
-	eventually(t, 60*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
+	testutil.Eventually(t, 60*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
 	// What an unknown commit had committed comes back from the retry as duplicates.
-	eventually(t, 10*time.Second, "every delivery settled", func() bool {
+	testutil.Eventually(t, 10*time.Second, "every delivery settled", func() bool {
 		return mem.Get(consumer.MetricHandled)+mem.Get(consumer.MetricDuplicates) == 200
 	})
 	require.Positive(t, mem.Get(consumer.MetricDuplicates))
@@ -332,7 +333,7 @@ func TestSharedPlainHandlerSkipsCommitted(t *testing.T) {
 	for seq := int64(1); seq <= 50; seq++ {
 		f.publish(ch, stamped("src", "s", 1, seq, "x"))
 	}
-	eventually(t, 30*time.Second, "handled", func() bool { return int64(mem.Get(consumer.MetricHandled)) == 50 })
+	testutil.Eventually(t, 30*time.Second, "handled", func() bool { return int64(mem.Get(consumer.MetricHandled)) == 50 })
 	// Another replica's commits of seqs 51..60, which this replica's cache has never seen.
 	other := make([]consumer.Op[*memTx], 0, 10)
 	for seq := int64(51); seq <= 60; seq++ {
@@ -345,7 +346,7 @@ func TestSharedPlainHandlerSkipsCommitted(t *testing.T) {
 	for seq := int64(1); seq <= 60; seq++ { // all of them again
 		f.publish(ch, stamped("src", "s", 1, seq, "x"))
 	}
-	eventually(t, 30*time.Second, "duplicates dropped", func() bool { return int64(mem.Get(consumer.MetricDuplicates)) == 60 })
+	testutil.Eventually(t, 30*time.Second, "duplicates dropped", func() bool { return int64(mem.Get(consumer.MetricDuplicates)) == 60 })
 	requireExactlyOnce(t, cnt.snapshot(), want)
 	require.Zero(t, int64(mem.Get(consumer.MetricRaced)))
 }
@@ -413,10 +414,10 @@ func TestSharedStoreOutageRequeues(t *testing.T) {
 	for seq := int64(1); seq <= 20; seq++ {
 		f.publish(ch, stamped("src", "s", 1, seq, "x"))
 	}
-	eventually(t, 20*time.Second, "deliveries requeued", func() bool { return mem.Get(consumer.MetricRequeued) >= 20 })
-	eventually(t, 20*time.Second, "redelivered", func() bool { return mem.Get(consumer.MetricRedeliveries) > 0 })
+	testutil.Eventually(t, 20*time.Second, "deliveries requeued", func() bool { return mem.Get(consumer.MetricRequeued) >= 20 })
+	testutil.Eventually(t, 20*time.Second, "redelivered", func() bool { return mem.Get(consumer.MetricRedeliveries) > 0 })
 	down.Store(false)
-	eventually(t, 30*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
+	testutil.Eventually(t, 30*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
 	requireExactlyOnce(t, store.effectCounts(), want)
 	require.Zero(t, mem.Get(consumer.MetricHandlerErrors))
 }
@@ -435,7 +436,7 @@ func TestSharedCacheBounded(t *testing.T) {
 		want = append(want, key("src", stream, 1, 1))
 		f.publish(ch, stamped("src", stream, 1, 1, "x"))
 	}
-	eventually(t, 30*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
+	testutil.Eventually(t, 30*time.Second, "every effect", func() bool { return len(store.effectCounts()) == len(want) })
 	requireExactlyOnce(t, store.effectCounts(), want)
 	require.LessOrEqual(t, mem.Get(consumer.MetricStreams), 10.0, "streams cached beyond one batch")
 }

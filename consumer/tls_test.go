@@ -13,6 +13,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // TestTLS consumes over amqps from a private node whose TLS listener requires a client
@@ -49,13 +50,13 @@ func TestTLS(t *testing.T) {
 		}
 		return slow(ctx, m)
 	}, nil)
-	eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) >= 50 })
+	testutil.Eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) >= 50 })
 	px.ResetPeer(t)
 	time.Sleep(1500 * time.Millisecond) // the next heartbeat carries the reset
 	px.Restore(t)
-	eventually(t, 60*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
-	eventually(t, 20*time.Second, "poison parked", func() bool { return f.messages(ch, f.parked) == 1 })
-	eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
+	testutil.Eventually(t, 60*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
+	testutil.Eventually(t, 20*time.Second, "poison parked", func() bool { return f.messages(ch, f.parked) == 1 })
+	testutil.Eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
 	run.stop(t)
 	requireExactlyOnce(t, cnt.snapshot(), want)
 	require.GreaterOrEqual(t, f.mem.Get(consumer.MetricReconnects), 1.0)

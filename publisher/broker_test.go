@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/topology"
@@ -40,7 +41,7 @@ func TestPrivateNode(t *testing.T) {
 		{"memory-alarm", "classic", func(t *testing.T, p *Publisher, pr *publisherRun) {
 			pr.waitAccepted(t, 300)
 			node.SetMemoryHighWatermark(t, 0.0000001)
-			eventually(t, 20*time.Second, "publisher blocked", p.Blocked)
+			testutil.Eventually(t, 20*time.Second, "publisher blocked", p.Blocked)
 			if st := p.Stats(); st.State != StateBlocked || !st.Blocked {
 				t.Errorf("stats while blocked: %+v", st)
 			}
@@ -50,7 +51,7 @@ func TestPrivateNode(t *testing.T) {
 				t.Errorf("Publish stopped accepting while the broker was blocked")
 			}
 			node.SetMemoryHighWatermark(t, 0.4)
-			eventually(t, 20*time.Second, "publisher unblocked", func() bool { return !p.Blocked() })
+			testutil.Eventually(t, 20*time.Second, "publisher unblocked", func() bool { return !p.Blocked() })
 		}},
 	}
 	for _, tc := range tests {
@@ -82,7 +83,7 @@ func TestPrivateNode(t *testing.T) {
 		p := mustNew(t, cfg)
 		pr := startPublishing(p, s, 50, 0)
 		pr.wait(t)
-		eventually(t, 20*time.Second, "publisher blocked from the start", p.Blocked)
+		testutil.Eventually(t, 20*time.Second, "publisher blocked from the start", p.Blocked)
 		if st := p.Stats(); st.State != StateBlocked || st.Confirmed != 0 {
 			t.Fatalf("stats under the alarm: %+v", st)
 		}
@@ -104,7 +105,7 @@ func TestRejectPublish(t *testing.T) {
 	p := mustNew(t, cfg)
 	l := newLedger()
 	publishBatch(t, p, s, l, 600)
-	eventually(t, 20*time.Second, "nacks", func() bool { return m.Get(MetricNacked) > 0 })
+	testutil.Eventually(t, 20*time.Second, "nacks", func() bool { return m.Get(MetricNacked) > 0 })
 	time.Sleep(500 * time.Millisecond) // several rounds of nacks while the queue stays full
 	if st := p.Stats(); st.Parked != 0 || st.Nacked == 0 {
 		t.Fatalf("stats while full: %+v", st)
@@ -131,7 +132,7 @@ func TestMissingExchange(t *testing.T) {
 		p := mustNew(t, cfg)
 		l := newLedger()
 		publishBatch(t, p, s, l, 200)
-		eventually(t, 20*time.Second, "channel errors", func() bool { return m.Get(MetricChannelErrors) >= 3 })
+		testutil.Eventually(t, 20*time.Second, "channel errors", func() bool { return m.Get(MetricChannelErrors) >= 3 })
 		time.Sleep(time.Second)
 		if n := m.Get(MetricChannelErrors); n > 40 {
 			t.Errorf("%v channel errors in about a second: hot loop", n)
@@ -243,7 +244,7 @@ func TestMissingExchangeMany(t *testing.T) {
 				}
 			}
 			// OnParked runs on the callback goroutine, after the receipts were settled.
-			eventually(t, 5*time.Second, "every OnParked call", func() bool { return parkedN.Load() >= int64(bad) })
+			testutil.Eventually(t, 5*time.Second, "every OnParked call", func() bool { return parkedN.Load() >= int64(bad) })
 			if got := parkedN.Load(); got != int64(bad) {
 				t.Errorf("OnParked called %d times, want %d", got, bad)
 			}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // failingDeletes wraps an Outbox; while fail is set, every Delete fails (a database cut).
@@ -62,12 +64,12 @@ func TestFakeFailedDeleteRetriedNeverResent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "failed delete attempts", func() bool { return fd.attempts.Load() >= 3 })
+	testutil.Eventually(t, 15*time.Second, "failed delete attempts", func() bool { return fd.attempts.Load() >= 3 })
 	if n := p.Journal().Backlog().Pending; n != 6 {
 		t.Errorf("%d entries in the journal while deleting fails, want 6", n)
 	}
 	fd.fail.Store(false)
-	waitFor(t, "every confirmed entry deleted", func() bool {
+	testutil.Eventually(t, 15*time.Second, "every confirmed entry deleted", func() bool {
 		return p.Journal().Backlog().Pending == 0
 	})
 }
@@ -94,16 +96,5 @@ func TestFakeCloseBoundsFailingDeletes(t *testing.T) {
 	}
 	if d := time.Since(began); d > deleteTimeout+2*time.Second {
 		t.Errorf("Close took %v with deletes failing, want about %v at most", d, deleteTimeout)
-	}
-}
-
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

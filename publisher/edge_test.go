@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/journal"
 )
 
@@ -167,7 +168,7 @@ func TestFlushNothingPendingOffline(t *testing.T) {
 		}
 	}
 	flush(t, p1, 30*time.Second)
-	eventually(t, 10*time.Second, "journal empty", func() bool { return p1.Stats().Journal.Pending == 0 })
+	testutil.Eventually(t, 10*time.Second, "journal empty", func() bool { return p1.Stats().Journal.Pending == 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := p1.Close(ctx); err != nil {

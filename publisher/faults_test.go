@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/metrics"
 )
 
@@ -54,7 +55,7 @@ func (pr *publisherRun) wait(t *testing.T) {
 // waitAccepted waits until at least n messages were accepted.
 func (pr *publisherRun) waitAccepted(t *testing.T, n int) {
 	t.Helper()
-	eventually(t, 30*time.Second, fmt.Sprintf("%d accepted", n), func() bool { return pr.l.count() >= n })
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d accepted", n), func() bool { return pr.l.count() >= n })
 }
 
 // TestProxyFaults drives each connection fault through an in-process toxiproxy in front of the

@@ -280,18 +280,6 @@ func openJournal(t *testing.T, path, source string) *journal.Journal {
 	return j
 }
 
-// eventually polls cond every 20ms until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // declare declares the setup's topology on url from the test.
 func declare(t *testing.T, url string, s setup) {
 	t.Helper()

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // A message returned as unroutable (basic.return, then basic.ack) whose parking fails stays pending:
@@ -41,7 +43,7 @@ func TestFakeReturnedParkFailureHoldsFrontierAndResends(t *testing.T) {
 	if err := waitErr(t, rs[0]); err != nil {
 		t.Fatalf("seq 1: %v", err)
 	}
-	eventually(t, 2*time.Second, "first park attempt", func() bool { return parkCalls.Load() >= 1 })
+	testutil.Eventually(t, 2*time.Second, "first park attempt", func() bool { return parkCalls.Load() >= 1 })
 
 	// Seq 2 must be sent again (a new pass from it, after the retry backoff), and must not be
 	// reported settled meanwhile.
@@ -90,13 +92,13 @@ func TestFakeReturnedParkFailureHoldsFrontierAndResends(t *testing.T) {
 	if c := parkCalls.Load(); c != 2 {
 		t.Errorf("park attempts %d, want 2", c)
 	}
-	eventually(t, 2*time.Second, "OnParked called", func() bool { mu.Lock(); defer mu.Unlock(); return len(parked) > 0 })
+	testutil.Eventually(t, 2*time.Second, "OnParked called", func() bool { mu.Lock(); defer mu.Unlock(); return len(parked) > 0 })
 	mu.Lock()
 	if len(parked) != 1 || parked[0].Seq != 2 || !parked[0].Returned {
 		t.Errorf("OnParked: %v", parked)
 	}
 	mu.Unlock()
-	eventually(t, 2*time.Second, "1 parked 0 pending", func() bool {
+	testutil.Eventually(t, 2*time.Second, "1 parked 0 pending", func() bool {
 		st := p.Journal().Stats()
 		return st.Parked == 1 && st.Pending == 0
 	})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/metrics"
 )
 
@@ -55,7 +56,7 @@ func TestPublishConfirmed(t *testing.T) {
 			if st := p.Stats(); st.Accepted != n || st.Confirmed != n {
 				t.Errorf("stats after flush: %+v", st)
 			}
-			eventually(t, 5*time.Second, "journal empty", func() bool { return p.Stats().Journal.Pending == 0 })
+			testutil.Eventually(t, 5*time.Second, "journal empty", func() bool { return p.Stats().Journal.Pending == 0 })
 		})
 	}
 }
@@ -98,13 +99,13 @@ func TestUnroutableParked(t *testing.T) {
 		t.Fatalf("routable message after the unroutable one: %v", err)
 	}
 	// OnParked runs on the callback goroutine, after the receipt was settled.
-	eventually(t, 5*time.Second, "OnParked called", func() bool { mu.Lock(); defer mu.Unlock(); return len(parked) > 0 })
+	testutil.Eventually(t, 5*time.Second, "OnParked called", func() bool { mu.Lock(); defer mu.Unlock(); return len(parked) > 0 })
 	mu.Lock()
 	if len(parked) != 1 || parked[0].Seq != bad.Stamp().Seq {
 		t.Errorf("OnParked got %v", parked)
 	}
 	mu.Unlock()
-	eventually(t, 5*time.Second, "journal: 1 parked, 0 pending", func() bool {
+	testutil.Eventually(t, 5*time.Second, "journal: 1 parked, 0 pending", func() bool {
 		st := p.Journal().Stats()
 		return st.Parked == 1 && st.Pending == 0
 	})

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 )
 
 // An entry re-driven with journal.Redrive gets an ID that no Publish accepted. When it is parked
@@ -31,7 +33,7 @@ func TestFakeRedrivenParkedAgainFlush(t *testing.T) {
 	recvPub(t, ch2, 2*time.Second)
 	ch2.fail(notFound) // parked again
 	nextChan(t, c)
-	eventually(t, 2*time.Second, "parked again", func() bool {
+	testutil.Eventually(t, 2*time.Second, "parked again", func() bool {
 		st := p.Journal().Stats()
 		return st.Pending == 0 && st.Parked == 1
 	})

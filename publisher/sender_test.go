@@ -9,6 +9,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
 )
@@ -96,7 +97,7 @@ func TestFakeWindowAndMultipleAcks(t *testing.T) {
 		}
 	}
 	flush(t, p, time.Second)
-	eventually(t, 2*time.Second, "journal empty", func() bool { return p.Journal().Stats().Pending == 0 })
+	testutil.Eventually(t, 2*time.Second, "journal empty", func() bool { return p.Journal().Stats().Pending == 0 })
 	if m.Get(MetricConfirmed) != 10 || m.Get(MetricPublished) != 10 || m.Get(MetricResent) != 0 {
 		t.Errorf("metrics %v", m.Snapshot())
 	}
@@ -161,11 +162,11 @@ func TestFakeReturnParks(t *testing.T) {
 	if err := waitErr(t, rs[1]); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "OnParked called", func() bool { return len(rec.get()) > 0 })
+	testutil.Eventually(t, 2*time.Second, "OnParked called", func() bool { return len(rec.get()) > 0 })
 	if parked := rec.get(); len(parked) != 1 || parked[0].Seq != 1 {
 		t.Errorf("OnParked: %v", parked)
 	}
-	eventually(t, 2*time.Second, "1 parked 0 pending", func() bool {
+	testutil.Eventually(t, 2*time.Second, "1 parked 0 pending", func() bool {
 		st := p.Journal().Stats()
 		return st.Parked == 1 && st.Pending == 0
 	})
@@ -253,7 +254,7 @@ func TestFakeBlocked(t *testing.T) {
 	c := nextConn(t, f)
 	ch := nextChan(t, c)
 	c.blocks <- amqp.Blocking{Active: true, Reason: "memory"}
-	eventually(t, time.Second, "blocked", p.Blocked)
+	testutil.Eventually(t, time.Second, "blocked", p.Blocked)
 	holds := c.holds.Load()
 	rs := batch(t, p, 3)
 	noPub(t, ch, 200*time.Millisecond)
@@ -268,7 +269,7 @@ func TestFakeBlocked(t *testing.T) {
 		t.Errorf("after unblock: blocked %v state %v", p.Blocked(), p.State())
 	}
 	want := []State{StateReady, StateBlocked, StateReady}
-	eventually(t, 2*time.Second, "three state changes", func() bool { return len(rec.get()) >= 3 })
+	testutil.Eventually(t, 2*time.Second, "three state changes", func() bool { return len(rec.get()) >= 3 })
 	states := rec.get()
 	if len(states) < 3 || states[0] != want[0] || states[1] != want[1] || states[2] != want[2] {
 		t.Errorf("state changes %v, want prefix %v", states, want)
@@ -287,7 +288,7 @@ func TestFakeBlockedAtOpen(t *testing.T) {
 	f.down.Store(false)
 	c := nextConn(t, f)
 	ch := nextChan(t, c)
-	eventually(t, time.Second, "blocked", p.Blocked)
+	testutil.Eventually(t, time.Second, "blocked", p.Blocked)
 	noPub(t, ch, 200*time.Millisecond)
 	if n := c.holds.Load(); n != 0 {
 		t.Errorf("%d holds of the socket's writes while blocked", n)

@@ -158,7 +158,7 @@ func TestTLS(t *testing.T) {
 			if !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("Flush with a rejected TLS handshake: %v, want the deadline", err)
 			}
-			eventually(t, 10*time.Second, "the TLS failure in the log", func() bool { return strings.Contains(logs.String(), tc.want) })
+			testutil.Eventually(t, 10*time.Second, "the TLS failure in the log", func() bool { return strings.Contains(logs.String(), tc.want) })
 			// And in code: WaitReady names it, and so does Stats.
 			want := tc.want
 			if !tc.exact {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
@@ -175,7 +176,7 @@ func TestInvalidEntryParkedUnsent(t *testing.T) {
 	}
 	p := mustNew(t, cfg)
 	flush(t, p, 20*time.Second)
-	eventually(t, 5*time.Second, "OnParked called 3 times", func() bool { mu.Lock(); defer mu.Unlock(); return len(parked) >= 3 })
+	testutil.Eventually(t, 5*time.Second, "OnParked called 3 times", func() bool { mu.Lock(); defer mu.Unlock(); return len(parked) >= 3 })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(parked) != 3 {

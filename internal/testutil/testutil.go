@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"slices"
 	"sync"
+	"testing"
+	"time"
 )
 
 // SyncBuffer is a bytes.Buffer safe for a logger written from other goroutines while the test
@@ -41,4 +43,17 @@ func RoundRatios(num, den []float64) (lo, med, hi float64) {
 	}
 	slices.Sort(r)
 	return r[0], r[len(r)/2], r[len(r)-1]
+}
+
+// Eventually polls cond every 10 ms until it holds, and fails the test (t.Fatalf, so from the
+// test's goroutine only) once d has passed, saying what it waited for.
+func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

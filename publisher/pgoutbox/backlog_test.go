@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/publisher"
 	"github.com/rabbitkit/rabbitkit/publisher/pgoutbox"
 )
@@ -94,7 +95,7 @@ func TestRelayBacklogHeap(t *testing.T) {
 
 	px.Down(t) // the broker is away: the backlog piles up
 	runRelay(t, o, cfg)
-	waitFor(t, 10*time.Second, "the relay holds the lease", o.Relaying)
+	testutil.Eventually(t, 10*time.Second, "the relay holds the lease", o.Relaying)
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	for w := range writers {

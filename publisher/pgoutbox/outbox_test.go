@@ -17,6 +17,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/internal/pgtest"
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
 	"github.com/rabbitkit/rabbitkit/publisher/pgoutbox"
@@ -252,7 +253,7 @@ func TestTwoRelaysTakeover(t *testing.T) {
 	c := collect(t, e.url, e.queue)
 	ma, mb := &countingRecorder{}, &countingRecorder{}
 	runRelay(t, oa, e.relayConfig(t, ma))
-	waitFor(t, 10*time.Second, "A holds the lease", oa.Relaying)
+	testutil.Eventually(t, 10*time.Second, "A holds the lease", oa.Relaying)
 	runRelay(t, ob, e.relayConfig(t, mb))
 
 	var overlap, stopSampling atomic.Bool
@@ -281,7 +282,7 @@ func TestTwoRelaysTakeover(t *testing.T) {
 	c.waitDistinct(t, 50, 15*time.Second)
 	cut := time.Now()
 	px.Blackhole(t) // A's database calls hang: no renewal, no release
-	waitFor(t, 3*ttl, "B takes over", ob.Relaying)
+	testutil.Eventually(t, 3*ttl, "B takes over", ob.Relaying)
 	takeover := time.Since(cut)
 	if oa.Relaying() {
 		t.Error("A still relaying after B took over")
@@ -306,17 +307,6 @@ func TestTwoRelaysTakeover(t *testing.T) {
 		t.Errorf("takeover took %v", takeover)
 	}
 	px.Restore(t)
-}
-
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting until %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // A database whose identity changed (restored, failed over: simulated by editing the recorded
@@ -415,7 +405,7 @@ func TestParkAndRedrive(t *testing.T) {
 	}
 	c.waitDistinct(t, 1, 15*time.Second) // the next message is not held behind the parked one
 	var parked []pgoutbox.ParkedEntry
-	waitFor(t, 10*time.Second, "the unroutable message is parked", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the unroutable message is parked", func() bool {
 		parked, err = o.Parked(ctx)
 		return err == nil && len(parked) == 1
 	})

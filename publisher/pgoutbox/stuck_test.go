@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/publisher/pgoutbox"
 )
 
@@ -81,12 +82,12 @@ func TestTakeoverWhileHolderStuckInTransaction(t *testing.T) {
 			ob := open(t, e.pool, pgoutbox.Options{LeaseTTL: ttl, Owner: "B"})
 			c := collect(t, e.url, e.queue)
 			stopA := runRelay(t, oa, e.relayConfig(t, nil))
-			waitFor(t, 10*time.Second, "A holds the lease", oa.Relaying)
+			testutil.Eventually(t, 10*time.Second, "A holds the lease", oa.Relaying)
 			runRelay(t, ob, e.relayConfig(t, nil))
 			defer func() { px.Restore(t); stopA(); poolA.Close() }()
 			h.armed.Store(true)
-			waitFor(t, 10*time.Second, "A's link black-holed mid-transaction", h.holed.Load)
-			waitFor(t, 3*ttl, "B takes over", ob.Relaying)
+			testutil.Eventually(t, 10*time.Second, "A's link black-holed mid-transaction", h.holed.Load)
+			testutil.Eventually(t, 3*ttl, "B takes over", ob.Relaying)
 			takeover := time.Since(time.Unix(0, h.holeAt.Load()))
 			for i := range 20 {
 				if _, err := publishOrder(ctx, e.pool, ob, e.msg("s", fmt.Sprintf("m%d", i)), true, 0); err != nil {
