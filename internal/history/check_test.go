@@ -207,6 +207,37 @@ func TestCheck(t *testing.T) {
 			want: Result{Accepted: 5, Applied: 5, ExactlyOnce: 5, Conflicts: 1},
 		},
 		{
+			name: "a gap over parked messages the operator re-drove is allowed: they arrive late",
+			h: History{
+				Runs:     []Run{{Source: "a", Accepted: seqs("a", 1, 10)}},
+				Ledger:   ledger("a", 1, 10, 1),
+				Gaps:     []Gap{{Source: "a", Epoch: 1, Stream: "x/k", From: 4, To: 6}},
+				Redriven: seqs("a", 4, 6),
+			},
+			want: Result{Accepted: 10, Applied: 10, ExactlyOnce: 10, Gaps: 1, RedrivenGaps: 1},
+			ok:   true,
+		},
+		{
+			name: "a gap is false when one message in it arrived that was not re-driven",
+			h: History{
+				Runs:     []Run{{Source: "a", Accepted: seqs("a", 1, 10)}},
+				Ledger:   ledger("a", 1, 10, 1),
+				Gaps:     []Gap{{Source: "a", Epoch: 1, Stream: "x/k", From: 4, To: 6}},
+				Redriven: seqs("a", 4, 5),
+			},
+			want: Result{Accepted: 10, Applied: 10, ExactlyOnce: 10, Gaps: 1, FalseGaps: 1},
+		},
+		{
+			name: "a re-driven message that never arrives is lost",
+			h: History{
+				Runs:     []Run{{Source: "a", Accepted: seqs("a", 1, 10)}},
+				Ledger:   cat(ledger("a", 1, 4, 1), ledger("a", 6, 10, 1)),
+				Gaps:     []Gap{{Source: "a", Epoch: 1, Stream: "x/k", From: 5, To: 5}},
+				Redriven: seqs("a", 5, 5),
+			},
+			want: Result{Accepted: 10, Applied: 9, ExactlyOnce: 9, Lost: 1, Gaps: 1},
+		},
+		{
 			name: "conflicts are counted one per line",
 			h: History{
 				Runs:      []Run{{Source: "a", Accepted: seqs("a", 1, 2)}},
