@@ -42,6 +42,63 @@ func TestClusterQuorum(t *testing.T) {
 	})
 }
 
+// steps returns the run's faults: p.rounds of kinds, shuffled or in order.
+func (p clusterParams) steps(kinds []fault, rng *rand.Rand) []fault {
+	if p.shuffle {
+		return plan(kinds, p.rounds, rng)
+	}
+	var steps []fault
+	for range p.rounds {
+		steps = append(steps, kinds...)
+	}
+	return steps
+}
+
+// clusterDriver is what the cluster runs share: where the clients are, and work for publishers
+// that finished, so that a kill always hits publishers with confirms outstanding.
+type clusterDriver struct {
+	cl        *testbroker.Cluster
+	c         *cluster
+	perSource int
+}
+
+// The client-provided connection names of the example binaries (the publisher's ends in its
+// source).
+const consName = "rabbitkit-example-consumer"
+
+func pubConnName(source string) string { return "rabbitkit-publisher " + source }
+
+// ensurePublishing gives every source that has finished more work.
+func (d *clusterDriver) ensurePublishing() {
+	extended := false
+	for _, s := range d.c.sources {
+		if s.cur.proc.exited() {
+			s.target += d.perSource / 4
+			d.c.startPublisher(s)
+			extended = true
+		}
+	}
+	if extended {
+		d.c.sleep(2 * time.Second)
+	}
+}
+
+// where returns the nodes that the first source's publisher and the consumer are connected to
+// (-1: not connected).
+func (d *clusterDriver) where(t testing.TB) (pub, cons int) {
+	pub, cons = -1, -1
+	pubName := pubConnName(d.c.sources[0].name)
+	for _, cn := range d.cl.Connections(t) {
+		switch {
+		case strings.HasPrefix(cn.Name, pubName) && pub < 0:
+			pub = cn.Node
+		case strings.HasPrefix(cn.Name, consName) && cons < 0:
+			cons = cn.Node
+		}
+	}
+	return pub, cons
+}
+
 // clusterFault is what one injected fault hit.
 type clusterFault struct {
 	kind              string
@@ -82,40 +139,15 @@ func runClusterQuorum(t *testing.T, p clusterParams) (report string, ok bool) {
 	for _, s := range c.sources {
 		c.startPublisher(s)
 	}
-	pubName := "rabbitkit-publisher " + c.sources[0].name
-	const consName = "rabbitkit-example-consumer"
 	c.sleep(3 * time.Second) // let both sides connect and traffic flow
+	d := &clusterDriver{cl: cl, c: c, perSource: p.perSource}
 
 	var hits []clusterFault
-	// ensurePublishing gives every source that has finished more work, so that a kill always hits
-	// publishers with confirms outstanding.
-	ensurePublishing := func() {
-		extended := false
-		for _, s := range c.sources {
-			if s.cur.proc.exited() {
-				s.target += p.perSource / 4
-				c.startPublisher(s)
-				extended = true
-			}
-		}
-		if extended {
-			c.sleep(2 * time.Second)
-		}
-	}
 	// Each rabbitmqctl call costs about a second here (more under load): one list_connections and
 	// one list_queues tell where everything is.
 	where := func() (pub, cons, leader int) {
-		pub, cons = -1, -1
-		for _, cn := range cl.Connections(t) {
-			switch {
-			case strings.HasPrefix(cn.Name, pubName) && pub < 0:
-				pub = cn.Node
-			case strings.HasPrefix(cn.Name, consName) && cons < 0:
-				cons = cn.Node
-			}
-		}
-		leader = cl.QueueLeader(t, c.queue)
-		return pub, cons, leader
+		pub, cons = d.where(t)
+		return pub, cons, cl.QueueLeader(t, c.queue)
 	}
 	killRestart := func(kind string, pick func(pub, cons, leader int) int) func(testing.TB) {
 		return func(t testing.TB) {
@@ -125,7 +157,7 @@ func runClusterQuorum(t *testing.T, p clusterParams) (report string, ok bool) {
 				// Inside the loop: a publisher that was still running when the last look was taken
 				// may have finished since, and a finished publisher has no connection to find (CI
 				// once waited a minute here for one that had exited).
-				ensurePublishing()
+				d.ensurePublishing()
 				f.pub, f.cons, f.leader = where()
 				if f.node = pick(f.pub, f.cons, f.leader); f.node >= 0 {
 					break
@@ -154,14 +186,7 @@ func runClusterQuorum(t *testing.T, p clusterParams) (report string, ok bool) {
 		{"kill -9 the publisher's node + restart", killRestart("publisher's node", func(pub, _, _ int) int { return pub })},
 		{"kill -9 the consumer's node + restart", killRestart("consumer's node", func(_, cons, _ int) int { return cons })},
 	}
-	var steps []fault
-	if p.shuffle {
-		steps = plan(kinds, p.rounds, rng)
-	} else {
-		for range p.rounds {
-			steps = append(steps, kinds...)
-		}
-	}
+	steps := p.steps(kinds, rng)
 	faultsStart := time.Now()
 	stats := runFaults(t, kinds, steps, p.pause, rng, c.sleep)
 	faultsTook := time.Since(faultsStart)

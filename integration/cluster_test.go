@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,7 +53,20 @@ type cluster struct {
 	consKills  int
 	stopping   bool     // finish is stopping the consumer
 	failures   []string // processes that died on their own
+	// parkOK: publishers may park returned messages (a classic queue whose node is down): a run
+	// that exits because it parked some is not a failure, and redriveParked re-drives them.
+	parkOK     bool
+	parkedMsgs []parkedMsg // the publishers' "message parked" lines; guarded by mu
 }
+
+// parkedMsg is one "message parked" line of a publisher run.
+type parkedMsg struct {
+	source, stream string
+	seq            int64
+}
+
+// parkedRE takes stream and seq from a ParkedError in a publisher's "message parked" log line.
+var parkedRE = regexp.MustCompile(`publisher: message (.+)/(\d+) to exchange `)
 
 type source struct {
 	name    string
@@ -72,6 +86,7 @@ type pubRun struct {
 	confirmed int64              // -1 until "confirmed <n>"; guarded by cluster.mu
 	stats     map[string]float64 // its last "stats" line; guarded by cluster.mu
 	handled   bool               // its exit was looked at by poll
+	parked    bool               // it exited because it parked messages (cluster.parkOK)
 }
 
 func newCluster(t testing.TB, url, queueType string, sources, perSource int) *cluster {
@@ -127,6 +142,15 @@ func (c *cluster) startPublisher(src *source) {
 				c.mu.Lock()
 				run.stats = st
 				c.mu.Unlock()
+				return
+			}
+			if strings.Contains(line, `msg="message parked"`) {
+				if m := parkedRE.FindStringSubmatch(line); m != nil {
+					seq, _ := strconv.ParseInt(m[2], 10, 64)
+					c.mu.Lock()
+					c.parkedMsgs = append(c.parkedMsgs, parkedMsg{source: src.name, stream: m[1], seq: seq})
+					c.mu.Unlock()
+				}
 			}
 		},
 	})
@@ -239,6 +263,11 @@ func (c *cluster) poll() {
 		switch {
 		case r.proc.wasKilled():
 			c.startPublisher(src) // killed by a fault that did not restart it
+		case c.parkOK && r.proc.waitErr != nil && strings.Contains(r.proc.stderrTail(), "messages parked"):
+			r.parked = true // the operator re-drives them at the end (redriveParked)
+			if c.accepted(src) < src.target {
+				c.startPublisher(src)
+			}
 		case r.proc.waitErr != nil || confirmed < 0:
 			c.failures = append(c.failures, r.proc.describe())
 			c.startPublisher(src)
@@ -383,6 +412,20 @@ func (c *cluster) history() history.History {
 	h := history.History{Ledger: c.applied, Gaps: c.gaps, Conflicts: c.conflicts}
 	for _, r := range c.runs {
 		h.Runs = append(h.Runs, history.Run{Source: r.src.name, Killed: r.proc.wasKilled(), Accepted: r.accepted})
+	}
+	// The parked lines name stream and seq; the accepted lines give the epoch.
+	if len(c.parkedMsgs) > 0 {
+		byMsg := map[parkedMsg]protocol.Stamp{}
+		for _, r := range c.runs {
+			for _, st := range r.accepted {
+				byMsg[parkedMsg{source: st.Source, stream: st.Stream, seq: st.Seq}] = st
+			}
+		}
+		for _, m := range c.parkedMsgs {
+			if st, ok := byMsg[m]; ok {
+				h.Redriven = append(h.Redriven, st)
+			}
+		}
 	}
 	return h
 }
