@@ -22,13 +22,7 @@ import (
 // and once it is back every accepted request reaches the consumer exactly once — also across a
 // SIGKILL of the service during the outage (restarted on the same journal).
 func TestHTTPServiceWhileBrokerDown(t *testing.T) {
-	url := testbroker.SharedURL(t)
-	proxy := testbroker.NewProxy(t, url)
-	c := newCluster(t, proxy.URL, "classic", 1, 0)
-	c.exchange = testbroker.Name(t, "http-x")
-	c.queue = testbroker.Name(t, "http-q")
-	testbroker.DeleteQueues(t, url, c.queue, c.queue+".parked")
-	testbroker.DeleteExchanges(t, url, c.exchange)
+	proxy, c := httpServiceCluster(t, "http")
 	journalPath := filepath.Join(c.dir, "http.journal")
 
 	start := func(n int) (*proc, string) {
@@ -52,23 +46,43 @@ func TestHTTPServiceWhileBrokerDown(t *testing.T) {
 	for i := 100; i < 200; i++ {
 		post(i)
 	}
-	health := func() map[string]any { return getHealth(t, base) }
-	if h := health(); h["pending"] != float64(200) {
+	if h := getHealth(t, base); h["pending"] != float64(200) {
 		t.Fatalf("healthz during the outage: %v, want 200 pending", h)
 	}
 
 	proxy.Up(t)
+	drainAndCheck(t, c, svc, base, "http", accepted)
+}
+
+// httpServiceCluster is the broker proxy and the harness (for its consumer) of an httpservice
+// test; name prefixes the exchange and the queue.
+func httpServiceCluster(t *testing.T, name string) (*testbroker.Proxy, *cluster) {
+	t.Helper()
+	url := testbroker.SharedURL(t)
+	proxy := testbroker.NewProxy(t, url)
+	c := newCluster(t, proxy.URL, "classic", 1, 0)
+	c.exchange = testbroker.Name(t, name+"-x")
+	c.queue = testbroker.Name(t, name+"-q")
+	testbroker.DeleteQueues(t, url, c.queue, c.queue+".parked")
+	testbroker.DeleteExchanges(t, url, c.exchange)
+	return proxy, c
+}
+
+// drainAndCheck waits until the service at base reports nothing pending (the broker is back),
+// stops it, drains the queue with a consumer and checks that accepted, the 202 answers of source,
+// were applied exactly once and nothing else was.
+func drainAndCheck(t *testing.T, c *cluster, svc *proc, base, source string, accepted []protocol.Stamp) {
+	t.Helper()
 	deadline := time.Now().Add(time.Minute)
-	for health()["pending"] != float64(0) {
+	for getHealth(t, base)["pending"] != float64(0) {
 		if time.Now().After(deadline) {
-			t.Fatalf("journal not drained a minute after the broker came back: %v", health())
+			t.Fatalf("not drained a minute after the broker came back: %v", getHealth(t, base))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err := svc.term(20 * time.Second); err != nil {
 		t.Fatalf("httpservice SIGTERM: %v\n%s", err, svc.describe())
 	}
-
 	c.startConsumer(2 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -77,10 +91,10 @@ func TestHTTPServiceWhileBrokerDown(t *testing.T) {
 	}
 	c.dump()
 	h := c.history() // the consumer's ledger, gaps and conflicts; the service ran outside the cluster
-	h.Runs = []history.Run{{Source: "http", Accepted: accepted}}
+	h.Runs = []history.Run{{Source: source, Accepted: accepted}}
 	res := history.Check(h)
-	if !res.OK() || res.ExactlyOnce != 200 || res.Applied != 200 {
-		t.Fatalf("want the 200 accepted requests applied exactly once and nothing else:\n%s\n%v", res.Table(), res.Samples)
+	if !res.OK() || res.ExactlyOnce != len(accepted) || res.Applied != len(accepted) {
+		t.Fatalf("want the %d accepted requests applied exactly once and nothing else:\n%s\n%v", len(accepted), res.Table(), res.Samples)
 	}
 }
 
@@ -163,13 +177,7 @@ func getHealth(t *testing.T, base string) map[string]any {
 // order's message reaches the consumer exactly once, and every order row carries the stamp of a
 // message that was applied.
 func TestHTTPServicePGWhileBrokerDown(t *testing.T) {
-	url := testbroker.SharedURL(t)
-	proxy := testbroker.NewProxy(t, url)
-	c := newCluster(t, proxy.URL, "classic", 1, 0)
-	c.exchange = testbroker.Name(t, "httppg-x")
-	c.queue = testbroker.Name(t, "httppg-q")
-	testbroker.DeleteQueues(t, url, c.queue, c.queue+".parked")
-	testbroker.DeleteExchanges(t, url, c.exchange)
+	proxy, c := httpServiceCluster(t, "httppg")
 	dsn := pgtest.DSN(t)
 	u, err := neturl.Parse(dsn)
 	if err != nil {
@@ -226,28 +234,7 @@ func TestHTTPServicePGWhileBrokerDown(t *testing.T) {
 	}
 
 	proxy.Up(t)
-	deadline := time.Now().Add(time.Minute)
-	for getHealth(t, base)["pending"] != float64(0) {
-		if time.Now().After(deadline) {
-			t.Fatalf("outbox not drained a minute after the broker came back: %v", getHealth(t, base))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err := svc.term(20 * time.Second); err != nil {
-		t.Fatalf("httpservice SIGTERM: %v\n%s", err, svc.describe())
-	}
-
-	c.startConsumer(2 * time.Second)
-	if err := c.cons[0].wait(ctx); err != nil {
-		t.Fatalf("consumer: %v\n%s", err, c.cons[0].describe())
-	}
-	c.dump()
-	h := c.history()
-	h.Runs = []history.Run{{Source: "httppg", Accepted: accepted}}
-	res := history.Check(h)
-	if !res.OK() || res.ExactlyOnce != 200 || res.Applied != 200 {
-		t.Fatalf("want the 200 accepted orders' messages applied exactly once and nothing else:\n%s\n%v", res.Table(), res.Samples)
-	}
+	drainAndCheck(t, c, svc, base, "httppg", accepted)
 	// Every order row carries the stamp the service answered with: the row and its message
 	// committed together, and nothing else was committed.
 	rows, err := pool.Query(ctx, `SELECT id, stamp FROM httpservice_orders`)
