@@ -33,8 +33,9 @@ func writeClusterReliability(t *testing.T, rounds int, report string, ok bool) {
 		cmd = fmt.Sprintf("RABBITKIT_SOAK_CLUSTER_ROUNDS=%d go test -race=false -count=1 -timeout 2h -tags soak -run TestSoakClusterQuorum -v ./integration/", rounds)
 	}
 	b.WriteString("# Reliability: a RabbitMQ cluster under fire\n\n")
-	b.WriteString("This file is written by `TestSoakClusterQuorum` (integration/cluster_quorum_soak_test.go). Do not\n")
-	fmt.Fprintf(&b, "edit it by hand: run the command below and commit what it writes.\n\n```sh\n%s\n```\n\n", cmd)
+	b.WriteString("This file is written by `TestSoakClusterQuorum` (integration/cluster_quorum_soak_test.go), and its\n")
+	b.WriteString("classic queue section by `TestSoakClusterClassic`. Do not edit it by hand: run the command below\n")
+	fmt.Fprintf(&b, "(`make soak` runs both) and commit what it writes.\n\n```sh\n%s\n```\n\n", cmd)
 	if rounds != 10 {
 		fmt.Fprintf(&b, "**This is a scaled-down run** (%d rounds of the three node kills), not the default 10.\n\n", rounds)
 	}

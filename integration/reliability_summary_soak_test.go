@@ -17,7 +17,7 @@ var soakReports = []struct{ file, test, what string }{
 	{"RELIABILITY.md", "TestSoak", "bbolt journal → bbolt consumer on one private node, faults on the broker and both processes"},
 	{"RELIABILITY-PG.md", "TestSoakPG", "PostgreSQL inbox: competing consumers, PostgreSQL crashed and restarted"},
 	{"RELIABILITY-OUTBOX.md", "TestSoakOutboxFire", "PostgreSQL outbox: three replicas, the relay killed, cut off and taken over, PostgreSQL crashed"},
-	{"RELIABILITY-CLUSTER.md", "TestSoakClusterQuorum", "three-node cluster, quorum queue: the leader's, publisher's and consumer's nodes killed"},
+	{"RELIABILITY-CLUSTER.md", "TestSoakClusterQuorum`, `TestSoakClusterClassic", "three-node cluster, node kills: a quorum queue (the leader's, publisher's and consumer's nodes), and a classic queue (its node too: parked, then re-driven by the operator's step)"},
 }
 
 const summaryBegin, summaryEnd = "<!-- soak summary: written by writeSoakSummary -->", "<!-- end of soak summary -->"
@@ -39,11 +39,15 @@ func readSoakReport(path string) (measured, commit string, scaled bool, verdicts
 	}
 	section := ""
 	for _, line := range strings.Split(string(b), "\n") {
-		if m := measuredRE.FindStringSubmatch(line); m != nil && measured == "" {
-			measured, commit = m[1], m[2]
+		if m := measuredRE.FindStringSubmatch(line); m != nil { // a report with sections may have one per section
+			c := m[2]
 			if m[3] != "" {
-				commit += " (+ changes)"
+				c += " (+ changes)"
 			}
+			if measured != "" {
+				measured, commit = measured+"; ", commit+"; "
+			}
+			measured, commit = measured+m[1], commit+c
 		}
 		if strings.HasPrefix(line, "**This is a scaled-down run**") {
 			scaled = true
@@ -96,7 +100,15 @@ func writeSoakSummary(t *testing.T) {
 		if scaled {
 			scale = "scaled down"
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %s, %s | %s | [%s](%s) |\n", r.test, r.what, strings.Join(vs, "; "), measured, commit, scale, r.file, r.file)
+		when := measured + ", " + commit
+		if ms, cs := strings.Split(measured, "; "), strings.Split(commit, "; "); len(ms) > 1 && len(ms) == len(cs) {
+			var parts []string
+			for i := range ms {
+				parts = append(parts, ms[i]+", "+cs[i])
+			}
+			when = strings.Join(parts, "; ")
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s | [%s](%s) |\n", r.test, r.what, strings.Join(vs, "; "), when, scale, r.file, r.file)
 	}
 	b.WriteString(summaryEnd + "\n")
 
