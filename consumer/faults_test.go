@@ -36,6 +36,23 @@ func slowCounting(cnt *counter) consumer.Handler {
 	}
 }
 
+// gatedCounting is slowCounting that holds every handler after the first n effects until gate
+// is closed: the deliveries behind them stay unacked, so a fault injected meanwhile always hits
+// unacked deliveries (on a fast machine all of them could otherwise be handled and acked first).
+func gatedCounting(cnt *counter, n int, gate <-chan struct{}) consumer.Handler {
+	slow := slowCounting(cnt)
+	return func(ctx context.Context, m *consumer.Message) error {
+		if len(cnt.snapshot()) >= n {
+			select {
+			case <-gate:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return slow(ctx, m)
+	}
+}
+
 // Connection faults with unacked deliveries outstanding: the consumer reconnects, drops the acks
 // of the old channel, and every message is applied exactly once.
 func TestConnectionFaultsWithUnackedDeliveries(t *testing.T) {
@@ -70,9 +87,11 @@ func TestConnectionFaultsWithUnackedDeliveries(t *testing.T) {
 			c, err := consumer.New(cfg)
 			require.NoError(t, err)
 			var cnt counter
-			run := start(t, c, slowCounting(&cnt), nil)
+			gate := make(chan struct{})
+			run := start(t, c, gatedCounting(&cnt, 60, gate), nil)
 			testutil.Eventually(t, 20*time.Second, "first effects", func() bool { return len(cnt.snapshot()) >= 60 })
 			tt.fault(t, p)
+			close(gate)
 			testutil.Eventually(t, 60*time.Second, "all effects", func() bool { return len(cnt.snapshot()) == len(want) })
 			testutil.Eventually(t, 20*time.Second, "queue empty", func() bool { return f.messages(ch, f.queue) == 0 })
 			run.stop(t)
