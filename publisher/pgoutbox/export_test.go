@@ -8,9 +8,9 @@ import (
 )
 
 // ViewForTest is a relay's view of o's current epoch without a lease, for tests of Read's
-// read-ahead: read is view.Read, settle waits for the read-ahead in flight (if any), and close is
-// view.close.
-func ViewForTest(o *Outbox) (read func(ctx context.Context, after uint64, max int) ([]*journal.Entry, error), settle, close func()) {
+// read-ahead: read is view.Read, settle waits for the read-ahead in flight (if any), ahead reports
+// whether one was started and not yet taken, and close is view.close.
+func ViewForTest(o *Outbox) (read func(ctx context.Context, after uint64, max int) ([]*journal.Entry, error), settle func(), ahead func() bool, close func()) {
 	v := newView(o, o.Epoch(), nil, time.Now())
 	settle = func() {
 		v.mu.Lock()
@@ -20,5 +20,10 @@ func ViewForTest(o *Outbox) (read func(ctx context.Context, after uint64, max in
 			<-a.done
 		}
 	}
-	return v.Read, settle, v.close
+	ahead = func() bool {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return v.ahead != nil
+	}
+	return v.Read, settle, ahead, v.close
 }

@@ -35,7 +35,7 @@ func TestReadAhead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	read, settle, closeView := pgoutbox.ViewForTest(o)
+	read, settle, ahead, closeView := pgoutbox.ViewForTest(o)
 	defer closeView()
 	page := func(after uint64, max int, want ...int64) uint64 {
 		t.Helper()
@@ -58,6 +58,9 @@ func TestReadAhead(t *testing.T) {
 
 	publish(10)
 	a := page(0, 4, 1, 2, 3, 4) // full: the read-ahead of 5..8 starts
+	if !ahead() {
+		t.Fatal("a full page started no read-ahead")
+	}
 	b := page(a, 4, 5, 6, 7, 8) // handed over; the read-ahead of 9, 10 starts
 	settle()
 	b2 := page(a, 4, 5, 6, 7, 8) // a restart from a: the read-ahead (9, 10) is dropped, 5..8 read again by rid
@@ -65,6 +68,9 @@ func TestReadAhead(t *testing.T) {
 		t.Fatalf("re-read 5..8 ended at rid %d, first read at %d", b2, b)
 	}
 	c := page(b, 4, 9, 10) // not full: no read-ahead after it
+	if ahead() {
+		t.Fatal("a short page (the backlog is read) started a read-ahead")
+	}
 
 	publish(2)
 	d := page(c, 2, 11, 12) // full: the read-ahead finds nothing

@@ -122,7 +122,8 @@ func (v *view) held() error {
 // Read-ahead: a page is one transaction of several round trips and a COMMIT (with its WAL
 // flush), which the sender would otherwise wait for between pages. So after a full page Read
 // starts reading the next one, Read(last rid of this page, max), in the background, and the
-// sender's next Read with those arguments takes its result. That result is as of a moment
+// sender's next Read with those arguments takes its result (and, when it is full too, starts the
+// next read-ahead; a short page means the backlog is read). That result is as of a moment
 // before the call: it is used only when it has rows (an empty one is read again, so that a
 // commit signalled since, Changed, is not missed) and while the lease is held. Any other call
 // (a pass that restarts after a reconnect) discards it; the relay ids it assigned stay assigned,
@@ -142,7 +143,9 @@ func (v *view) Read(ctx context.Context, after uint64, max int) ([]*journal.Entr
 			return nil, fmt.Errorf("pgoutbox: read: %w", ctx.Err())
 		}
 		if a.err == nil && a.after == after && a.max == max && len(a.page) > 0 {
-			v.readAhead(a.page[len(a.page)-1].ID, max)
+			if len(a.page) >= max {
+				v.readAhead(a.page[len(a.page)-1].ID, max)
+			}
 			return a.page, nil
 		}
 	}
