@@ -12,6 +12,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/internal/amqpseam"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/topology"
@@ -157,6 +158,9 @@ type Config struct {
 	// OnStateChange is called on every connection state change (connecting, consuming, idle),
 	// with the error that caused it.
 	OnStateChange func(StateChange)
+
+	// Tests: replace the amqp091-go dialers of the consuming and of the parking connection.
+	dial, dialParking amqpseam.Dialer
 }
 
 // Parked describes a message published to the parking queue.

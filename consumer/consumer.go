@@ -11,6 +11,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/internal/amqpseam"
 	"github.com/rabbitkit/rabbitkit/internal/callbacks"
 	"github.com/rabbitkit/rabbitkit/internal/fifo"
 )
@@ -266,7 +267,7 @@ type run struct {
 	auxStop chan struct{}
 
 	parker *parker
-	dialer *amqpconn.Dialer
+	dialer amqpseam.Dialer
 
 	drainTimer *time.Timer // set by stopWorkers, on the Run goroutine
 
@@ -280,8 +281,11 @@ func newRun(ctx context.Context, cfg *Config, h Handler, be backend) (*run, erro
 		stopCh: make(chan struct{}), auxStop: make(chan struct{}),
 		done: fifo.New[doneTag](),
 	}
-	r.dialer = &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff, Logger: cfg.Logger, Name: cfg.ConnectionName, TLS: cfg.TLS,
-		OnError: func(err error) { r.status.Fail(err) }}
+	r.dialer = cfg.dial
+	if r.dialer == nil {
+		r.dialer = amqpseam.Dial(&amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff, Logger: cfg.Logger, Name: cfg.ConnectionName, TLS: cfg.TLS,
+			OnError: func(err error) { r.status.Fail(err) }})
+	}
 	r.workers = make([]*worker, cfg.Workers)
 	for i := range r.workers {
 		tr, err := dedup.New(cfg.Dedup)

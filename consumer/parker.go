@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/internal/amqpseam"
 	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
@@ -22,11 +22,11 @@ type parker struct {
 	r    *run
 	reqs chan *parkReq
 
-	dialer  *amqpconn.Dialer
-	conn    *amqp.Connection
-	sock    net.Conn // conn's socket: closing it is the only way to end a write held by an alarm
-	ch      *amqp.Channel
-	returns chan amqp.Return
+	dialer   amqpseam.Dialer
+	conn     amqpseam.Conn
+	ch       amqpseam.Channel
+	confirms <-chan amqp.Confirmation
+	returns  <-chan amqp.Return
 }
 
 type parkReq struct {
@@ -53,7 +53,10 @@ func (p *parker) park(ctx context.Context, it *item, reason string) error {
 
 func (p *parker) loop() {
 	r := p.r
-	p.dialer = &amqpconn.Dialer{URLs: r.cfg.URLs, Heartbeat: r.cfg.Heartbeat, Backoff: r.cfg.ReconnectBackoff, Logger: r.cfg.Logger, Name: r.cfg.ConnectionName + "-parking", TLS: r.cfg.TLS}
+	p.dialer = r.cfg.dialParking
+	if p.dialer == nil {
+		p.dialer = amqpseam.Dial(&amqpconn.Dialer{URLs: r.cfg.URLs, Heartbeat: r.cfg.Heartbeat, Backoff: r.cfg.ReconnectBackoff, Logger: r.cfg.Logger, Name: r.cfg.ConnectionName + "-parking", TLS: r.cfg.TLS})
+	}
 	defer p.reset()
 	for {
 		select {
@@ -74,27 +77,30 @@ func (p *parker) loop() {
 func (p *parker) reset() {
 	if p.conn != nil {
 		// Bounded: a broker under an alarm blocks the connection and never answers close-ok.
-		_ = p.conn.CloseDeadline(time.Now().Add(time.Second))
+		_ = p.conn.Close(time.Now().Add(time.Second))
 	}
-	p.conn, p.sock, p.ch, p.returns = nil, nil, nil, nil
+	p.conn, p.ch, p.confirms, p.returns = nil, nil, nil, nil
 }
 
+// connect opens the parking connection and its channel in confirm mode. One publish is in flight
+// at a time and each waits for its confirm (a failed or timed-out one resets the connection), so
+// the listeners never hold more than one notification.
 func (p *parker) connect(ctx context.Context) error {
-	conn, sock, _, err := p.dialer.DialSocket(ctx)
+	conn, _, err := p.dialer.Dial(ctx)
 	if err != nil {
 		return err
 	}
-	p.conn, p.sock = conn, sock
+	p.conn = conn
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("consumer: parking channel: %w", err)
 	}
 	p.ch = ch
-	if err := ch.Confirm(false); err != nil {
+	if p.confirms, err = ch.Confirm(1); err != nil {
 		return fmt.Errorf("consumer: parking channel confirm mode: %w", err)
 	}
-	p.returns = ch.NotifyReturn(make(chan amqp.Return, 1))
-	return p.r.cfg.parkingTopology().DeclareConn(conn, ch)
+	p.returns = ch.NotifyReturn(1)
+	return ch.Declare(p.r.cfg.parkingTopology())
 }
 
 func (p *parker) publish(ctx context.Context, req *parkReq) error {
@@ -105,7 +111,7 @@ func (p *parker) publish(ctx context.Context, req *parkReq) error {
 		}
 	}
 	cfg, d := p.r.cfg, &req.it.d
-	h := parkHeaders(d, cfg.Queue, req.reason, req.it.attempt, p.conn.Config.FrameSize)
+	h := parkHeaders(d, cfg.Queue, req.reason, req.it.attempt, p.conn.FrameMax())
 	pub := amqp.Publishing{
 		Headers: h, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
 		DeliveryMode: amqp.Persistent, Priority: d.Priority, CorrelationId: d.CorrelationId,
@@ -114,15 +120,14 @@ func (p *parker) publish(ctx context.Context, req *parkReq) error {
 	}
 	// A write blocked by a broker alarm (connection.blocked) ignores ctx, and amqp091-go's Close
 	// can wait behind it: when ctx ends, close the socket, which ends the write and the connection.
-	sock := p.sock
-	stop := context.AfterFunc(ctx, func() { _ = sock.Close() })
+	stop := context.AfterFunc(ctx, p.conn.ForceClose)
 	defer stop()
-	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, "", cfg.ParkingQueue, true, false, pub)
-	if err != nil {
+	if err := p.ch.Publish(ctx, "", cfg.ParkingQueue, true, pub); err != nil {
 		return fmt.Errorf("consumer: publish to parking queue %q: %w", cfg.ParkingQueue, err)
 	}
+	var conf amqp.Confirmation
 	select {
-	case <-dc.Done():
+	case conf = <-p.confirms: // closed with the channel: not acked
 	case <-ctx.Done():
 		return fmt.Errorf("consumer: waiting for the parking confirm: %w", context.Cause(ctx))
 	}
@@ -132,7 +137,7 @@ func (p *parker) publish(ctx context.Context, req *parkReq) error {
 		return fmt.Errorf("consumer: parking queue %q: message returned: %d %s", cfg.ParkingQueue, ret.ReplyCode, ret.ReplyText)
 	default:
 	}
-	if !dc.Acked() {
+	if !conf.Ack {
 		return errParkNotConfirmed
 	}
 	return nil

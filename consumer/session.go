@@ -11,6 +11,7 @@ import (
 
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/internal/amqpseam"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
@@ -38,14 +39,14 @@ type doneTag struct {
 
 // session is one connection's consuming channel. Only the Run goroutine touches it.
 type session struct {
-	conn      *amqp.Connection
-	ch        *amqp.Channel
+	conn      amqpseam.Conn
+	ch        amqpseam.Channel
 	gen       uint64
 	tag       string
 	dels      <-chan amqp.Delivery
-	chClose   chan *amqp.Error
-	connClose chan *amqp.Error
-	cancelled chan string
+	chClose   <-chan *amqp.Error
+	connClose <-chan *amqp.Error
+	cancelled <-chan string
 	acks      *ackWindow
 }
 
@@ -65,7 +66,7 @@ func (r *run) connLoop() {
 		}
 		s, err := r.open(conn)
 		if err != nil {
-			_ = conn.CloseDeadline(time.Now().Add(time.Second))
+			_ = conn.Close(time.Now().Add(time.Second))
 			r.status.Fail(err)
 			log.Warn("consumer: cannot consume", "url", amqpconn.Redact(url), "queue", r.cfg.Queue, "err", err)
 			if !sleepCtx(r.ctx, time.Second) {
@@ -80,7 +81,7 @@ func (r *run) connLoop() {
 			r.setState(StateConnecting, url, lost)
 		}
 		// Bounded: a dead or black-holed peer never answers close-ok.
-		_ = conn.CloseDeadline(time.Now().Add(time.Second))
+		_ = conn.Close(time.Now().Add(time.Second))
 		r.gen.Add(1) // deliveries of this session still queued in workers are dropped: they come back
 		if drained {
 			return
@@ -92,22 +93,20 @@ func (r *run) connLoop() {
 	}
 }
 
-func (r *run) open(conn *amqp.Connection) (*session, error) {
+func (r *run) open(conn amqpseam.Conn) (*session, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, fmt.Errorf("consumer: open channel: %w", err)
 	}
-	if err := r.cfg.parkingTopology().DeclareConn(conn, ch); err != nil {
+	if err := ch.Declare(r.cfg.parkingTopology()); err != nil {
 		return nil, err
 	}
-	if err := ch.Qos(r.cfg.Prefetch, 0, false); err != nil {
+	if err := ch.Qos(r.cfg.Prefetch); err != nil {
 		return nil, fmt.Errorf("consumer: qos: %w", err)
 	}
 	s := &session{
 		conn: conn, ch: ch, acks: newAckWindow(),
-		chClose:   ch.NotifyClose(make(chan *amqp.Error, 1)),
-		connClose: conn.NotifyClose(make(chan *amqp.Error, 1)),
-		cancelled: ch.NotifyCancel(make(chan string, 1)),
+		chClose: ch.Closed(), connClose: conn.Closed(), cancelled: ch.NotifyCancel(1),
 	}
 	s.gen = r.gen.Add(1)
 	s.tag = fmt.Sprintf("%s-%d", r.cfg.ConnectionName, s.gen)
@@ -116,7 +115,7 @@ func (r *run) open(conn *amqp.Connection) (*session, error) {
 	// lets us (docs/DESIGN.md, "One consumer per queue").
 	exclusive := !r.store.shared()
 	if exclusive {
-		q, err := ch.QueueDeclarePassive(r.cfg.Queue, true, false, false, false, nil)
+		q, err := ch.Inspect(r.cfg.Queue)
 		if err != nil {
 			return nil, fmt.Errorf("consumer: inspect queue %q: %w", r.cfg.Queue, err)
 		}
@@ -124,9 +123,8 @@ func (r *run) open(conn *amqp.Connection) (*session, error) {
 			return nil, fmt.Errorf("%w: queue %q has %d consumer(s) already", ErrQueueInUse, r.cfg.Queue, q.Consumers)
 		}
 	}
-	// Consume, not ConsumeWithContext: the latter cancels from a goroutine of its own, and only
-	// this goroutine may touch the channel. drain cancels the consumer instead.
-	s.dels, err = ch.Consume(r.cfg.Queue, s.tag, false, exclusive, false, false, nil)
+	// drain cancels the consumer (amqpseam: not from a goroutine of its own).
+	s.dels, err = ch.Consume(r.cfg.Queue, s.tag, exclusive)
 	if err != nil {
 		var ae *amqp.Error
 		if exclusive && errors.As(err, &ae) && ae.Code == amqp.AccessRefused {
@@ -192,7 +190,7 @@ func (r *run) checkParking(s *session) {
 		return // the session is ending: serve hears of it
 	}
 	defer ch.Close()
-	q, err := ch.QueueDeclarePassive(r.cfg.ParkingQueue, true, false, false, false, nil)
+	q, err := ch.Inspect(r.cfg.ParkingQueue)
 	if err != nil {
 		r.cfg.Logger.Warn("consumer: cannot read the parking queue's depth", "queue", r.cfg.ParkingQueue, "err", err)
 		return
@@ -222,7 +220,7 @@ func sessionEndReason(s *session) any {
 // drain stops consuming, waits for the workers and acks what they finished.
 func (r *run) drain(s *session) {
 	log := r.cfg.Logger
-	if err := s.ch.Cancel(s.tag, false); err != nil {
+	if err := s.ch.Cancel(s.tag); err != nil {
 		log.Warn("consumer: basic.cancel failed", "err", err)
 	}
 	r.stopWorkers()

@@ -9,6 +9,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/internal/amqpseam"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
@@ -110,7 +111,7 @@ type Config struct {
 	// sending; a panicking one is logged. Close returns after the callbacks queued before it ran.
 	OnStateChange func(StateChange)
 
-	dial connector // tests: replaces the amqp091-go connector
+	dial amqpseam.Dialer // tests: replaces the amqp091-go dialer (amqpseam.Dial)
 	// outbox, for tests: wraps the journal as the sender sees it (to inject failures).
 	outbox func(Outbox) Outbox
 }

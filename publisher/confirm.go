@@ -15,15 +15,15 @@ import (
 
 // onConfirm applies one confirm. Returns of the same message were dispatched by amqp091-go before
 // the confirm, so every buffered return is taken first.
-func (s *sender) onConfirm(ch channel, cf amqp.Confirmation) error {
+func (s *sender) onConfirm(ch pubChannel, cf amqp.Confirmation) error {
 	s.takeReturns(ch)
 	return s.win.confirm(cf.DeliveryTag, false, cf.Ack)
 }
 
-func (s *sender) takeReturns(ch channel) {
+func (s *sender) takeReturns(ch pubChannel) {
 	for {
 		select {
-		case r, ok := <-ch.returns():
+		case r, ok := <-ch.ret:
 			if !ok {
 				return
 			}

@@ -41,24 +41,24 @@ func TestFakeFailedDeleteRetriedNeverResent(t *testing.T) {
 	for range 6 {
 		recvPub(t, ch, time.Second)
 	}
-	ch.confirm(2, true, true, 1)
+	ch.ConfirmPublish(2, true, true, 1)
 	for _, r := range rs[:2] {
 		if err := waitErr(t, r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	c.fail(&amqp.Error{Code: amqp.ConnectionForced, Reason: "CONNECTION_FORCED"})
+	c.Fail(&amqp.Error{Code: amqp.ConnectionForced, Reason: "CONNECTION_FORCED"})
 	ch2 := nextChan(t, nextConn(t, f))
 	for i := range 4 {
 		pb := recvPub(t, ch2, time.Second)
-		if pb.stamp.Seq != int64(i+3) {
-			t.Fatalf("after reconnect: seq %d, want %d (a confirmed entry was resent)", pb.stamp.Seq, i+3)
+		if pb.Stamp.Seq != int64(i+3) {
+			t.Fatalf("after reconnect: seq %d, want %d (a confirmed entry was resent)", pb.Stamp.Seq, i+3)
 		}
 	}
 	// The sender counts a resend after the fake channel took the publish, so the test may see the
 	// 4th publish first: wait for the count, and check below that it stays exactly 4.
 	testutil.Eventually(t, 5*time.Second, "4 resends counted", func() bool { return m.Get(MetricResent) >= 4 })
-	ch2.confirm(4, true, true, 1)
+	ch2.ConfirmPublish(4, true, true, 1)
 	for _, r := range rs {
 		if err := waitErr(t, r); err != nil {
 			t.Fatal(err)
@@ -87,7 +87,7 @@ func TestFakeCloseBoundsFailingDeletes(t *testing.T) {
 	ch := nextChan(t, nextConn(t, f))
 	recvPub(t, ch, time.Second)
 	recvPub(t, ch, time.Second)
-	ch.confirm(2, true, true, 1)
+	ch.ConfirmPublish(2, true, true, 1)
 	for _, r := range rs {
 		if err := waitErr(t, r); err != nil {
 			t.Fatal(err)

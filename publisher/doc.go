@@ -72,8 +72,8 @@
 //
 //   - appender: takes messages handed over by Publish/PublishAsync/PublishBatch from a bounded buffer
 //     (MaxBuffered) and journals everything waiting in one transaction (group commit);
-//   - sender: owns the *amqp.Connection and *amqp.Channel; dials, declares the topology, reads the
-//     journal in pages, publishes with confirms (at most MaxInFlight unconfirmed), drains every
+//   - sender: owns the connection and its channel (internal/amqpseam); dials, declares the
+//     topology, reads the journal in pages, publishes with confirms (at most MaxInFlight unconfirmed), drains every
 //     amqp091-go notification channel (confirms, returns, close, blocked) with buffers sized so the
 //     library never waits on it, records nacks, parks, and advances the receipts' frontier;
 //   - deleter: commits the deletes of confirmed entries in batches, off the sender's path, and

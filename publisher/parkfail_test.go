@@ -33,13 +33,13 @@ func TestFakeReturnedParkFailureHoldsFrontierAndResends(t *testing.T) {
 	ch := nextChan(t, nextConn(t, f))
 	pubs := make([]fakePub, 3)
 	for i := range pubs {
-		if pubs[i] = recvPub(t, ch, time.Second); pubs[i].stamp.Seq != int64(i+1) {
-			t.Fatalf("publish %d: seq %d", i, pubs[i].stamp.Seq)
+		if pubs[i] = recvPub(t, ch, time.Second); pubs[i].Stamp.Seq != int64(i+1) {
+			t.Fatalf("publish %d: seq %d", i, pubs[i].Stamp.Seq)
 		}
 	}
 	// Seq 2 is returned, then all three are acked: parking seq 2 fails.
-	ch.returnMsg(pubs[1])
-	ch.confirm(3, true, true, 1)
+	ch.ReturnPublish(pubs[1])
+	ch.ConfirmPublish(3, true, true, 1)
 	if err := waitErr(t, rs[0]); err != nil {
 		t.Fatalf("seq 1: %v", err)
 	}
@@ -51,12 +51,12 @@ func TestFakeReturnedParkFailureHoldsFrontierAndResends(t *testing.T) {
 	select {
 	case <-rs[1].Done():
 		t.Fatalf("seq 2 settled although its parking failed: Err() = %v (frontier passed its ID)", rs[1].Err())
-	case resend = <-ch.pubs:
+	case resend = <-ch.Pubs():
 	case <-time.After(3 * time.Second):
 		t.Fatalf("seq 2 not resent after its parking failed (stats %+v)", p.Stats())
 	}
-	if resend.stamp.Seq != 2 || resend.tag != 4 {
-		t.Fatalf("resend seq %d tag %d, want seq 2 tag 4 on the same channel", resend.stamp.Seq, resend.tag)
+	if resend.Stamp.Seq != 2 || resend.Tag != 4 {
+		t.Fatalf("resend seq %d tag %d, want seq 2 tag 4 on the same channel", resend.Stamp.Seq, resend.Tag)
 	}
 	noPub(t, ch, 100*time.Millisecond) // seq 3 was acked and deleted: only seq 2 is resent
 	assertPending(t, rs[1], "seq 2 while pending")
@@ -78,8 +78,8 @@ func TestFakeReturnedParkFailureHoldsFrontierAndResends(t *testing.T) {
 	}
 
 	// Returned again, parking succeeds: parked and reported, and everything settles.
-	ch.returnMsg(resend)
-	ch.confirm(resend.tag, false, true, 0)
+	ch.ReturnPublish(resend)
+	ch.ConfirmPublish(resend.Tag, false, true, 0)
 	err = waitErr(t, rs[1])
 	var pe *ParkedError
 	if !errors.As(err, &pe) || !pe.Returned || !errors.Is(err, ErrUnroutable) || pe.Seq != 2 || pe.ReplyCode != amqp.NoRoute {

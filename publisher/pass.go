@@ -14,7 +14,7 @@ import (
 )
 
 // fill publishes entries while the window, the broker and the retry state allow.
-func (s *sender) fill(ctx context.Context, ch channel) (sessionEnd, bool) {
+func (s *sender) fill(ctx context.Context, ch pubChannel) (sessionEnd, bool) {
 	for !s.link.blocked && !s.shutdown.draining && s.fault.retry == nil && s.fault.rewindTo == 0 {
 		limit := s.cfg.MaxInFlight
 		e, err := s.next(ctx)
@@ -57,10 +57,10 @@ func (s *sender) fill(ctx context.Context, ch channel) (sessionEnd, bool) {
 		if !s.link.holding {
 			// The pass's publishes leave in one write, when the pass ends (or before it reads
 			// the journal). Only a pass that publishes takes the socket's write path.
-			s.link.conn.hold()
+			s.link.conn.Hold()
 			s.link.holding = true
 		}
-		if err := ch.publish(ctx, e.Exchange, e.RoutingKey, e.Mandatory, msg); err != nil {
+		if err := ch.ch.Publish(ctx, e.Exchange, e.RoutingKey, e.Mandatory, msg); err != nil {
 			if ctx.Err() != nil {
 				return sessionEnd{stop: true}, true
 			}
@@ -129,7 +129,7 @@ func (s *sender) next(ctx context.Context) (*journal.Entry, error) {
 func (s *sender) releaseWrites() {
 	if s.link.holding {
 		s.link.holding = false
-		s.link.conn.release()
+		s.link.conn.Release()
 	}
 }
 

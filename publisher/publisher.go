@@ -12,6 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpconn"
+	"github.com/rabbitkit/rabbitkit/internal/amqpseam"
 	"github.com/rabbitkit/rabbitkit/internal/callbacks"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
@@ -128,7 +129,7 @@ type Publisher struct {
 	wg         sync.WaitGroup
 
 	connMu  sync.Mutex
-	curConn conn // for forceClose from Close only
+	curConn amqpseam.Conn // for ForceClose from Close only
 
 	state   atomic.Int32
 	blocked atomic.Bool
@@ -191,11 +192,8 @@ func New(cfg Config) (*Publisher, error) {
 func (p *Publisher) start(out Outbox, appender bool) {
 	cfg := p.cfg
 	if cfg.dial == nil {
-		p.cfg.dial = &amqpConnector{
-			dialer: &amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff,
-				Logger: cfg.Logger, Name: cfg.ConnectionName, BatchWrites: true, TLS: cfg.TLS, OnError: p.status.Fail},
-			topology: cfg.Topology,
-		}
+		p.cfg.dial = amqpseam.Dial(&amqpconn.Dialer{URLs: cfg.URLs, Heartbeat: cfg.Heartbeat, Backoff: cfg.ReconnectBackoff,
+			Logger: cfg.Logger, Name: cfg.ConnectionName, BatchWrites: true, TLS: cfg.TLS, OnError: p.status.Fail})
 	}
 	p.cb = callbacks.Start(cfg.Logger, "publisher")
 	p.closing = make(chan struct{})
@@ -285,7 +283,7 @@ func (p *Publisher) setState(st State, url string) {
 	p.status.Set(url, st == StateReady || st == StateBlocked)
 }
 
-func (p *Publisher) setConn(c conn) {
+func (p *Publisher) setConn(c amqpseam.Conn) {
 	p.connMu.Lock()
 	p.curConn = c
 	p.connMu.Unlock()
@@ -360,7 +358,7 @@ func (p *Publisher) close(ctx context.Context) error {
 	p.hardCancel()
 	p.connMu.Lock()
 	if p.curConn != nil {
-		p.curConn.forceClose() // a write blocked by a broker alarm cannot see ctx
+		p.curConn.ForceClose() // a write blocked by a broker alarm cannot see ctx
 	}
 	p.connMu.Unlock()
 	p.wg.Wait()

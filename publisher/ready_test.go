@@ -37,8 +37,8 @@ func TestFakeWaitReadyAndErrors(t *testing.T) {
 	changes := make(chan StateChange, 64)
 	f := newFakeConnector()
 	refused := &amqp.Error{Code: amqp.AccessRefused, Reason: "ACCESS_REFUSED - configure access to exchange 'x' refused"}
-	f.chanErr.Store(refused) // before the sender's first channel
-	f.down.Store(true)       // the dial waits
+	f.ChanErr.Store(refused) // before the sender's first channel
+	f.Down.Store(true)       // the dial waits
 	p, _, _ := fakePublisher(t, func(c *Config) {
 		c.dial = f
 		c.OnStateChange = func(sc StateChange) { changes <- sc }
@@ -49,7 +49,7 @@ func TestFakeWaitReadyAndErrors(t *testing.T) {
 	if err := waitReady(p, 50*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) || err.Error() != "publisher: not ready: context deadline exceeded" {
 		t.Fatalf("WaitReady before any error: %v", err)
 	}
-	f.down.Store(false)
+	f.Down.Store(false)
 	c1 := nextConn(t, f)
 
 	// The channel set-up keeps failing: WaitReady ends with ctx and names the 403.
@@ -64,7 +64,7 @@ func TestFakeWaitReadyAndErrors(t *testing.T) {
 	}
 
 	// The operator fixes it: ready.
-	f.chanErr.Store(nil)
+	f.ChanErr.Store(nil)
 	if err := waitReady(p, 5*time.Second); err != nil {
 		t.Fatalf("WaitReady: %v", err)
 	}
@@ -78,7 +78,7 @@ func TestFakeWaitReadyAndErrors(t *testing.T) {
 
 	// Connection lost with a reason: the change carries it, and so does Stats.
 	forced := &amqp.Error{Code: amqp.ConnectionForced, Reason: "CONNECTION_FORCED - broker forced connection closure"}
-	c1.fail(forced)
+	c1.Fail(forced)
 	if sc := nextChange(t, changes); sc.From != StateReady || sc.To != StateConnecting || !errors.Is(sc.Err, forced) {
 		t.Fatalf("change on a forced close: %+v", sc)
 	}
@@ -92,7 +92,7 @@ func TestFakeWaitReadyAndErrors(t *testing.T) {
 	if sc := nextChange(t, changes); sc.To != StateReady {
 		t.Fatalf("change %+v, want ready", sc)
 	}
-	c2.fail(nil)
+	c2.Fail(nil)
 	sc := nextChange(t, changes)
 	if sc.To != StateConnecting || !errors.Is(sc.Err, errConnLost) {
 		t.Fatalf("change on a close without a reason: %+v", sc)
@@ -105,14 +105,14 @@ func TestFakeWaitReadyAndErrors(t *testing.T) {
 	if sc := nextChange(t, changes); sc.To != StateReady {
 		t.Fatalf("change %+v, want ready", sc)
 	}
-	c3.blocks <- amqp.Blocking{Active: true, Reason: "low on memory"}
+	c3.Block(amqp.Blocking{Active: true, Reason: "low on memory"})
 	if sc := nextChange(t, changes); sc.To != StateBlocked || sc.Err == nil || !strings.Contains(sc.Err.Error(), "low on memory") {
 		t.Fatalf("change on connection.blocked: %+v", sc)
 	}
 	if err := waitReady(p, time.Second); err != nil {
 		t.Fatalf("WaitReady while blocked (the session is up): %v", err)
 	}
-	c3.blocks <- amqp.Blocking{Active: false}
+	c3.Block(amqp.Blocking{Active: false})
 	if sc := nextChange(t, changes); sc.To != StateReady || sc.Err != nil {
 		t.Fatalf("change on connection.unblocked: %+v", sc)
 	}

@@ -21,7 +21,7 @@ func TestFakeRedrivenParkedAgainFlush(t *testing.T) {
 	ch := nextChan(t, c)
 	recvPub(t, ch, time.Second)
 	notFound := &amqp.Error{Code: amqp.NotFound, Reason: "NOT_FOUND - no exchange 'x' in vhost '/'", Server: true}
-	ch.fail(notFound)
+	ch.Fail(notFound)
 	var pe *ParkedError
 	if err := waitErr(t, rs[0]); !errors.As(err, &pe) {
 		t.Fatalf("want parked, got %v", err)
@@ -31,7 +31,7 @@ func TestFakeRedrivenParkedAgainFlush(t *testing.T) {
 		t.Fatal(err)
 	}
 	recvPub(t, ch2, 2*time.Second)
-	ch2.fail(notFound) // parked again
+	ch2.Fail(notFound) // parked again
 	nextChan(t, c)
 	testutil.Eventually(t, 2*time.Second, "parked again", func() bool {
 		st := p.Journal().Stats()

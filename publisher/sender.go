@@ -9,6 +9,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/internal/amqpseam"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/metrics"
 )
@@ -70,14 +71,15 @@ type faultState struct {
 
 // linkState is the connection and its running session.
 type linkState struct {
-	conn      conn   // the connection of the running session, nil between sessions
-	url       string // the URL it was dialled at
-	dials     int    // connections made so far
-	recovered bool   // a positive confirm arrived on the current connection (or it lived healthySession)
-	blocked   bool   // the broker blocked the connection (resource alarm)
-	holding   bool   // the pass's writes are held back since its first publish
-	frameMax  int    // the negotiated frame size (checkWire)
-	maxSent   uint64 // highest ID sent on the current channel
+	conn      amqpseam.Conn        // the connection of the running session, nil between sessions
+	blocks    <-chan amqp.Blocking // the current connection's blocked listener (registered at dial)
+	url       string               // the URL it was dialled at
+	dials     int                  // connections made so far
+	recovered bool                 // a positive confirm on the current connection (or it lived healthySession)
+	blocked   bool                 // the broker blocked the connection (resource alarm)
+	holding   bool                 // the pass's writes are held back since its first publish
+	frameMax  int                  // the negotiated frame size (checkWire)
+	maxSent   uint64               // highest ID sent on the current channel
 }
 
 // healthySession: a channel that lived this long counts as progress even without a confirm (an idle
@@ -112,7 +114,7 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 	defer s.flushDeletes(true)
 	connBO := s.cfg.ReconnectBackoff()
 	s.fault.backoff = s.cfg.RetryBackoff()
-	var c conn
+	var c amqpseam.Conn
 	for {
 		if s.stopped(ctx) {
 			if c != nil {
@@ -129,7 +131,7 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 				}
 			}
 			s.setState(StateConnecting, nil)
-			nc, url, err := s.cfg.dial.connect(dialCtx)
+			nc, url, err := s.cfg.dial.Dial(dialCtx)
 			if err != nil {
 				if !s.stopped(ctx) {
 					// Only a ReconnectBackoff that gives up gets here: keep trying, slowly.
@@ -139,6 +141,7 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 				}
 				continue
 			}
+			s.link.blocks = nc.NotifyBlocked(blockedSize)
 			if s.link.dials > 0 {
 				s.m.Add(MetricReconnects, 1)
 			}
@@ -148,17 +151,17 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 			s.p.setConn(c)
 			s.setBlocked(false, "")
 		}
-		ch, err := c.channel(dialCtx, s.cfg.MaxInFlight)
+		ch, err := openChannel(dialCtx, c, s.cfg.MaxInFlight, s.cfg.Topology)
 		if err != nil {
 			ae := amqpErr(err)
-			if isChannelLevel(ae) && !c.isClosed() {
+			if isChannelLevel(ae) && !c.IsClosed() {
 				// Typically a topology conflict (406) or missing permissions (403): it needs an
 				// operator; keep accepting into the journal and retry with backoff.
 				s.p.status.Fail(err)
 				s.log.Error("publisher: channel set-up failed; retrying", "err", err)
 				s.m.Add(MetricChannelErrors, 1)
 				s.fault.failing = true
-				if !s.sleep(ctx, s.fault.backoff.NextBackOff(), c) && c.isClosed() {
+				if !s.sleep(ctx, s.fault.backoff.NextBackOff(), c) && c.IsClosed() {
 					s.dropConn(c)
 					c = nil
 				}
@@ -183,13 +186,13 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 		}
 		s.endSession(ctx, end)
 		if end.stop {
-			ch.close()
+			_ = ch.ch.Close()
 			s.dropConn(c)
 			return
 		}
 		cause := end.cause()
 		s.p.status.Fail(cause)
-		if end.connLost || c.isClosed() {
+		if end.connLost || c.IsClosed() {
 			s.setState(StateConnecting, cause)
 			s.log.Warn("publisher: connection lost; reconnecting", "url", redactURL(s.link.url), "err", cause)
 			s.dropConn(c)
@@ -202,12 +205,12 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 		// Channel-level error with a healthy connection: reopen just the channel, after a backoff.
 		s.setState(StateConnecting, cause)
 		s.log.Warn("publisher: channel closed by the broker; reopening", "err", cause)
-		ch.close()
+		_ = ch.ch.Close()
 		var wait time.Duration // none when the message that broke the channel is parked (progress)
 		if !s.fault.culpritParked {
 			wait = s.fault.backoff.NextBackOff()
 		}
-		if !s.sleep(ctx, wait, c) && c.isClosed() {
+		if !s.sleep(ctx, wait, c) && c.IsClosed() {
 			s.dropConn(c)
 			c = nil
 		}
@@ -215,9 +218,10 @@ func (s *sender) run(ctx, dialCtx context.Context) {
 }
 
 // dropConn closes c (bounded) and forgets it.
-func (s *sender) dropConn(c conn) {
+func (s *sender) dropConn(c amqpseam.Conn) {
 	s.p.setConn(nil)
-	c.close(time.Now().Add(time.Second))
+	s.link.blocks = nil
+	_ = c.Close(time.Now().Add(time.Second))
 }
 
 // stopped reports whether the sender must exit now (window empty or hard stop).
@@ -235,7 +239,7 @@ func (s *sender) stopped(ctx context.Context) bool {
 
 // sleep waits d (or until stop / hard stop / loss of c). It keeps draining c's notifications. It
 // reports whether the full wait elapsed.
-func (s *sender) sleep(ctx context.Context, d time.Duration, c conn) bool {
+func (s *sender) sleep(ctx context.Context, d time.Duration, c amqpseam.Conn) bool {
 	if d == backoff.Stop {
 		d = 30 * time.Second
 	}
@@ -244,7 +248,7 @@ func (s *sender) sleep(ctx context.Context, d time.Duration, c conn) bool {
 	var blocked <-chan amqp.Blocking
 	var closed <-chan *amqp.Error
 	if c != nil {
-		blocked, closed = c.blocked(), c.closed()
+		blocked, closed = s.link.blocks, c.Closed()
 	}
 	for {
 		select {
@@ -269,8 +273,8 @@ func (s *sender) sleep(ctx context.Context, d time.Duration, c conn) bool {
 	}
 }
 
-func (s *sender) classify(e *amqp.Error, c conn) sessionEnd {
-	if isChannelLevel(e) && !c.isClosed() {
+func (s *sender) classify(e *amqp.Error, c amqpseam.Conn) sessionEnd {
+	if isChannelLevel(e) && !c.IsClosed() {
 		return sessionEnd{err: e}
 	}
 	return sessionEnd{err: e, connLost: true}

@@ -25,7 +25,7 @@ func fakePublisher(t *testing.T, mod func(*Config)) (*Publisher, *fakeConnector,
 	}
 	p := mustNew(t, cfg)
 	t.Cleanup(func() { // after Close (cleanups run last-in first-out)
-		if n := f.misuse.Load(); n != 0 {
+		if n := f.Misuse.Load(); n != 0 {
 			t.Errorf("%d violations of hold/release: publish outside a hold, or unbalanced calls", n)
 		}
 	})
@@ -75,21 +75,21 @@ func TestFakeWindowAndMultipleAcks(t *testing.T) {
 	ch := nextChan(t, nextConn(t, f))
 	for i := range 8 {
 		pb := recvPub(t, ch, time.Second)
-		if pb.tag != uint64(i+1) || pb.stamp.Seq != int64(i+1) || !pb.mandatory || pb.msg.MessageId != pb.stamp.String() || pb.msg.Headers != nil ||
-			pb.msg.DeliveryMode != amqp.Persistent || pb.stamp.Source != "unit" || pb.stamp.Stream != "x/k" {
+		if pb.Tag != uint64(i+1) || pb.Stamp.Seq != int64(i+1) || !pb.Mandatory || pb.Msg.MessageId != pb.Stamp.String() || pb.Msg.Headers != nil ||
+			pb.Msg.DeliveryMode != amqp.Persistent || pb.Stamp.Source != "unit" || pb.Stamp.Stream != "x/k" {
 			t.Fatalf("publish %d: %+v", i, pb)
 		}
 	}
 	noPub(t, ch, 100*time.Millisecond) // window of 8 full
 	assertPending(t, rs[0], "receipt before confirm")
-	ch.confirm(5, true, true, 1) // multiple ack 1..5
+	ch.ConfirmPublish(5, true, true, 1) // multiple ack 1..5
 	for i := 8; i < 10; i++ {
-		if pb := recvPub(t, ch, time.Second); pb.stamp.Seq != int64(i+1) {
-			t.Fatalf("seq %d, want %d", pb.stamp.Seq, i+1)
+		if pb := recvPub(t, ch, time.Second); pb.Stamp.Seq != int64(i+1) {
+			t.Fatalf("seq %d, want %d", pb.Stamp.Seq, i+1)
 		}
 	}
 	for tag := uint64(6); tag <= 10; tag++ {
-		ch.confirm(tag, false, true, 0)
+		ch.ConfirmPublish(tag, false, true, 0)
 	}
 	for _, r := range rs {
 		if err := waitErr(t, r); err != nil {
@@ -110,15 +110,15 @@ func TestFakeNackRetriedThenParked(t *testing.T) {
 	for range 3 {
 		recvPub(t, ch, time.Second)
 	}
-	ch.confirm(1, false, true, 0)
-	ch.confirm(2, false, false, 0) // nack seq 2
-	ch.confirm(3, false, true, 0)
+	ch.ConfirmPublish(1, false, true, 0)
+	ch.ConfirmPublish(2, false, false, 0) // nack seq 2
+	ch.ConfirmPublish(3, false, true, 0)
 	if err := waitErr(t, rs[0]); err != nil {
 		t.Fatal(err)
 	}
 	// seq 2 is resent alone (probe), after a backoff, on the same channel.
 	pb := recvPub(t, ch, 2*time.Second)
-	if pb.stamp.Seq != 2 || pb.tag != 4 {
+	if pb.Stamp.Seq != 2 || pb.Tag != 4 {
 		t.Fatalf("resend %+v, want seq 2 tag 4", pb)
 	}
 	es, err := p.Journal().Read(context.Background(), 0, 10)
@@ -126,9 +126,9 @@ func TestFakeNackRetriedThenParked(t *testing.T) {
 		t.Fatalf("journal after one nack: %v %+v", err, es)
 	}
 	assertPending(t, rs[2], "seq 3 settled before seq 2")
-	ch.confirm(4, false, false, 0)
+	ch.ConfirmPublish(4, false, false, 0)
 	pb = recvPub(t, ch, 2*time.Second)
-	ch.confirm(pb.tag, false, false, 0) // third nack: MaxAttempts 3
+	ch.ConfirmPublish(pb.Tag, false, false, 0) // third nack: MaxAttempts 3
 	err = waitErr(t, rs[1])
 	var pe *ParkedError
 	if !errors.As(err, &pe) || pe.Attempts != 3 || pe.Seq != 2 || errors.Is(err, ErrUnroutable) {
@@ -152,8 +152,8 @@ func TestFakeReturnParks(t *testing.T) {
 	rs := batch(t, p, 2)
 	ch := nextChan(t, nextConn(t, f))
 	p1, _ := recvPub(t, ch, time.Second), recvPub(t, ch, time.Second)
-	ch.returnMsg(p1) // a return precedes the (positive) ack of the same message
-	ch.confirm(2, true, true, 1)
+	ch.ReturnPublish(p1) // a return precedes the (positive) ack of the same message
+	ch.ConfirmPublish(2, true, true, 1)
 	err := waitErr(t, rs[0])
 	var pe *ParkedError
 	if !errors.As(err, &pe) || !errors.Is(err, ErrUnroutable) || pe.ReplyCode != amqp.NoRoute || pe.Exchange != "x" || pe.RoutingKey != "k" {
@@ -180,7 +180,7 @@ func TestFakeConnectionLostResendsInOrder(t *testing.T) {
 	for range 6 {
 		recvPub(t, ch, time.Second)
 	}
-	ch.confirm(2, true, true, 1)
+	ch.ConfirmPublish(2, true, true, 1)
 	// The sender must have taken the confirms before the connection fails: confirms and the close
 	// notification are separate channels, and a confirm not yet read when the connection dies is
 	// rightly treated as unknown (resent).
@@ -189,17 +189,17 @@ func TestFakeConnectionLostResendsInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.fail(&amqp.Error{Code: amqp.ConnectionForced, Reason: "CONNECTION_FORCED"})
+	c.Fail(&amqp.Error{Code: amqp.ConnectionForced, Reason: "CONNECTION_FORCED"})
 	c2 := nextConn(t, f)
 	ch2 := nextChan(t, c2)
 	for i := range 4 {
 		pb := recvPub(t, ch2, time.Second)
-		if pb.tag != uint64(i+1) || pb.stamp.Seq != int64(i+3) {
-			t.Fatalf("after reconnect: tag %d seq %d, want tag %d seq %d", pb.tag, pb.stamp.Seq, i+1, i+3)
+		if pb.Tag != uint64(i+1) || pb.Stamp.Seq != int64(i+3) {
+			t.Fatalf("after reconnect: tag %d seq %d, want tag %d seq %d", pb.Tag, pb.Stamp.Seq, i+1, i+3)
 		}
 	}
 	assertPending(t, rs[2], "unknown must not be an outcome")
-	ch2.confirm(4, true, true, 1)
+	ch2.ConfirmPublish(4, true, true, 1)
 	for _, r := range rs {
 		if err := waitErr(t, r); err != nil {
 			t.Fatal(err)
@@ -219,24 +219,24 @@ func TestFakeChannelErrorProbesAndCharges(t *testing.T) {
 		recvPub(t, ch, time.Second)
 	}
 	notFound := &amqp.Error{Code: amqp.NotFound, Reason: "NOT_FOUND - no exchange 'x' in vhost '/'", Server: true}
-	ch.fail(notFound) // three in flight: the culprit is unknown, nothing charged
+	ch.Fail(notFound) // three in flight: the culprit is unknown, nothing charged
 	ch2 := nextChan(t, c)
 	pb := recvPub(t, ch2, 2*time.Second)
-	if pb.stamp.Seq != 1 {
-		t.Fatalf("probe sends seq %d first", pb.stamp.Seq)
+	if pb.Stamp.Seq != 1 {
+		t.Fatalf("probe sends seq %d first", pb.Stamp.Seq)
 	}
 	noPub(t, ch2, 100*time.Millisecond) // one at a time
-	ch2.fail(notFound)                  // alone in flight: seq 1 is the culprit
+	ch2.Fail(notFound)                  // alone in flight: seq 1 is the culprit
 	ch3 := nextChan(t, c)
 	recvPub(t, ch3, 2*time.Second)
 	es, _ := p.Journal().Read(context.Background(), 0, 10)
 	if len(es) != 3 || es[0].Attempts != 1 || es[0].LastOutcome != journal.OutcomeChannelError || es[1].Attempts != 0 {
 		t.Fatalf("journal: %+v", es)
 	}
-	ch3.confirm(1, false, true, 0)
+	ch3.ConfirmPublish(1, false, true, 0)
 	for i := 2; i <= 3; i++ {
 		pb := recvPub(t, ch3, time.Second)
-		ch3.confirm(pb.tag, false, true, 0)
+		ch3.ConfirmPublish(pb.Tag, false, true, 0)
 	}
 	for _, r := range rs {
 		if err := waitErr(t, r); err != nil {
@@ -253,12 +253,12 @@ func TestFakeBlocked(t *testing.T) {
 	p, f, m := fakePublisher(t, func(c *Config) { c.OnStateChange = func(sc StateChange) { rec.add(sc.To) } })
 	c := nextConn(t, f)
 	ch := nextChan(t, c)
-	c.blocks <- amqp.Blocking{Active: true, Reason: "memory"}
+	c.Block(amqp.Blocking{Active: true, Reason: "memory"})
 	testutil.Eventually(t, time.Second, "blocked", p.Blocked)
-	holds := c.holds.Load()
+	holds := c.Holds()
 	rs := batch(t, p, 3)
 	noPub(t, ch, 200*time.Millisecond)
-	if n := c.holds.Load() - holds; n != 0 {
+	if n := c.Holds() - holds; n != 0 {
 		t.Errorf("%d holds of the socket's writes while blocked", n)
 	}
 	if st := p.Stats(); st.State != StateBlocked || m.Get(MetricBlocked) != 1 {
@@ -281,16 +281,16 @@ func TestFakeBlocked(t *testing.T) {
 // visibly blocked) until connection.unblocked.
 func TestFakeBlockedAtOpen(t *testing.T) {
 	p, f, _ := fakePublisher(t, func(c *Config) {
-		c.dial.(*fakeConnector).down.Store(true) // no connection yet
-		c.dial.(*fakeConnector).blockedAtOpen.Store(true)
+		c.dial.(*fakeConnector).Down.Store(true) // no connection yet
+		c.dial.(*fakeConnector).BlockedAtOpen.Store(true)
 	})
 	rs := batch(t, p, 3) // journaled first: the session has them to send at once
-	f.down.Store(false)
+	f.Down.Store(false)
 	c := nextConn(t, f)
 	ch := nextChan(t, c)
 	testutil.Eventually(t, time.Second, "blocked", p.Blocked)
 	noPub(t, ch, 200*time.Millisecond)
-	if n := c.holds.Load(); n != 0 {
+	if n := c.Holds(); n != 0 {
 		t.Errorf("%d holds of the socket's writes while blocked", n)
 	}
 	unblockAndConfirm(t, c, ch, rs)
@@ -299,10 +299,10 @@ func TestFakeBlockedAtOpen(t *testing.T) {
 // unblockAndConfirm sends connection.unblocked, then expects and confirms one publish per receipt.
 func unblockAndConfirm(t *testing.T, c *fakeConn, ch *fakeChan, rs []*Receipt) {
 	t.Helper()
-	c.blocks <- amqp.Blocking{Active: false}
+	c.Block(amqp.Blocking{Active: false})
 	for range rs {
 		pb := recvPub(t, ch, time.Second)
-		ch.confirm(pb.tag, false, true, 0)
+		ch.ConfirmPublish(pb.Tag, false, true, 0)
 	}
 	if err := waitErr(t, rs[len(rs)-1]); err != nil {
 		t.Fatal(err)
@@ -318,7 +318,7 @@ func TestFakeCloseLeavesUnconfirmedJournaled(t *testing.T) {
 	for range 3 {
 		recvPub(t, ch, time.Second)
 	}
-	ch.confirm(1, false, true, 0)
+	ch.ConfirmPublish(1, false, true, 0)
 	if err := waitErr(t, rs[0]); err != nil { // taken by the sender before Close begins
 		t.Fatalf("confirmed before close: %v", err)
 	}
@@ -415,7 +415,7 @@ func TestFakeSlowCallbackDoesNotBlockSending(t *testing.T) {
 	for range 3 {
 		recvPub(t, ch, time.Second)
 	}
-	ch.confirm(3, true, true, 1)
+	ch.ConfirmPublish(3, true, true, 1)
 	for _, r := range rs {
 		if err := waitErr(t, r); err != nil {
 			t.Fatal(err)

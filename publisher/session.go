@@ -8,28 +8,29 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/rabbitkit/rabbitkit/internal/amqpseam"
 	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
 )
 
 // session runs one channel until it closes or the sender stops.
-func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
+func (s *sender) session(ctx context.Context, c amqpseam.Conn, ch pubChannel) sessionEnd {
 	s.win.reset()
 	s.flushDeletes(true) // the pass re-reads the journal: confirmed entries must be skipped
 	s.restartPass(0)
 	s.link.maxSent = 0
-	confirms, returns := ch.confirms(), ch.returns()
+	confirms, returns := ch.conf, ch.ret
 	s.link.conn = c
 	defer func() { s.link.conn = nil }()
 	s.link.frameMax = amqpwire.DefaultFrameMax
-	if fm, ok := c.(interface{ frameMax() int }); ok && fm.frameMax() > 0 {
-		s.link.frameMax = fm.frameMax()
+	if fm := c.FrameMax(); fm > 0 {
+		s.link.frameMax = fm
 	}
 	// Under an alarm RabbitMQ sends connection.blocked right after connection.open-ok; it has
 	// arrived by now (opening the channel took round trips). Take it before the first write,
 	// which would otherwise block in the socket instead of waiting here, visibly blocked.
 	for pending := true; pending; {
 		select {
-		case b, ok := <-c.blocked():
+		case b, ok := <-s.link.blocks:
 			if ok {
 				s.setBlocked(b.Active, b.Reason)
 			} else {
@@ -78,11 +79,11 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 			} else {
 				returns = nil
 			}
-		case e := <-ch.closed():
+		case e := <-ch.ch.Closed():
 			return s.classify(e, c)
-		case e := <-c.closed():
+		case e := <-c.Closed():
 			return sessionEnd{err: e, connLost: true}
-		case b, ok := <-c.blocked():
+		case b, ok := <-s.link.blocks:
 			if ok {
 				s.setBlocked(b.Active, b.Reason)
 			}
@@ -104,11 +105,11 @@ func (s *sender) session(ctx context.Context, c conn, ch channel) sessionEnd {
 }
 
 // publishFailed classifies a failed basic.publish write: the channel or connection is gone.
-func (s *sender) publishFailed(ch channel, err error) sessionEnd {
+func (s *sender) publishFailed(ch pubChannel, err error) sessionEnd {
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
 	select {
-	case e := <-ch.closed():
+	case e := <-ch.ch.Closed():
 		if e != nil {
 			return sessionEnd{err: e, connLost: !isChannelLevel(e)}
 		}
@@ -118,13 +119,13 @@ func (s *sender) publishFailed(ch channel, err error) sessionEnd {
 }
 
 // channelClosed is called when the confirm listener closed: the channel is gone; find out why.
-func (s *sender) channelClosed(ch channel, c conn) sessionEnd {
+func (s *sender) channelClosed(ch pubChannel, c amqpseam.Conn) sessionEnd {
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
 	select {
-	case e := <-ch.closed():
+	case e := <-ch.ch.Closed():
 		return s.classify(e, c)
-	case e := <-c.closed():
+	case e := <-c.Closed():
 		return sessionEnd{err: e, connLost: true}
 	case <-t.C:
 		return sessionEnd{connLost: true}
@@ -133,7 +134,7 @@ func (s *sender) channelClosed(ch channel, c conn) sessionEnd {
 
 // confirmed applies one confirm taken from the listener (ok false: the listener closed with the
 // channel). It reports whether the session is over, and why.
-func (s *sender) confirmed(ch channel, c conn, cf amqp.Confirmation, ok bool) (sessionEnd, bool) {
+func (s *sender) confirmed(ch pubChannel, c amqpseam.Conn, cf amqp.Confirmation, ok bool) (sessionEnd, bool) {
 	if !ok {
 		return s.channelClosed(ch, c), true
 	}
