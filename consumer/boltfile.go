@@ -48,10 +48,6 @@ var (
 	ErrNotStore = errors.New("consumer: not a consumer store")
 )
 
-// boltMaxSize, when > 0 (tests only), caps the file's size: a commit that would grow it further
-// fails as on a full disk (bbolt's ErrMaxSizeReached).
-var boltMaxSize int
-
 var keyStoreID = []byte("id") // in bucketMeta: the store's identity, 16 random bytes
 
 // storeMarker is the sidecar file <store>.id, written once the store has its identity.
@@ -196,7 +192,7 @@ func openBoltFault(path string, f *os.File, opts BoltOptions) (db *bolt.DB, err 
 		Timeout:      opts.LockTimeout,
 		NoSync:       opts.NoSync,
 		FreelistType: bolt.FreelistMapType,
-		MaxSize:      boltMaxSize,
+		MaxSize:      opts.tune.maxSize,
 		OpenFile:     func(string, int, fs.FileMode) (*os.File, error) { return f, nil },
 	})
 	switch {

@@ -25,9 +25,9 @@ import (
 // and some in the log.
 func fillStore(t *testing.T, dir string, n int) (string, model) {
 	t.Helper()
-	setTunables(t, 64<<10, 960)
+	opts := tunedOptions(64<<10, 960)
 	path := filepath.Join(dir, "store.db")
-	s, err := OpenBoltStore(path, BoltOptions{NoSync: true})
+	s, err := OpenBoltStore(path, opts)
 	require.NoError(t, err)
 	m := model{}
 	for i := 0; i < n; i += 100 {
@@ -275,11 +275,8 @@ func TestBoltStoreNotAStore(t *testing.T) {
 
 // A commit that finds the disk full fails (nothing of it applied) and its error says so.
 func TestBoltStoreDiskFull(t *testing.T) {
-	old := boltMaxSize
-	t.Cleanup(func() { boltMaxSize = old })
-	boltMaxSize = 256 << 10
 	path := filepath.Join(t.TempDir(), "store.db")
-	s, err := OpenBoltStore(path, BoltOptions{NoSync: true})
+	s, err := OpenBoltStore(path, BoltOptions{NoSync: true, tune: boltTunables{maxSize: 256 << 10}})
 	require.NoError(t, err)
 	defer func() { _ = s.Close() }()
 	m := model{}

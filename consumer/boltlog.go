@@ -26,7 +26,7 @@ import (
 // bucket is written once, and the log emptied. Load merges the streams bucket with the log the same
 // way.
 //
-// A commit's states are cut into records of at most logChunkBytes: bbolt never splits a leaf of
+// A commit's states are cut into records of at most boltTunables.chunkBytes: bbolt never splits a leaf of
 // four elements or fewer, so large records would share the log's last leaf, and every commit would
 // rewrite the previous records with it; records of a quarter page fill its leaves, and a commit
 // rewrites at most the part of one leaf page it did not fill. The records of one commit hold
@@ -59,25 +59,45 @@ var (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Tunables, variables for the tests.
-var (
-	// logFoldMinBytes: the log is folded once it holds this many bytes, or a quarter of the
-	// streams bucket's leaf pages if that is more: a fold rewrites at most every leaf, so a logged
-	// byte costs at most about four bytes of folding, and Load never merges more log than that.
-	logFoldMinBytes int64 = 1 << 20
-	// logFoldEvery, when > 0, replaces that rule: fold once the log holds this many bytes.
-	logFoldEvery int64
-	// logChunkBytes: a commit's states are cut into records of at most this size (unless one state
-	// is larger): four fill a 4 KiB leaf page (16 bytes of page header, 24 per element beside the
-	// value).
-	logChunkBytes = 996
-	// logFoldRetryAfter: after a failed fold (disk full), the writer waits this long to try again.
-	logFoldRetryAfter = 10 * time.Second
-	// boltHook, when set (tests only), is called by the writer at "record" (a commit that makes the
-	// log due for a fold is durable; its callers not answered yet) and "fold" (inside the fold's
-	// transaction, after its writes, before it commits: an error fails the fold).
-	boltHook func(point string) error
-)
+// boltTunables are the store's knobs that only tests change, through BoltOptions.tune (there are no
+// package variables for that). A zero field takes its default.
+type boltTunables struct {
+	// foldMinBytes: the log is folded once it holds this many bytes, or a quarter of the streams
+	// bucket's leaf pages if that is more: a fold rewrites at most every leaf, so a logged byte
+	// costs at most about four bytes of folding, and Load never merges more log than that.
+	// Default 1 MiB.
+	foldMinBytes int64
+	// foldEvery, when > 0, replaces that rule: fold once the log holds this many bytes.
+	foldEvery int64
+	// chunkBytes: a commit's states are cut into records of at most this size (unless one state is
+	// larger): four fill a 4 KiB leaf page (16 bytes of page header, 24 per element beside the
+	// value). Default 996.
+	chunkBytes int
+	// foldRetryAfter: after a failed fold (disk full), the writer waits this long to try again.
+	// Default 10 s.
+	foldRetryAfter time.Duration
+	// maxSize, when > 0, caps the file's size: a commit that would grow it further fails with
+	// bbolt's ErrMaxSizeReached, as a full disk would.
+	maxSize int
+	// hook, when set, is called by the writer at "record" (a commit that makes the log due for a
+	// fold is durable; its callers not answered yet) and "fold" (inside the fold's transaction,
+	// after its writes, before it commits: an error fails the fold).
+	hook func(point string) error
+}
+
+// withDefaults fills in the zero fields.
+func (t boltTunables) withDefaults() boltTunables {
+	if t.foldMinBytes == 0 {
+		t.foldMinBytes = 1 << 20
+	}
+	if t.chunkBytes == 0 {
+		t.chunkBytes = 996
+	}
+	if t.foldRetryAfter == 0 {
+		t.foldRetryAfter = 10 * time.Second
+	}
+	return t
+}
 
 var errLogRecord = errors.New("consumer: malformed stream log record")
 
@@ -87,6 +107,7 @@ type logWriter struct {
 	bytes        int64  // bytes of the records in the log bucket
 	streamsAlloc int64  // bytes of the streams bucket's leaf pages, as of open or the last fold
 	foldFailed   time.Time
+	tune         boltTunables // with defaults
 
 	// scratch for apply
 	keys []byte
@@ -101,10 +122,10 @@ type logEnt struct {
 }
 
 func (l *logWriter) foldDue() bool {
-	if logFoldEvery > 0 {
-		return l.bytes >= logFoldEvery
+	if l.tune.foldEvery > 0 {
+		return l.bytes >= l.tune.foldEvery
 	}
-	return l.bytes >= max(logFoldMinBytes, l.streamsAlloc/4)
+	return l.bytes >= max(l.tune.foldMinBytes, l.streamsAlloc/4)
 }
 
 // openFormat brings the file to format 2: creates a new file's buckets, upgrades a format 1 file,
@@ -213,7 +234,7 @@ func (l *logWriter) logStates(tx *bolt.Tx, stamp []byte) (bytesN int64, recs uin
 	for _, e := range l.ents {
 		k := key(e)
 		size := uvarintLen(uint64(len(k))) + len(k) + uvarintLen(uint64(len(e.state))+1) + len(e.state)
-		if start >= 0 && len(rec)-start+size > logChunkBytes && len(rec)-start > logRecHeader {
+		if start >= 0 && len(rec)-start+size > l.tune.chunkBytes && len(rec)-start > logRecHeader {
 			sealRecord(rec[start:])
 			cuts = append(cuts, len(rec))
 			start = -1
@@ -314,7 +335,7 @@ func loadStates(tx *bolt.Tx) ([]StreamState, error) {
 
 // foldLog writes the latest logged state of every stream into the streams bucket, in key order, and
 // empties the log; in tx, the fold's own transaction.
-func foldLog(tx *bolt.Tx) error {
+func foldLog(tx *bolt.Tx, hook func(string) error) error {
 	m, err := newLogMerge(tx.Bucket(bucketLog))
 	if err != nil {
 		return err
@@ -347,8 +368,8 @@ func foldLog(tx *bolt.Tx) error {
 			return err
 		}
 	}
-	if boltHook != nil {
-		if err := boltHook("fold"); err != nil {
+	if hook != nil {
+		if err := hook("fold"); err != nil {
 			return err
 		}
 	}
@@ -362,11 +383,11 @@ func foldLog(tx *bolt.Tx) error {
 // maybeFold runs on the writer after a commit: it folds the log once that is due.
 func (s *BoltStore) maybeFold() {
 	l := &s.w
-	if !l.foldDue() || !l.foldFailed.IsZero() && time.Since(l.foldFailed) < logFoldRetryAfter {
+	if !l.foldDue() || !l.foldFailed.IsZero() && time.Since(l.foldFailed) < l.tune.foldRetryAfter {
 		return
 	}
 	t0, logged := time.Now(), l.bytes
-	if err := boltUpdate(s.db, foldLog); err != nil {
+	if err := boltUpdate(s.db, func(tx *bolt.Tx) error { return foldLog(tx, l.tune.hook) }); err != nil {
 		// Nothing is lost: the log still holds every state. A broken file fails the next commit.
 		l.foldFailed = time.Now()
 		s.log.Warn("consumer: folding the store's stream log failed; retrying later", "path", s.Path(), "err", err)

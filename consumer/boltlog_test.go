@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	bolt "go.etcd.io/bbolt"
@@ -32,14 +33,17 @@ const (
 	EnvStoreKillAt = "RABBITKIT_CONSUMER_STORE_KILL_AT"
 )
 
-func init() {
+// ChildBoltOptions are the store options of a crash test's child process: the tunables its
+// environment sets (EnvStoreFoldEvery, EnvStoreKillAt).
+func ChildBoltOptions() BoltOptions {
+	var o BoltOptions
 	if n, err := strconv.ParseInt(os.Getenv(EnvStoreFoldEvery), 10, 64); err == nil && n > 0 {
-		logFoldEvery = n
+		o.tune.foldEvery = n
 	}
 	if point, nth, ok := strings.Cut(os.Getenv(EnvStoreKillAt), ":"); ok {
 		n, _ := strconv.Atoi(nth)
 		seen := 0
-		boltHook = func(p string) error {
+		o.tune.hook = func(p string) error {
 			if p == point {
 				if seen++; seen == n {
 					_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
@@ -49,15 +53,13 @@ func init() {
 			return nil
 		}
 	}
+	return o
 }
 
-// setTunables sets the log's tunables for one test.
-func setTunables(t *testing.T, foldEvery int64, chunk int) {
-	oldEvery, oldChunk, oldHook, oldRetry := logFoldEvery, logChunkBytes, boltHook, logFoldRetryAfter
-	t.Cleanup(func() {
-		logFoldEvery, logChunkBytes, boltHook, logFoldRetryAfter = oldEvery, oldChunk, oldHook, oldRetry
-	})
-	logFoldEvery, logChunkBytes, boltHook = foldEvery, chunk, nil
+// tunedOptions are the options of a test store whose log folds once it holds foldEvery bytes and
+// cuts records at chunk bytes.
+func tunedOptions(foldEvery int64, chunk int) BoltOptions {
+	return BoltOptions{NoSync: true, tune: boltTunables{foldEvery: foldEvery, chunkBytes: chunk}}
 }
 
 // model is what Load must return: key (dedup.AppendKey) -> state.
@@ -113,22 +115,22 @@ func TestStreamLogMatchesModel(t *testing.T) {
 		chunk     int
 	}{{1 << 40, 960}, {1 << 40, 48}, {1, 960}, {1, 48}, {3000, 200}, {0, 960}} {
 		t.Run(fmt.Sprintf("fold=%d/chunk=%d", tc.foldEvery, tc.chunk), func(t *testing.T) {
-			setTunables(t, tc.foldEvery, tc.chunk)
+			opts := tunedOptions(tc.foldEvery, tc.chunk)
 			rng := rand.New(rand.NewPCG(uint64(tc.foldEvery), uint64(tc.chunk)))
 			path := filepath.Join(t.TempDir(), "store.db")
-			s, err := OpenBoltStore(path, BoltOptions{NoSync: true})
+			var folds atomic.Int64
+			opts.tune.hook = func(p string) error {
+				if p == "fold" {
+					folds.Add(1)
+				}
+				return nil
+			}
+			s, err := OpenBoltStore(path, opts)
 			require.NoError(t, err)
 			defer func() { _ = s.Close() }()
 			m := model{}
 			randKey := func() dedup.Key {
 				return dedup.Key{Source: []string{"a", "src", ""}[rng.IntN(3)], Stream: fmt.Sprintf("s%x", rng.Uint32()%300)}
-			}
-			var folds atomic.Int64
-			boltHook = func(p string) error {
-				if p == "fold" {
-					folds.Add(1)
-				}
-				return nil
 			}
 			for i := range 300 {
 				var sts []StreamState
@@ -153,13 +155,13 @@ func TestStreamLogMatchesModel(t *testing.T) {
 				requireLoad(t, s, m)
 				if i%60 == 59 {
 					require.NoError(t, s.Close())
-					s, err = OpenBoltStore(path, BoltOptions{NoSync: true})
+					s, err = OpenBoltStore(path, opts)
 					require.NoError(t, err)
 					requireLoad(t, s, m)
 				}
 			}
 			require.NoError(t, s.Close()) // the writer is done: its last fold too
-			s, err = OpenBoltStore(path, BoltOptions{NoSync: true})
+			s, err = OpenBoltStore(path, opts)
 			require.NoError(t, err)
 			requireLoad(t, s, m)
 			switch tc.foldEvery {
@@ -178,21 +180,21 @@ func TestStreamLogMatchesModel(t *testing.T) {
 
 // A fold that fails (disk full) leaves the log as it was: nothing lost, and it is retried.
 func TestStreamLogFoldFailureLosesNothing(t *testing.T) {
-	setTunables(t, 1, 960)
-	logFoldRetryAfter = 0
-	path := filepath.Join(t.TempDir(), "store.db")
-	s, err := OpenBoltStore(path, BoltOptions{NoSync: true})
-	require.NoError(t, err)
-	defer func() { _ = s.Close() }()
-	m := model{}
+	opts := tunedOptions(1, 960)
+	opts.tune.foldRetryAfter = time.Nanosecond
 	var failing atomic.Bool
 	failing.Store(true)
-	boltHook = func(p string) error {
+	opts.tune.hook = func(p string) error {
 		if p == "fold" && failing.Load() {
 			return errors.New("disk full")
 		}
 		return nil
 	}
+	path := filepath.Join(t.TempDir(), "store.db")
+	s, err := OpenBoltStore(path, opts)
+	require.NoError(t, err)
+	defer func() { _ = s.Close() }()
+	m := model{}
 	k := func(i int) dedup.Key { return dedup.Key{Source: "src", Stream: fmt.Sprint("s", i)} }
 	commitStates(t, s, m, []StreamState{{Key: k(1), State: []byte("one")}, {Key: k(2), State: []byte("two")}})
 	commitStates(t, s, m, []StreamState{{Key: k(2)}, {Key: k(3), State: []byte("three")}})
@@ -201,7 +203,7 @@ func TestStreamLogFoldFailureLosesNothing(t *testing.T) {
 	failing.Store(false)
 	commitStates(t, s, m, []StreamState{{Key: k(1), State: []byte("uno")}})
 	require.NoError(t, s.Close())
-	s, err = OpenBoltStore(path, BoltOptions{NoSync: true})
+	s, err = OpenBoltStore(path, opts)
 	require.NoError(t, err)
 	require.Zero(t, logRecords(t, s), "folded")
 	requireLoad(t, s, m)
@@ -235,18 +237,18 @@ func writeFormat1(t *testing.T, path string, states map[dedup.Key]string) {
 // A file of format 1 is upgraded at open: its states load, later commits go to the log, and a
 // format 1 version's Load (dedup.ParseKey on every key of the streams bucket) refuses it then.
 func TestStoreUpgradesFormat1(t *testing.T) {
-	setTunables(t, 1<<40, 960)
+	opts := tunedOptions(1<<40, 960)
 	path := filepath.Join(t.TempDir(), "store.db")
 	a, b, c := dedup.Key{Source: "src", Stream: "a"}, dedup.Key{Source: "src", Stream: "b"}, dedup.Key{Source: "src", Stream: "c"}
 	writeFormat1(t, path, map[dedup.Key]string{a: "A1", b: "B1"})
-	s, err := OpenBoltStore(path, BoltOptions{NoSync: true})
+	s, err := OpenBoltStore(path, opts)
 	require.NoError(t, err)
 	m := model{string(dedup.AppendKey(nil, a)): []byte("A1"), string(dedup.AppendKey(nil, b)): []byte("B1")}
 	requireLoad(t, s, m)
 	commitStates(t, s, m, []StreamState{{Key: a}, {Key: b, State: []byte("B2")}, {Key: c, State: []byte("C1")}})
 	require.NoError(t, s.Close())
 
-	s, err = OpenBoltStore(path, BoltOptions{NoSync: true})
+	s, err = OpenBoltStore(path, opts)
 	require.NoError(t, err)
 	requireLoad(t, s, m)
 	require.NoError(t, s.View(context.Background(), func(tx *bolt.Tx) error {
@@ -286,9 +288,9 @@ func TestStoreRefusesLaterFormat(t *testing.T) {
 
 // A damaged log record fails Load (and the fold) instead of returning wrong states.
 func TestStreamLogCorruptRecord(t *testing.T) {
-	setTunables(t, 1<<40, 960)
+	opts := tunedOptions(1<<40, 960)
 	path := filepath.Join(t.TempDir(), "store.db")
-	s, err := OpenBoltStore(path, BoltOptions{NoSync: true})
+	s, err := OpenBoltStore(path, opts)
 	require.NoError(t, err)
 	commitStates(t, s, model{}, []StreamState{{Key: dedup.Key{Source: "s", Stream: "a"}, State: []byte("state")}})
 	require.NoError(t, s.Close())
@@ -302,7 +304,7 @@ func TestStreamLogCorruptRecord(t *testing.T) {
 		return b.Put(append([]byte(nil), k...), v)
 	}))
 	require.NoError(t, db.Close())
-	s, err = OpenBoltStore(path, BoltOptions{NoSync: true})
+	s, err = OpenBoltStore(path, opts)
 	require.NoError(t, err)
 	defer func() { _ = s.Close() }()
 	_, err = s.Load(context.Background())
@@ -310,11 +312,11 @@ func TestStreamLogCorruptRecord(t *testing.T) {
 	require.ErrorContains(t, err, "checksum mismatch")
 }
 
-// Records: a commit's states are cut into records of about logChunkBytes, each in key order;
+// Records: a commit's states are cut into records of about boltTunables.chunkBytes, each in key order;
 // the decoder rejects truncations.
 func TestStreamLogRecords(t *testing.T) {
-	setTunables(t, 1<<40, 100)
-	s, err := OpenBoltStore(filepath.Join(t.TempDir(), "store.db"), BoltOptions{NoSync: true})
+	opts := tunedOptions(1<<40, 100)
+	s, err := OpenBoltStore(filepath.Join(t.TempDir(), "store.db"), opts)
 	require.NoError(t, err)
 	defer func() { _ = s.Close() }()
 	m := model{}

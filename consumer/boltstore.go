@@ -30,6 +30,8 @@ type BoltOptions struct {
 	// it). The lost store's dedup state is gone: messages it had applied that the broker
 	// redelivers are applied again. It is logged at ERROR. Set it only when that is harmless.
 	AllowReset bool
+
+	tune boltTunables // tests only
 }
 
 const defaultLockTimeout = 5 * time.Second
@@ -135,6 +137,7 @@ func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 	if err := commitIdentity(db, path, id, mk, opts.Logger); err != nil {
 		return fail(fmt.Errorf("%w: %w", ErrStore, err))
 	}
+	lw.tune = opts.tune.withDefaults()
 	s := &BoltStore{db: db, opts: opts, log: opts.Logger, reqs: make(chan *commitReq, 64), stop: make(chan struct{}), writerDone: make(chan struct{}), w: lw}
 	s.wg.Go(s.writer)
 	return s, nil
@@ -255,8 +258,8 @@ func (s *BoltStore) writer() {
 				}
 			}
 			err := s.apply(group)
-			if err == nil && boltHook != nil && s.w.foldDue() {
-				_ = boltHook("record")
+			if err == nil && s.w.tune.hook != nil && s.w.foldDue() {
+				_ = s.w.tune.hook("record")
 			}
 			for _, r := range group {
 				r.done <- err

@@ -70,7 +70,7 @@ func (k *killingStore) Commit(ctx context.Context, b *consumer.Batch[*bolt.Tx]) 
 func crashChild() int {
 	want, _ := strconv.Atoi(os.Getenv(childWant))
 	killKey := os.Getenv(childKillKey)
-	bs, err := consumer.OpenBoltStore(os.Getenv(childDB), consumer.BoltOptions{})
+	bs, err := consumer.OpenBoltStore(os.Getenv(childDB), consumer.ChildBoltOptions())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "open store:", err)
 		return 2

@@ -49,7 +49,7 @@ func runCrashChild() bool {
 	if path == "" {
 		return false
 	}
-	j, err := Open(path, Options{Source: "crash"})
+	j, err := Open(path, withTestFold(Options{Source: "crash"}))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child open:", err)
 		os.Exit(3)
@@ -223,7 +223,7 @@ func verifyCrashJournal(t *testing.T, path string, acked map[uint64]ackRec, dele
 		require.Empty(t, acked)
 		return
 	}
-	j, err := Open(path, Options{Source: "crash", LockTimeout: 5 * time.Second})
+	j, err := Open(path, withTestFold(Options{Source: "crash", LockTimeout: 5 * time.Second}))
 	require.NoError(t, err, "journal must open cleanly after SIGKILL")
 	defer func() { require.NoError(t, j.Close()) }()
 	checkFile(t, j)

@@ -28,7 +28,7 @@ func openT(t *testing.T, path string, opts Options) *Journal {
 	if opts.Source == "" {
 		opts.Source = "test-src"
 	}
-	j, err := Open(path, opts)
+	j, err := Open(path, withTestFold(opts))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = j.Close() })
 	return j

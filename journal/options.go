@@ -62,6 +62,8 @@ type Options struct {
 	PageSize int
 	// Logger receives the journal's logs. Default: discard.
 	Logger *slog.Logger
+
+	seqFoldMinBytes int64 // tests only; default defaultSeqFoldMinBytes
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -100,6 +102,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.seqFoldMinBytes <= 0 {
+		o.seqFoldMinBytes = defaultSeqFoldMinBytes
 	}
 	return o, nil
 }

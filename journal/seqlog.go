@@ -38,11 +38,11 @@ const (
 	seqFoldRetry = 10 * time.Second
 )
 
-// seqFoldMinBytes: the log is folded once it holds this many bytes, or a quarter of the streams
-// bucket's size if that is more: folding rewrites at most the whole bucket, so each logged byte
-// costs at most about four bytes of folding, and Open never reads more log than a quarter of the
-// bucket plus this. A variable for the crash tests, which fold all the time.
-var seqFoldMinBytes int64 = 1 << 20
+// defaultSeqFoldMinBytes: the log is folded once it holds this many bytes, or a quarter of the
+// streams bucket's size if that is more: folding rewrites at most the whole bucket, so each logged
+// byte costs at most about four bytes of folding, and Open never reads more log than a quarter of
+// the bucket plus this. The crash tests, which fold all the time, lower it (Options.seqFoldMinBytes).
+const defaultSeqFoldMinBytes = 1 << 20
 
 // seqLogState is the writer's account of the seqlog bucket.
 type seqLogState struct {
@@ -139,7 +139,7 @@ func (j *Journal) loadSeqLog(tx *bbolt.Tx) error {
 // one transaction.
 func (j *Journal) maybeFoldSeqs() {
 	l := &j.w.log
-	if l.bytes < max(seqFoldMinBytes, (l.nameBytes+streamOverhead*int64(len(j.w.seqs)))/4) {
+	if l.bytes < max(j.opts.seqFoldMinBytes, (l.nameBytes+streamOverhead*int64(len(j.w.seqs)))/4) {
 		return
 	}
 	if !j.foldFailed.IsZero() && time.Since(j.foldFailed) < seqFoldRetry {

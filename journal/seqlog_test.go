@@ -13,13 +13,16 @@ import (
 	bbolt "go.etcd.io/bbolt"
 )
 
-// envFoldBytes sets seqFoldMinBytes in this test binary and its crash children.
+// envFoldBytes sets Options.seqFoldMinBytes of the journals this test binary and its crash
+// children open (withTestFold).
 const envFoldBytes = "RABBITKIT_JOURNAL_TEST_FOLD_BYTES"
 
-func init() {
+// withTestFold sets o's fold threshold from envFoldBytes, when set.
+func withTestFold(o Options) Options {
 	if v, err := strconv.ParseInt(os.Getenv(envFoldBytes), 10, 64); err == nil && v > 0 {
-		seqFoldMinBytes = v
+		o.seqFoldMinBytes = v
 	}
+	return o
 }
 
 // TestCrashSafetyFolding is TestCrashSafety with the sequence log folded after every few
@@ -29,9 +32,6 @@ func TestCrashSafetyFolding(t *testing.T) {
 		t.Skip("spawns child processes")
 	}
 	t.Setenv(envFoldBytes, "64")
-	old := seqFoldMinBytes
-	seqFoldMinBytes = 64
-	defer func() { seqFoldMinBytes = old }()
 	// At 64 bytes the writer folds after every few commits: the streams bucket fills.
 	path := filepath.Join(t.TempDir(), "fold.db")
 	j := openT(t, path, Options{})
@@ -82,7 +82,7 @@ func TestSeqLogFold(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "j.db")
 	j := openT(t, path, Options{})
-	// 60,000 streams of 17-byte names: about 1.3 MiB of log, past seqFoldMinBytes.
+	// 60,000 streams of 17-byte names: about 1.3 MiB of log, past defaultSeqFoldMinBytes.
 	const n = 60_000
 	appendStreams(t, j, "stream-number-", n)
 	appendStreams(t, j, "stream-number-", 10) // seq 2 for the first ten
@@ -100,7 +100,7 @@ func TestSeqLogFold(t *testing.T) {
 		return nil
 	}))
 	require.NoError(t, db.Close())
-	require.Less(t, int64(logBytes), seqFoldMinBytes, "the log was folded")
+	require.Less(t, int64(logBytes), int64(defaultSeqFoldMinBytes), "the log was folded")
 	require.Greater(t, folded, 0, "the streams bucket holds the folded streams")
 	require.Less(t, folded, n, "the newest streams are only in the log")
 
