@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/protocol"
 )
 
@@ -27,8 +28,8 @@ func childMain() int {
 		Source:           os.Getenv("RABBITKIT_CHILD_SOURCE"),
 		JournalPath:      os.Getenv("RABBITKIT_CHILD_JOURNAL"),
 		Heartbeat:        time.Second,
-		ReconnectBackoff: fastBackoff,
-		RetryBackoff:     fastBackoff,
+		ReconnectBackoff: testutil.FastBackoff,
+		RetryBackoff:     testutil.FastBackoff,
 	}
 	p, err := New(cfg)
 	if err != nil {

@@ -12,11 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/journal"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/topology"
@@ -35,16 +35,6 @@ func testLogger(t testing.TB) *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-// fastBackoff keeps fault tests short: 20ms..200ms.
-func fastBackoff() backoff.BackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = 20 * time.Millisecond
-	b.MaxInterval = 200 * time.Millisecond
-	b.RandomizationFactor = 0.3
-	b.MaxElapsedTime = 0
-	return b
 }
 
 // setup is a queue bound to a fresh exchange on the broker at url, with the topology a publisher
@@ -80,8 +70,8 @@ func (s setup) config(t *testing.T, brokerURL, dir string) Config {
 		Topology:         s.topo,
 		Logger:           testLogger(t),
 		Heartbeat:        time.Second,
-		ReconnectBackoff: fastBackoff,
-		RetryBackoff:     fastBackoff,
+		ReconnectBackoff: testutil.FastBackoff,
+		RetryBackoff:     testutil.FastBackoff,
 		MaxAttempts:      1000,
 	}
 }

@@ -19,7 +19,7 @@ func fakePublisher(t *testing.T, mod func(*Config)) (*Publisher, *fakeConnector,
 	f := newFakeConnector()
 	m := &metrics.Memory{}
 	cfg := Config{dial: f, Source: "unit", JournalPath: filepath.Join(t.TempDir(), "j.db"), Logger: testLogger(t),
-		MaxInFlight: 8, MaxAttempts: 3, ReconnectBackoff: fastBackoff, RetryBackoff: fastBackoff, Metrics: m}
+		MaxInFlight: 8, MaxAttempts: 3, ReconnectBackoff: testutil.FastBackoff, RetryBackoff: testutil.FastBackoff, Metrics: m}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cenkalti/backoff/v4"
 )
 
 // SyncBuffer is a bytes.Buffer safe for a logger written from other goroutines while the test
@@ -56,4 +58,15 @@ func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// FastBackoff is the reconnect and retry schedule of fault tests: exponential from 20ms, capped at
+// 200ms, ±30% jitter, never giving up.
+func FastBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 20 * time.Millisecond
+	b.MaxInterval = 200 * time.Millisecond
+	b.RandomizationFactor = 0.3
+	b.MaxElapsedTime = 0
+	return b
 }

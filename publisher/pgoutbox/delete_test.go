@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rabbitkit/rabbitkit/internal/testbroker"
+	"github.com/rabbitkit/rabbitkit/internal/testutil"
 	"github.com/rabbitkit/rabbitkit/metrics"
 	"github.com/rabbitkit/rabbitkit/protocol"
 	"github.com/rabbitkit/rabbitkit/publisher"
@@ -110,7 +111,7 @@ func TestDeleteRetriedThroughCuts(t *testing.T) {
 	c := collect(t, e.url, e.queue)
 	m := &countingRecorder{}
 	cfg := e.relayConfig(t, m)
-	cfg.RetryBackoff = func() backoffT { return fastBO() }
+	cfg.RetryBackoff = func() backoffT { return testutil.FastBackoff() }
 	stop := runRelay(t, relayOB, cfg)
 
 	const writers, each = 4, 100

@@ -252,11 +252,3 @@ func (r *countingRecorder) get(name string) float64 {
 }
 
 type backoffT = backoff.BackOff
-
-func fastBO() backoff.BackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = 20 * time.Millisecond
-	b.MaxInterval = 200 * time.Millisecond
-	b.MaxElapsedTime = 0
-	return b
-}

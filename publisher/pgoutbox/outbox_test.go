@@ -438,7 +438,7 @@ func TestPostgresOutage(t *testing.T) {
 	o := open(t, pool, pgoutbox.Options{LeaseTTL: 5 * time.Second})
 	c := collect(t, e.url, e.queue)
 	cfg := e.relayConfig(t, nil)
-	cfg.RetryBackoff = func() backoffT { return fastBO() }
+	cfg.RetryBackoff = func() backoffT { return testutil.FastBackoff() }
 	runRelay(t, o, cfg)
 	for i := range 10 {
 		if _, err := publishOrder(ctx, pool, o, e.msg("orders", fmt.Sprintf("a%d", i)), true, 0); err != nil {
