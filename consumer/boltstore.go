@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/rabbitkit/rabbitkit/internal/group"
+
 	"github.com/rabbitkit/rabbitkit/consumer/dedup"
 	bolt "go.etcd.io/bbolt"
 )
@@ -245,23 +247,20 @@ func (s *BoltStore) writer() {
 				}
 			}
 		case r := <-s.reqs:
-			group := []*commitReq{r}
+			reqs := []*commitReq{r}
 			n := len(r.b.Ops)
-		gather:
-			for n < s.opts.MaxBatchOps {
-				select {
-				case r2 := <-s.reqs:
-					group = append(group, r2)
+			if n < s.opts.MaxBatchOps {
+				group.Gather(s.reqs, func(r2 *commitReq) bool {
+					reqs = append(reqs, r2)
 					n += len(r2.b.Ops)
-				default:
-					break gather
-				}
+					return n < s.opts.MaxBatchOps
+				})
 			}
-			err := s.apply(group)
+			err := s.apply(reqs)
 			if err == nil && s.w.tune.hook != nil && s.w.foldDue() {
 				_ = s.w.tune.hook("record")
 			}
-			for _, r := range group {
+			for _, r := range reqs {
 				r.done <- err
 			}
 			if err == nil {

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/rabbitkit/rabbitkit/internal/group"
+
 	bbolt "go.etcd.io/bbolt"
 )
 
@@ -184,14 +186,8 @@ func (j *Journal) writeLoop() {
 		var deadline time.Time
 	gather:
 		for more {
-			select {
-			case r, ok := <-j.reqs:
-				if !ok {
-					break gather
-				}
-				more = take(r)
-				continue
-			default:
+			if !group.Gather(j.reqs, func(r *request) bool { more = take(r); return more }) || !more {
+				break
 			}
 			if last < 4 || len(batch) >= last {
 				break

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rabbitkit/rabbitkit/internal/group"
+
 	"github.com/rabbitkit/rabbitkit/journal"
 )
 
@@ -131,18 +133,8 @@ func (d *deleter) run() {
 			retryC = nil
 		}
 		// Merge everything already waiting into one commit.
-	more:
-		for closedAt.IsZero() {
-			select {
-			case ids, ok := <-d.in:
-				if !ok {
-					closedAt = time.Now()
-					break more
-				}
-				take(ids)
-			default:
-				break more
-			}
+		if closedAt.IsZero() && !group.Gather(d.in, func(ids []uint64) bool { take(ids); return true }) {
+			closedAt = time.Now()
 		}
 		if len(batch) == 0 {
 			if !closedAt.IsZero() {

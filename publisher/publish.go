@@ -7,6 +7,8 @@ import (
 	"maps"
 	"math"
 
+	"github.com/rabbitkit/rabbitkit/internal/group"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/rabbitkit/rabbitkit/internal/amqpwire"
@@ -224,15 +226,12 @@ func (p *Publisher) appendLoop(ctx context.Context) {
 		for _, jb := range batch {
 			n += len(jb.rs)
 		}
-	more:
-		for n < maxAppendBatch {
-			select {
-			case jb := <-p.queue:
+		if n < maxAppendBatch {
+			group.Gather(p.queue, func(jb *job) bool {
 				batch = append(batch, jb)
 				n += len(jb.rs)
-			default:
-				break more
-			}
+				return n < maxAppendBatch
+			})
 		}
 		if len(batch) == 0 {
 			if draining {
