@@ -380,3 +380,32 @@ func TestFakeDuplicateOnOneChannel(t *testing.T) {
 	require.Equal(t, 1.0, f.mem.Get(MetricDuplicates))
 	require.NoError(t, f.stop())
 }
+
+// The parking queue's depth is read at session start on a channel of its own: a missing parking
+// queue (404) closes that channel only, and consuming goes on.
+func TestFakeParkingQueueDepth(t *testing.T) {
+	for _, missing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("missing=%v", missing), func(t *testing.T) {
+			var got calls
+			f := startFake(t, func(_ context.Context, m *Message) error { got.add(m); return nil }, func(c *Config) {
+				d := c.dial.(*amqpfake.Dialer)
+				if missing {
+					d.SetQueueErr("q.parked", nil)
+				} else {
+					d.SetQueue("q.parked", 7, 0)
+				}
+			})
+			ch := f.d.NextConn(t).NextConsumer(t)
+			ch.Deliver(fakeDelivery(t, "s", 1, false))
+			ackedUpTo(t, ch, 1)
+			require.False(t, ch.IsClosed(), "the consuming channel is not the one the 404 closed")
+			if !missing {
+				require.Eventually(t, func() bool { return f.mem.Get(MetricParkingQueueMessages) == 7 }, 5*time.Second, time.Millisecond)
+			} else {
+				require.Zero(t, f.mem.Get(MetricParkingQueueMessages))
+			}
+			require.Equal(t, map[string]int{"s-1": 1}, got.get())
+			require.NoError(t, f.stop())
+		})
+	}
+}
