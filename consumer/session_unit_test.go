@@ -115,6 +115,23 @@ func noSettle(t *testing.T, ch *amqpfake.Channel, d time.Duration) {
 	}
 }
 
+// gate holds a handler until released. A test defers release: its cleanup waits for Run, which
+// cannot return while a handler is held.
+type gate struct {
+	held, open chan struct{}
+	once       sync.Once
+}
+
+func newGate() *gate { return &gate{held: make(chan struct{}), open: make(chan struct{})} }
+
+// hold, in the handler, says it is held and waits for release.
+func (g *gate) hold() {
+	close(g.held)
+	<-g.open
+}
+
+func (g *gate) release() { g.once.Do(func() { close(g.open) }) }
+
 // calls counts handler calls by body.
 type calls struct {
 	mu sync.Mutex
@@ -178,18 +195,15 @@ func TestFakeQueueInUse(t *testing.T) {
 // and acked; the rest is handled once.
 func TestFakeAckGenerations(t *testing.T) {
 	var got calls
-	hold, release := make(chan struct{}), make(chan struct{})
+	g := newGate()
+	defer g.release()
 	f := startFake(t, func(_ context.Context, m *Message) error {
 		got.add(m)
 		if string(m.Body) == "s-3" && !m.Redelivered {
-			close(hold)
-			<-release
+			g.hold()
 		}
 		return nil
 	}, nil)
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock) // before startFake's: Run cannot return while the handler is held
 	conn := f.d.NextConn(t)
 	ch := conn.NextConsumer(t)
 	ch.Deliver(fakeDelivery(t, "s", 1, false))
@@ -197,10 +211,10 @@ func TestFakeAckGenerations(t *testing.T) {
 	ackedUpTo(t, ch, 2)
 	ch.Deliver(fakeDelivery(t, "s", 3, false))
 	ch.Deliver(fakeDelivery(t, "s", 4, false))
-	<-hold // s-3 is in its handler, s-4 behind it
+	<-g.held // s-3 is in its handler, s-4 behind it
 	conn.Fail(&amqp.Error{Code: amqp.ConnectionForced, Reason: "CONNECTION_FORCED - broker forced connection closure"})
 	ch2 := f.d.NextConn(t).NextConsumer(t)
-	unblock()
+	g.release()
 	noSettle(t, ch2, 300*time.Millisecond) // s-3's old tag 3 must not be acked here
 	require.Equal(t, map[string]int{"s-1": 1, "s-2": 1, "s-3": 1}, got.get(), "s-4 of the old channel is not handled")
 
@@ -218,24 +232,21 @@ func TestFakeAckGenerations(t *testing.T) {
 // returns nil; what was received but not started stays unacked (the broker redelivers it).
 func TestFakeDrain(t *testing.T) {
 	var got calls
-	hold, release := make(chan struct{}), make(chan struct{})
+	g := newGate()
+	defer g.release()
 	f := startFake(t, func(_ context.Context, m *Message) error {
 		got.add(m)
 		if string(m.Body) == "s-2" {
-			close(hold)
-			<-release
+			g.hold()
 		}
 		return nil
 	}, nil)
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
 	conn := f.d.NextConn(t)
 	ch := conn.NextConsumer(t)
 	ch.Deliver(fakeDelivery(t, "s", 1, false))
 	ackedUpTo(t, ch, 1)
 	ch.Deliver(fakeDelivery(t, "s", 2, false))
-	<-hold
+	<-g.held
 	ch.Deliver(fakeDelivery(t, "s", 3, false))
 	f.cancel()
 	require.Eventually(t, func() bool { _, _, c := ch.Consumer(); return c }, 5*time.Second, time.Millisecond, "basic.cancel first")
@@ -244,7 +255,7 @@ func TestFakeDrain(t *testing.T) {
 		t.Fatalf("Run returned %v with a handler running", err)
 	case <-time.After(100 * time.Millisecond):
 	}
-	unblock()
+	g.release()
 	s := ch.NextSettle(t, 5*time.Second)
 	require.Equal(t, amqpfake.Settle{Tag: 2, Multiple: true, Ack: true}, s)
 	require.NoError(t, f.stop())

@@ -82,12 +82,19 @@ func (d *Dialer) Conns() <-chan *Conn { return d.conns }
 // NextConn returns the next connection made, failing t after 5 s.
 func (d *Dialer) NextConn(t testing.TB) *Conn {
 	t.Helper()
+	return recv(t, d.conns, 5*time.Second, "connection")
+}
+
+// recv returns the next value on ch, failing t after d.
+func recv[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
+	t.Helper()
 	select {
-	case c := <-d.conns:
-		return c
-	case <-time.After(5 * time.Second):
-		t.Fatal("amqpfake: no connection within 5s")
-		return nil
+	case v := <-ch:
+		return v
+	case <-time.After(d):
+		t.Fatalf("amqpfake: no %s within %v", what, d)
+		var zero T
+		return zero
 	}
 }
 

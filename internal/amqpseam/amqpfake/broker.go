@@ -77,13 +77,7 @@ func (ch *Channel) Settles() <-chan Settle { return ch.settles }
 // NextPub returns the next publish, failing t after d.
 func (ch *Channel) NextPub(t testing.TB, d time.Duration) Pub {
 	t.Helper()
-	select {
-	case p := <-ch.pubs:
-		return p
-	case <-time.After(d):
-		t.Fatalf("amqpfake: no publish within %v", d)
-		return Pub{}
-	}
+	return recv(t, ch.pubs, d, "publish")
 }
 
 // NoPub fails t if anything is published within d.
@@ -99,13 +93,7 @@ func (ch *Channel) NoPub(t testing.TB, d time.Duration) {
 // NextSettle returns the next ack or nack, failing t after d.
 func (ch *Channel) NextSettle(t testing.TB, d time.Duration) Settle {
 	t.Helper()
-	select {
-	case s := <-ch.settles:
-		return s
-	case <-time.After(d):
-		t.Fatalf("amqpfake: no ack or nack within %v", d)
-		return Settle{}
-	}
+	return recv(t, ch.settles, d, "ack or nack")
 }
 
 // Consumer reports the channel's consumer: its tag, whether it is exclusive, and whether it was

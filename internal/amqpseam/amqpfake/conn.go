@@ -129,24 +129,12 @@ func (c *Conn) Chans() <-chan *Channel { return c.chans }
 // NextChan returns the connection's next channel with its topology declared, failing t after 5 s.
 func (c *Conn) NextChan(t testing.TB) *Channel {
 	t.Helper()
-	select {
-	case ch := <-c.chans:
-		return ch
-	case <-time.After(5 * time.Second):
-		t.Fatal("amqpfake: no channel within 5s")
-		return nil
-	}
+	return recv(t, c.chans, 5*time.Second, "channel")
 }
 
 // NextConsumer returns the connection's next channel that started consuming, failing t after 5 s:
 // Deliver on it reaches the consumer.
 func (c *Conn) NextConsumer(t testing.TB) *Channel {
 	t.Helper()
-	select {
-	case ch := <-c.cons:
-		return ch
-	case <-time.After(5 * time.Second):
-		t.Fatal("amqpfake: no consumer within 5s")
-		return nil
-	}
+	return recv(t, c.cons, 5*time.Second, "consumer")
 }
