@@ -209,7 +209,12 @@ func (c *Consumer[T]) run(ctx context.Context, h Handler, be backend) error {
 	if err != nil {
 		return err
 	}
-	defer release()
+	released := false
+	defer func() {
+		if !released {
+			release()
+		}
+	}()
 
 	r, err := newRun(ctx, &c.cfg, h, be)
 	if err == nil {
@@ -227,6 +232,9 @@ func (c *Consumer[T]) run(ctx context.Context, h Handler, be backend) error {
 	c.cur, c.curDone = r, done
 	c.closeMu.Unlock()
 	defer func() {
+		// The store's claim first: once Close returns (done), another Run may take the store.
+		release()
+		released = true
 		c.closeMu.Lock()
 		c.cur, c.curDone = nil, nil
 		c.closeMu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -419,4 +420,45 @@ func TestFakeParkingQueueDepth(t *testing.T) {
 			require.NoError(t, f.stop())
 		})
 	}
+}
+
+// slowRelease is a BoltStore whose claim takes a while to give back.
+type slowRelease struct {
+	*BoltStore
+	released atomic.Bool
+}
+
+func (s *slowRelease) Claim(ctx context.Context) (func(), error) {
+	release, err := s.BoltStore.Claim(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.released.Store(false)
+	return func() {
+		time.Sleep(50 * time.Millisecond)
+		release()
+		s.released.Store(true)
+	}, nil
+}
+
+// Once Close returns, the Run has given back its claim on the store: another Consumer can take
+// it at once (a restart in the same process must not see ErrStoreInUse).
+func TestFakeCloseReleasesStore(t *testing.T) {
+	bs, _ := openTestStore(t)
+	store := &slowRelease{BoltStore: bs}
+	d := amqpfake.New()
+	c, err := NewWithStore(Config{
+		URLs: []string{"amqp://guest:guest@fake:5672/"}, Queue: "q",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), dial: d, dialParking: amqpfake.New(),
+	}, Store[*bolt.Tx](store))
+	require.NoError(t, err)
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(context.Background(), func(context.Context, *Message) error { return nil }) }()
+	d.NextConn(t).NextConsumer(t)
+	require.NoError(t, c.Close(context.Background()))
+	require.True(t, store.released.Load(), "Close returned before the Run gave back its claim on the store")
+	release, err := bs.Claim(context.Background())
+	require.NoError(t, err)
+	release()
+	require.NoError(t, <-errc)
 }
