@@ -19,10 +19,13 @@ test: broker node postgres promtool lint
 unit:
 	$(GOENV) go test -short -race -count=1 -run '^(Test|Fuzz)' ./... # examples talk to a broker
 
-## lint: gofmt, go vet and staticcheck.
+## lint: gofmt, go vet, staticcheck, and no non-test Go file over 400 lines.
 lint:
 	@$(GOENV); unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "not gofmt-clean:"; echo "$$unformatted"; exit 1; fi
+	@long=$$(for f in $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'); do \
+	  case $$f in *_test.go) continue;; esac; n=$$(wc -l < $$f); [ $$n -le 400 ] || echo "$$f: $$n lines"; done); \
+	  if [ -n "$$long" ]; then echo "non-test Go files over 400 lines (split them by job):"; echo "$$long"; exit 1; fi
 	$(GOENV) go vet ./...
 	$(GOENV) staticcheck ./...
 	cd interop/watermill && $(GOENV) go vet ./... && $(GOENV) staticcheck ./...
